@@ -1,0 +1,287 @@
+//! Typing rules of dense math: embedding, matmuls, elementwise ops, norms, attention.
+
+use super::*;
+use crate::op::AttentionAttrs;
+
+pub(super) fn embedding(inputs: &[&TensorType]) -> Result<TensorType> {
+    arity(inputs, 2)?;
+    rank(inputs, 0, 1)?;
+    rank(inputs, 1, 2)?;
+    int(inputs, 0)?;
+    float(inputs, 1)?;
+    not_partial(inputs, 0)?;
+    not_partial(inputs, 1)?;
+    let (ids, table) = (inputs[0], inputs[1]);
+    Ok(make(
+        table.dtype,
+        vec![ids.shape[0], table.shape[1]],
+        vec![ids.split_of(0).to_vec(), table.split_of(1).to_vec()],
+        table.split_of(0).to_vec(),
+    ))
+}
+
+/// Partial axes of a product: each side's partial axes must be replicated on the other side.
+fn product_partial(a: &TensorType, b: &TensorType) -> Result<Vec<String>> {
+    for (x, y, i) in [(a, b, 1), (b, a, 0)] {
+        if let Some(ax) = x.partial.iter().find(|ax| !y.is_replicated_on(ax)) {
+            return Err(TypeError::Sharding(format!(
+                "one factor is partial on `{ax}` but input {i} ({y}) is not replicated on it"
+            )));
+        }
+    }
+    Ok(a.partial.iter().chain(&b.partial).cloned().collect())
+}
+
+pub(super) fn matmul(inputs: &[&TensorType]) -> Result<TensorType> {
+    arity(inputs, 2)?;
+    let (a, b) = (inputs[0], inputs[1]);
+    if a.rank() < 2 {
+        return Err(TypeError::Rank {
+            input: 0,
+            expected: "at least 2".into(),
+            got: a.rank(),
+            ty: a.to_string(),
+        });
+    }
+    rank(inputs, 1, 2)?;
+    float(inputs, 0)?;
+    same_dtype(inputs, 0, 1)?;
+    let r = a.rank();
+    same_dim(inputs, (0, r - 1), (1, 0), "contracted dim")?;
+    let k = same_split(inputs, (0, r - 1), (1, 0), "contracted dim")?;
+    let mut shape = a.shape[..r - 1].to_vec();
+    shape.push(b.shape[1]);
+    let mut split: Vec<Vec<String>> = (0..r - 1).map(|d| a.split_of(d).to_vec()).collect();
+    split.push(b.split_of(1).to_vec());
+    let mut partial = product_partial(a, b)?;
+    partial.extend(k);
+    Ok(make(a.dtype, shape, split, partial))
+}
+
+pub(super) fn batch_matmul(inputs: &[&TensorType]) -> Result<TensorType> {
+    arity(inputs, 2)?;
+    rank(inputs, 0, 3)?;
+    rank(inputs, 1, 3)?;
+    float(inputs, 0)?;
+    same_dtype(inputs, 0, 1)?;
+    let (a, b) = (inputs[0], inputs[1]);
+    same_dim(inputs, (0, 0), (1, 0), "batch dim")?;
+    let batch = same_split(inputs, (0, 0), (1, 0), "batch dim")?;
+    same_dim(inputs, (0, 2), (1, 1), "contracted dim")?;
+    let k = same_split(inputs, (0, 2), (1, 1), "contracted dim")?;
+    let mut partial = product_partial(a, b)?;
+    partial.extend(k);
+    Ok(make(
+        a.dtype,
+        vec![a.shape[0], a.shape[1], b.shape[2]],
+        vec![batch, a.split_of(1).to_vec(), b.split_of(2).to_vec()],
+        partial,
+    ))
+}
+
+/// `add` (`is_mul == false`) and `mul`: broadcasting elementwise binary ops. Shapes align at the
+/// right (numpy rules): a missing leading dim or a dim of 1 broadcasts.
+pub(super) fn elementwise(inputs: &[&TensorType], is_mul: bool) -> Result<TensorType> {
+    arity(inputs, 2)?;
+    let (a, b) = (inputs[0], inputs[1]);
+    float(inputs, 0)?;
+    same_dtype(inputs, 0, 1)?;
+    let r = a.rank().max(b.rank());
+    // (size, split) of dim d of the broadcast result for operand t, None when t lacks that dim.
+    let dim = |t: &TensorType, d: usize| -> Option<(u64, Vec<String>)> {
+        let off = r - t.rank();
+        (d >= off).then(|| (t.shape[d - off], t.split_of(d - off).to_vec()))
+    };
+    let mut shape = Vec::with_capacity(r);
+    let mut split = Vec::with_capacity(r);
+    for d in 0..r {
+        let (n, s) = match (dim(a, d), dim(b, d)) {
+            (Some(x), None) | (None, Some(x)) => x,
+            (Some((x, sx)), Some((y, sy))) => {
+                if x == y {
+                    if sx != sy {
+                        return Err(TypeError::Sharding(format!(
+                            "dim {d} is split on [{}] in input 0 but on [{}] in input 1",
+                            sx.join(","),
+                            sy.join(",")
+                        )));
+                    }
+                    (x, sx)
+                } else if x == 1 && sx.is_empty() {
+                    (y, sy)
+                } else if y == 1 && sy.is_empty() {
+                    (x, sx)
+                } else {
+                    return Err(TypeError::Shape(format!(
+                        "dim {d}: {x} and {y} neither match nor broadcast ({a} vs {b})"
+                    )));
+                }
+            }
+            (None, None) => unreachable!("d < max rank"),
+        };
+        shape.push(n);
+        split.push(s);
+    }
+    let partial = if is_mul {
+        product_partial(a, b)?
+    } else {
+        let mut pa = a.partial.clone();
+        let mut pb = b.partial.clone();
+        pa.sort();
+        pb.sort();
+        if pa != pb {
+            return Err(TypeError::Sharding(format!(
+                "adding a value partial on [{}] to one partial on [{}] counts one of them more than once",
+                a.partial.join(","),
+                b.partial.join(",")
+            )));
+        }
+        a.partial.clone()
+    };
+    Ok(make(a.dtype, shape, split, partial))
+}
+
+pub(super) fn unary(inputs: &[&TensorType]) -> Result<TensorType> {
+    arity(inputs, 1)?;
+    float(inputs, 0)?;
+    not_partial(inputs, 0)?;
+    Ok(inputs[0].clone())
+}
+
+pub(super) fn swiglu(inputs: &[&TensorType]) -> Result<TensorType> {
+    arity(inputs, 2)?;
+    float(inputs, 0)?;
+    not_partial(inputs, 0)?;
+    not_partial(inputs, 1)?;
+    let (g, u) = (inputs[0], inputs[1]);
+    let mut gn = g.clone();
+    let mut un = u.clone();
+    gn.normalize();
+    un.normalize();
+    if gn != un {
+        return Err(TypeError::Shape(format!("gate {g} and up {u} must have the same type")));
+    }
+    Ok(g.clone())
+}
+
+pub(super) fn softmax(inputs: &[&TensorType]) -> Result<TensorType> {
+    arity(inputs, 1)?;
+    float(inputs, 0)?;
+    not_partial(inputs, 0)?;
+    let r = inputs[0].rank();
+    if r == 0 {
+        return Err(TypeError::Rank { input: 0, expected: "at least 1".into(), got: 0, ty: inputs[0].to_string() });
+    }
+    unsplit(inputs, 0, r - 1, "the softmax dim")?;
+    Ok(inputs[0].clone())
+}
+
+/// `rms_norm` / `layer_norm`: normalizes each consecutive group of `len(w)` elements of the last
+/// dim (the whole dim, or one head at a time for per-head q/k norms).
+pub(super) fn norm(inputs: &[&TensorType], bias: bool, eps: f64, mesh: &Mesh) -> Result<TensorType> {
+    let n = if bias { 3 } else { 2 };
+    arity(inputs, n)?;
+    float(inputs, 0)?;
+    not_partial(inputs, 0)?;
+    if !(eps.is_finite() && eps > 0.0) {
+        return Err(TypeError::Attr(format!("eps = {eps} must be a positive finite number")));
+    }
+    let x = inputs[0];
+    if x.rank() == 0 {
+        return Err(TypeError::Rank { input: 0, expected: "at least 1".into(), got: 0, ty: x.to_string() });
+    }
+    let h = x.rank() - 1;
+    for i in 1..n {
+        rank(inputs, i, 1)?;
+        float(inputs, i)?;
+        same_dim(inputs, (1, 0), (i, 0), "norm parameters")?;
+        replicated(inputs, i, "the norm's parameter")?;
+    }
+    let group = inputs[1].shape[0];
+    let local = x.shape[h] / mesh.product(x.split_of(h));
+    if x.shape[h] % group != 0 || local % group != 0 {
+        return Err(TypeError::Shape(format!(
+            "the norm's groups of {group} must tile the last dim of {x} on every rank ({local} elements each)"
+        )));
+    }
+    Ok(x.clone())
+}
+
+pub(super) fn attention(a: &AttentionAttrs, inputs: &[&TensorType], mesh: &Mesh) -> Result<TensorType> {
+    let shared = a.shared_k_dim > 0;
+    let n = 3 + usize::from(shared) + usize::from(a.sinks);
+    arity(inputs, n)?;
+    for i in 0..n {
+        rank(inputs, i, if a.sinks && i == n - 1 { 1 } else { 2 })?;
+        float(inputs, i)?;
+        same_dtype(inputs, 0, i)?;
+        not_partial(inputs, i)?;
+    }
+    if a.heads == 0 || a.kv_heads == 0 || a.heads % a.kv_heads != 0 {
+        return Err(TypeError::Attr(format!(
+            "heads ({}) must be a positive multiple of kv_heads ({})",
+            a.heads, a.kv_heads
+        )));
+    }
+    let window = match a.mask {
+        crate::op::Mask::Sliding(w) | crate::op::Mask::Chunked(w) => w,
+        _ => 1,
+    };
+    if a.shared_k_dim >= a.head_dim || a.rope_dim > a.head_dim || a.seq == 0 || a.kv_seq == 0 || window == 0 {
+        return Err(TypeError::Attr(format!(
+            "need shared_k_dim < head_dim, rope_dim <= head_dim and positive seq lengths \
+             and a positive window (head_dim {}, shared_k_dim {}, rope_dim {}, seq {}, kv_seq {})",
+            a.head_dim, a.shared_k_dim, a.rope_dim, a.seq, a.kv_seq
+        )));
+    }
+    let (q, k) = (inputs[0], inputs[1]);
+    expect_dim(inputs, 0, 1, a.heads * a.head_dim, "query width heads*head_dim")?;
+    expect_dim(inputs, 1, 1, a.kv_heads * (a.head_dim - a.shared_k_dim), "key width")?;
+    expect_dim(inputs, 2, 1, a.kv_heads * a.v_head_dim, "value width kv_heads*v_head_dim")?;
+    if q.shape[0] % a.seq != 0 || k.shape[0] % a.kv_seq != 0 || q.shape[0] / a.seq != k.shape[0] / a.kv_seq {
+        return Err(TypeError::Shape(format!(
+            "query rows {} and key rows {} must be the same number of sequences of {} and {} tokens",
+            q.shape[0], k.shape[0], a.seq, a.kv_seq
+        )));
+    }
+    same_dim(inputs, (1, 0), (2, 0), "key/value rows")?;
+    let tokens = same_split(inputs, (0, 0), (1, 0), "token dim")?;
+    same_split(inputs, (0, 0), (2, 0), "token dim")?;
+    let factor = mesh.product(&tokens);
+    if (q.shape[0] / a.seq) % factor != 0 {
+        return Err(TypeError::Sharding(format!(
+            "{} sequences split over {factor} ranks ([{}]) leave a rank with a partial sequence",
+            q.shape[0] / a.seq,
+            tokens.join(",")
+        )));
+    }
+    let heads = same_split(inputs, (0, 1), (1, 1), "head dim")?;
+    same_split(inputs, (0, 1), (2, 1), "head dim")?;
+    let hf = mesh.product(&heads);
+    if a.heads % hf != 0 || a.kv_heads % hf != 0 {
+        return Err(TypeError::Sharding(format!(
+            "heads ({}) and kv_heads ({}) must be divisible by the head split ({hf} ranks)",
+            a.heads, a.kv_heads
+        )));
+    }
+    let mut next = 3;
+    if shared {
+        expect_dim(inputs, 3, 1, a.shared_k_dim, "shared key width")?;
+        same_dim(inputs, (1, 0), (3, 0), "shared key rows")?;
+        same_split(inputs, (1, 0), (3, 0), "token dim")?;
+        unsplit(inputs, 3, 1, "the shared key")?;
+        next += 1;
+    }
+    if a.sinks {
+        expect_dim(inputs, next, 0, a.heads, "sinks")?;
+        if inputs[next].split_of(0) != heads.as_slice() {
+            return Err(TypeError::Sharding("sinks must be split like the heads".into()));
+        }
+    }
+    Ok(make(
+        q.dtype,
+        vec![q.shape[0], a.heads * a.v_head_dim],
+        vec![tokens, heads],
+        vec![],
+    ))
+}

@@ -1,0 +1,287 @@
+//! Typing rules of routing: router, dispatch/combine, local routes, index ops, expert FFNs.
+
+use super::*;
+use crate::op::{Activation, Capacity, FfnLayout, RouterAttrs};
+
+pub(super) fn router(a: &RouterAttrs, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
+    arity(inputs, if a.select_bias { 2 } else { 1 })?;
+    rank(inputs, 0, 2)?;
+    float(inputs, 0)?;
+    not_partial(inputs, 0)?;
+    unsplit(inputs, 0, 1, "the expert dim of the logits")?;
+    expect_dim(inputs, 0, 1, a.experts, "router logits")?;
+    if a.k == 0 || a.k > a.experts {
+        return Err(TypeError::Attr(format!("k = {} must be in 1..={} (the experts)", a.k, a.experts)));
+    }
+    if !a.scale.0.is_finite() {
+        return Err(TypeError::Attr(format!("scale = {} must be finite", a.scale)));
+    }
+    if let Some(g) = a.groups {
+        if g.groups == 0 || a.experts % g.groups != 0 || g.topk_groups == 0 || g.topk_groups > g.groups {
+            return Err(TypeError::Attr(format!(
+                "groups = {} must divide the {} experts and topk_groups = {} be in 1..=groups",
+                g.groups, a.experts, g.topk_groups
+            )));
+        }
+        if a.k > g.topk_groups * (a.experts / g.groups) {
+            return Err(TypeError::Attr(format!(
+                "k = {} exceeds the experts of the {} kept groups",
+                a.k, g.topk_groups
+            )));
+        }
+    }
+    if a.select_bias {
+        rank(inputs, 1, 1)?;
+        float(inputs, 1)?;
+        expect_dim(inputs, 1, 0, a.experts, "selection bias")?;
+        replicated(inputs, 1, "the selection bias")?;
+    }
+    let t = inputs[0];
+    let split = vec![t.split_of(0).to_vec(), vec![]];
+    Ok(vec![
+        make(DType::I32, vec![t.shape[0], a.k], split.clone(), vec![]),
+        make(DType::F32, vec![t.shape[0], a.k], split, vec![]),
+    ])
+}
+
+fn routes(inputs: &[&TensorType], idx: usize, tokens: usize) -> Result<()> {
+    rank(inputs, idx, 2)?;
+    int(inputs, idx)?;
+    not_partial(inputs, idx)?;
+    unsplit(inputs, idx, 1, "the choice dim")?;
+    same_dim(inputs, (tokens, 0), (idx, 0), "token count")?;
+    Ok(())
+}
+
+pub(super) fn dispatch(experts: u64, capacity: u64, inputs: &[&TensorType], mesh: &Mesh) -> Result<TensorType> {
+    arity(inputs, 2)?;
+    rank(inputs, 0, 2)?;
+    float(inputs, 0)?;
+    not_partial(inputs, 0)?;
+    routes(inputs, 1, 0)?;
+    if experts == 0 || capacity == 0 {
+        return Err(TypeError::Attr("experts and capacity must be positive".into()));
+    }
+    let tokens = same_split(inputs, (0, 0), (1, 0), "token dim")?;
+    let x = inputs[0];
+    Ok(make(
+        x.dtype,
+        vec![experts, capacity * mesh.product(&tokens), x.shape[1]],
+        vec![vec![], tokens, x.split_of(1).to_vec()],
+        vec![],
+    ))
+}
+
+pub(super) fn combine(experts: u64, capacity: u64, inputs: &[&TensorType], mesh: &Mesh) -> Result<TensorType> {
+    arity(inputs, 3)?;
+    rank(inputs, 0, 3)?;
+    float(inputs, 0)?;
+    not_partial(inputs, 0)?;
+    routes(inputs, 1, 2)?;
+    rank(inputs, 2, 2)?;
+    float(inputs, 2)?;
+    not_partial(inputs, 2)?;
+    unsplit(inputs, 0, 0, "the expert dim of the expert outputs")?;
+    let tokens = same_split(inputs, (0, 1), (1, 0), "capacity dim vs token dim")?;
+    same_split(inputs, (1, 0), (2, 0), "token dim")?;
+    expect_dim(inputs, 0, 0, experts, "experts")?;
+    expect_dim(inputs, 0, 1, capacity * mesh.product(&tokens), "capacity slots of all token shards")?;
+    same_dim(inputs, (1, 1), (2, 1), "choices")?;
+    let y = inputs[0];
+    Ok(make(
+        y.dtype,
+        vec![inputs[1].shape[0], y.shape[2]],
+        vec![tokens, y.split_of(2).to_vec()],
+        vec![],
+    ))
+}
+
+/// Row bound per rank of `local_routes` (see [`crate::Op::LocalRoutes`]).
+pub fn local_route_rows(local_tokens: u64, k: u64, local_experts: u64, capacity: Capacity, token_groups: u64) -> u64 {
+    let dropless = local_tokens * k.min(local_experts);
+    match capacity {
+        Capacity::Dropless => dropless,
+        Capacity::Slots(c) => dropless.min(local_experts * c * token_groups),
+    }
+}
+
+pub(super) fn local_routes(
+    experts: u64,
+    axis: &str,
+    capacity: Capacity,
+    token_groups: u64,
+    inputs: &[&TensorType],
+    mesh: &Mesh,
+) -> Result<Vec<TensorType>> {
+    arity(inputs, 2)?;
+    let n = axis_exists(axis, mesh)?;
+    routes(inputs, 0, 1)?;
+    rank(inputs, 1, 2)?;
+    float(inputs, 1)?;
+    not_partial(inputs, 1)?;
+    same_dim(inputs, (0, 1), (1, 1), "choices")?;
+    let outer = same_split(inputs, (0, 0), (1, 0), "token dim")?;
+    for i in 0..2 {
+        if !inputs[i].is_replicated_on(axis) {
+            return Err(TypeError::Sharding(format!(
+                "input {i} ({}) must be replicated on `{axis}`: every rank routes the same tokens",
+                inputs[i]
+            )));
+        }
+    }
+    if experts == 0 || experts % n != 0 {
+        return Err(TypeError::Attr(format!(
+            "{experts} experts cannot be split evenly over `{axis}` of {n} ranks"
+        )));
+    }
+    if let Capacity::Slots(0) = capacity {
+        return Err(TypeError::Attr("capacity slots must be positive".into()));
+    }
+    let outer_n = mesh.product(&outer);
+    let local_tokens = inputs[0].shape[0] / outer_n;
+    if token_groups == 0 || local_tokens % token_groups != 0 {
+        return Err(TypeError::Attr(format!(
+            "token_groups = {token_groups} must divide the {local_tokens} tokens of a rank"
+        )));
+    }
+    let k = inputs[0].shape[1];
+    let rows = local_route_rows(local_tokens, k, experts / n, capacity, token_groups);
+    let mut split = outer.clone();
+    split.push(axis.to_string());
+    let ranks = outer_n * n;
+    Ok(vec![
+        make(DType::I32, vec![rows * ranks], vec![split.clone()], vec![]),
+        make(DType::F32, vec![rows * ranks], vec![split.clone()], vec![]),
+        make(DType::I32, vec![experts * outer_n], vec![split], vec![]),
+    ])
+}
+
+/// Checks that `rows`' split axes extend `table`'s dim-0 split axes, returning the extra axes
+/// (axes the table is replicated on, across which each rank indexes its own rows).
+fn row_axes(inputs: &[&TensorType], table: usize, ids: usize) -> Result<Vec<String>> {
+    let (ts, is) = (inputs[table].split_of(0), inputs[ids].split_of(0));
+    if !is.starts_with(ts) {
+        return Err(TypeError::Sharding(format!(
+            "the rows of input {table} are split on [{}], which must be a prefix of the split of the ids (input {ids}: [{}])",
+            ts.join(","),
+            is.join(",")
+        )));
+    }
+    let extra = is[ts.len()..].to_vec();
+    if let Some(a) = extra.iter().find(|a| inputs[table].axes().any(|b| b == a.as_str()) && !inputs[table].is_partial_on(a)) {
+        return Err(TypeError::Sharding(format!("input {table} must not be split on `{a}`")));
+    }
+    Ok(extra)
+}
+
+pub(super) fn index_select(inputs: &[&TensorType]) -> Result<TensorType> {
+    arity(inputs, 2)?;
+    rank(inputs, 0, 2)?;
+    rank(inputs, 1, 1)?;
+    float(inputs, 0)?;
+    int(inputs, 1)?;
+    not_partial(inputs, 0)?;
+    not_partial(inputs, 1)?;
+    row_axes(inputs, 0, 1)?;
+    let x = inputs[0];
+    Ok(make(
+        x.dtype,
+        vec![inputs[1].shape[0], x.shape[1]],
+        vec![inputs[1].split_of(0).to_vec(), x.split_of(1).to_vec()],
+        vec![],
+    ))
+}
+
+pub(super) fn index_add(scaled: bool, inputs: &[&TensorType]) -> Result<TensorType> {
+    arity(inputs, if scaled { 4 } else { 3 })?;
+    rank(inputs, 0, 2)?;
+    rank(inputs, 1, 1)?;
+    rank(inputs, 2, 2)?;
+    float(inputs, 0)?;
+    int(inputs, 1)?;
+    same_dtype(inputs, 0, 2)?;
+    not_partial(inputs, 1)?;
+    not_partial(inputs, 2)?;
+    same_dim(inputs, (1, 0), (2, 0), "rows")?;
+    same_split(inputs, (1, 0), (2, 0), "rows")?;
+    same_dim(inputs, (0, 1), (2, 1), "row width")?;
+    same_split(inputs, (0, 1), (2, 1), "row width")?;
+    if scaled {
+        rank(inputs, 3, 1)?;
+        float(inputs, 3)?;
+        not_partial(inputs, 3)?;
+        same_dim(inputs, (1, 0), (3, 0), "scale rows")?;
+        same_split(inputs, (1, 0), (3, 0), "scale rows")?;
+    }
+    let extra = row_axes(inputs, 0, 1)?;
+    if let Some(a) = extra.iter().find(|a| !inputs[0].is_partial_on(a)) {
+        return Err(TypeError::Sharding(format!(
+            "each rank adds its own rows along `{a}`, so the buffer ({}) must be partial on `{a}` (start from zeros partial on it)",
+            inputs[0]
+        )));
+    }
+    Ok(inputs[0].clone())
+}
+
+pub(super) fn expert_ffn(layout: FfnLayout, act: Activation, gated: bool, inputs: &[&TensorType]) -> Result<TensorType> {
+    let grouped = layout == FfnLayout::Grouped;
+    let first_w = 1 + usize::from(grouped);
+    let n = first_w + 2 + usize::from(gated);
+    arity(inputs, n)?;
+    if act == Activation::OaiSwiglu && !gated {
+        return Err(TypeError::Attr("oai_swiglu needs gated = true".into()));
+    }
+    let (up, down) = (first_w, n - 1);
+    let x = inputs[0];
+    rank(inputs, 0, if grouped { 2 } else { 3 })?;
+    float(inputs, 0)?;
+    not_partial(inputs, 0)?;
+    let hdim = x.rank() - 1;
+    unsplit(inputs, 0, hdim, "the hidden dim")?;
+    for w in first_w..n {
+        rank(inputs, w, 3)?;
+        same_dtype(inputs, 0, w)?;
+        not_partial(inputs, w)?;
+        same_dim(inputs, (up, 0), (w, 0), "experts")?;
+        same_split(inputs, (up, 0), (w, 0), "experts")?;
+    }
+    same_dim(inputs, (0, hdim), (up, 1), "hidden")?;
+    same_dim(inputs, (0, hdim), (down, 2), "hidden")?;
+    same_dim(inputs, (up, 2), (down, 1), "ffn width")?;
+    unsplit(inputs, up, 1, "the hidden dim")?;
+    unsplit(inputs, down, 2, "the hidden dim")?;
+    let ffn_split = same_split(inputs, (up, 2), (down, 1), "ffn width (expert tensor parallelism)")?;
+    if gated {
+        same_split(inputs, (up, 2), (up + 1, 2), "ffn width")?;
+        unsplit(inputs, up + 1, 1, "the hidden dim")?;
+    }
+    let experts = inputs[up].shape[0];
+    let wsplit = inputs[up].split_of(0).to_vec();
+    if grouped {
+        let c = 1;
+        rank(inputs, c, 1)?;
+        int(inputs, c)?;
+        not_partial(inputs, c)?;
+        let cs = inputs[c].split_of(0);
+        if !cs.ends_with(&wsplit) {
+            return Err(TypeError::Sharding(format!(
+                "counts are split on [{}], which must end with the experts' split [{}]",
+                cs.join(","),
+                wsplit.join(",")
+            )));
+        }
+        if inputs[c].shape[0] % experts != 0 {
+            return Err(TypeError::Shape(format!(
+                "counts has {} entries, not a multiple of the {experts} experts",
+                inputs[c].shape[0]
+            )));
+        }
+        same_split(inputs, (0, 0), (c, 0), "rows vs counts")?;
+    } else {
+        same_dim(inputs, (0, 0), (up, 0), "experts")?;
+        same_split(inputs, (0, 0), (up, 0), "experts")?;
+    }
+    let mut out = x.clone();
+    out.partial = ffn_split;
+    Ok(out)
+}

@@ -1,0 +1,100 @@
+//! The validator: the gate every graph passes before a pass or a backend sees it.
+//!
+//! Checks the mesh, node names, handles (inputs refer to earlier nodes: acyclic by construction),
+//! every node's types against [`crate::infer`], graph outputs, and stage annotations (all nodes
+//! or none). Collective-order checks across ranks and send/recv matching live with the pipeline
+//! passes, which run them after every pass.
+
+use crate::graph::valid_node_name;
+use crate::{infer, Graph, MeshError, NodeId, TypeError};
+use std::collections::HashSet;
+use thiserror::Error;
+
+/// A broken invariant, naming the node (id and name) it is about.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ValidationError {
+    #[error("mesh: {0}")]
+    Mesh(#[from] MeshError),
+    #[error("node {id} `{name}`: name is empty, contains `:` or whitespace")]
+    BadName { id: NodeId, name: String },
+    #[error("node {id} `{name}`: name used before by node {first}")]
+    DuplicateName { id: NodeId, name: String, first: NodeId },
+    #[error("node {id} `{name}`: input {input} refers to {value}, which is not an earlier node's output")]
+    BadInput { id: NodeId, name: String, input: usize, value: String },
+    #[error("node {id} `{name}` ({op}): {source}")]
+    Type {
+        id: NodeId,
+        name: String,
+        op: &'static str,
+        #[source]
+        source: TypeError,
+    },
+    #[error("node {id} `{name}` ({op}): recorded output types [{recorded}] differ from the inferred [{inferred}]")]
+    StaleType { id: NodeId, name: String, op: &'static str, recorded: String, inferred: String },
+    #[error("graph output `{name}` refers to {value}, which does not exist")]
+    BadOutput { name: String, value: String },
+    #[error("graph output name `{0}` is used twice")]
+    DuplicateOutput(String),
+    #[error("the graph has no outputs")]
+    NoOutputs,
+    #[error("node {id} `{name}` has no stage while other nodes have one: annotate all nodes or none")]
+    PartialStages { id: NodeId, name: String },
+}
+
+fn join<T: std::fmt::Display>(ts: &[T]) -> String {
+    ts.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// Validates `g`, returning the first broken invariant.
+pub fn validate(g: &Graph) -> Result<(), ValidationError> {
+    g.mesh.check()?;
+    let mut seen: std::collections::HashMap<&str, NodeId> = std::collections::HashMap::new();
+    let staged = g.nodes().any(|(_, n)| n.stage.is_some());
+    for (id, n) in g.nodes() {
+        let name = || n.name.clone();
+        if !valid_node_name(&n.name) {
+            return Err(ValidationError::BadName { id, name: name() });
+        }
+        if let Some(&first) = seen.get(n.name.as_str()) {
+            return Err(ValidationError::DuplicateName { id, name: name(), first });
+        }
+        seen.insert(&n.name, id);
+        if staged && n.stage.is_none() {
+            return Err(ValidationError::PartialStages { id, name: name() });
+        }
+        let mut tys = Vec::with_capacity(n.inputs.len());
+        for (i, v) in n.inputs.iter().enumerate() {
+            match (v.node < id).then(|| g.value_type(*v)).flatten() {
+                Some(t) => tys.push(t),
+                None => {
+                    return Err(ValidationError::BadInput { id, name: name(), input: i, value: v.to_string() })
+                }
+            }
+        }
+        let inferred = infer(&n.op, &tys, &g.mesh)
+            .map_err(|source| ValidationError::Type { id, name: name(), op: n.op.name(), source })?;
+        let recorded: Vec<_> = n.outputs.iter().map(|t| t.clone().canonical(&g.mesh)).collect();
+        if recorded != inferred {
+            return Err(ValidationError::StaleType {
+                id,
+                name: name(),
+                op: n.op.name(),
+                recorded: join(&n.outputs),
+                inferred: join(&inferred),
+            });
+        }
+    }
+    if g.outputs.is_empty() {
+        return Err(ValidationError::NoOutputs);
+    }
+    let mut out_names = HashSet::new();
+    for o in &g.outputs {
+        if g.value_type(o.value).is_none() {
+            return Err(ValidationError::BadOutput { name: o.name.clone(), value: o.value.to_string() });
+        }
+        if !out_names.insert(o.name.as_str()) {
+            return Err(ValidationError::DuplicateOutput(o.name.clone()));
+        }
+    }
+    Ok(())
+}
