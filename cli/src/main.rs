@@ -1,1 +1,63 @@
-fn main() {}
+//! `moe-opt`: the command line of the moe-opt toolkit.
+//!
+//! Only this crate reads files, writes files and chooses exit codes: 0 success, 1 invalid input
+//! or a failed check, 2 usage errors (clap).
+
+mod cmd;
+mod io;
+mod load;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Rewrites expert-parallel MoE model graphs into the Pipeline-MoE form.
+#[derive(Debug, Parser)]
+#[command(name = "moe-opt", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log pass statistics and timings to stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build the standard expert-parallel graph of a Hugging Face config.json.
+    Import(cmd::import::Args),
+    /// Print facts about a graph: layers, MoE layers, parameters, ops, collectives, mesh, stages.
+    Inspect(cmd::inspect::Args),
+    /// Check a graph (or config); exit 1 with the first problem.
+    Validate(cmd::validate::Args),
+    /// Print the JSON Schema of model.json.
+    Schema(cmd::schema::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MOE_OPT_LOG")
+                .unwrap_or_else(|_| filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Import(a) => cmd::import::run(a),
+        Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Validate(a) => cmd::validate::run(a),
+        Command::Schema(a) => cmd::schema::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(report) => {
+            eprintln!("{report:?}");
+            ExitCode::from(1)
+        }
+    }
+}

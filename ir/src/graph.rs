@@ -55,7 +55,9 @@ impl std::fmt::Display for Value {
 }
 
 /// Which part of the model a node belongs to: pipeline partitioning and printers group by it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// Before the first layer (token embedding).
@@ -118,7 +120,11 @@ pub enum BuildError {
     #[error("node name `{0}` is empty or contains `:`")]
     BadName(String),
     #[error("node `{node}`: input {input} refers to {value}, which does not exist")]
-    BadInput { node: String, input: usize, value: String },
+    BadInput {
+        node: String,
+        input: usize,
+        value: String,
+    },
     #[error("node `{node}` ({op}): {source}")]
     Type {
         node: String,
@@ -166,13 +172,27 @@ impl Graph {
             match self.value_type(*v) {
                 Some(t) => tys.push(t),
                 None => {
-                    return Err(BuildError::BadInput { node: name, input: i, value: v.to_string() })
+                    return Err(BuildError::BadInput {
+                        node: name,
+                        input: i,
+                        value: v.to_string(),
+                    })
                 }
             }
         }
-        let outputs = infer(&op, &tys, &self.mesh)
-            .map_err(|source| BuildError::Type { node: name.clone(), op: op.name(), source })?;
-        Ok(self.push_unchecked(Node { name, op, inputs: inputs.to_vec(), outputs, scope, stage: None }))
+        let outputs = infer(&op, &tys, &self.mesh).map_err(|source| BuildError::Type {
+            node: name.clone(),
+            op: op.name(),
+            source,
+        })?;
+        Ok(self.push_unchecked(Node {
+            name,
+            op,
+            inputs: inputs.to_vec(),
+            outputs,
+            scope,
+            stage: None,
+        }))
     }
 
     /// Appends a node as is. The caller upholds the module invariants (or validates afterwards).
@@ -185,7 +205,10 @@ impl Graph {
 
     /// Adds a named graph output.
     pub fn add_output(&mut self, name: impl Into<String>, value: impl Into<Value>) {
-        self.outputs.push(GraphOutput { name: name.into(), value: value.into() });
+        self.outputs.push(GraphOutput {
+            name: name.into(),
+            value: value.into(),
+        });
     }
 
     pub fn len(&self) -> usize {
@@ -206,7 +229,10 @@ impl Graph {
 
     /// Nodes in arena (topological) order.
     pub fn nodes(&self) -> impl ExactSizeIterator<Item = (NodeId, &Node)> {
-        self.nodes.iter().enumerate().map(|(i, n)| (NodeId::from_index(i), n))
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (NodeId::from_index(i), n))
     }
 
     /// Looks a node up by name.
@@ -216,7 +242,10 @@ impl Graph {
 
     /// Type of a value, if it exists.
     pub fn value_type(&self, v: Value) -> Option<&TensorType> {
-        self.nodes.get(v.node.index())?.outputs.get(v.output as usize)
+        self.nodes
+            .get(v.node.index())?
+            .outputs
+            .get(v.output as usize)
     }
 
     /// Number of users of each node (graph outputs count as users).

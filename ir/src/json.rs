@@ -9,8 +9,8 @@
 use crate::{validate, BuildError, Graph, Mesh, Op, Scope, TensorType, ValidationError, Value};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use thiserror::Error;
 
 /// The format tag this version reads and writes.
@@ -19,7 +19,10 @@ pub const FORMAT: &str = "moe-ir/1";
 /// A whole `model.json` document.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-#[schemars(title = "moe-ir model graph", description = "An SPMD MoE model graph, format moe-ir/1")]
+#[schemars(
+    title = "moe-ir model graph",
+    description = "An SPMD MoE model graph, format moe-ir/1"
+)]
 pub struct GraphDoc {
     /// Must be `moe-ir/1`.
     pub format: String,
@@ -102,7 +105,11 @@ pub enum JsonErrorKind {
 }
 
 fn err(path: impl Into<String>, kind: JsonErrorKind) -> JsonError {
-    JsonError { path: path.into(), line_col: None, kind }
+    JsonError {
+        path: path.into(),
+        line_col: None,
+        kind,
+    }
 }
 
 fn parse_ref(s: &str) -> Option<(&str, u32)> {
@@ -162,8 +169,11 @@ pub fn from_doc(doc: GraphDoc) -> Result<Graph, JsonError> {
         let mut r = Vec::with_capacity(n.inputs.len());
         for (j, s) in n.inputs.iter().enumerate() {
             let path = format!("nodes[{i}].inputs[{j}]");
-            let (name, k) = parse_ref(s).ok_or_else(|| err(&path, JsonErrorKind::BadRef(s.clone())))?;
-            let &src = index.get(name).ok_or_else(|| err(&path, JsonErrorKind::UnknownNode(name.into())))?;
+            let (name, k) =
+                parse_ref(s).ok_or_else(|| err(&path, JsonErrorKind::BadRef(s.clone())))?;
+            let &src = index
+                .get(name)
+                .ok_or_else(|| err(&path, JsonErrorKind::UnknownNode(name.into())))?;
             r.push((src, k));
         }
         refs.push(r);
@@ -178,7 +188,10 @@ pub fn from_doc(doc: GraphDoc) -> Result<Graph, JsonError> {
         let n = nodes[i].take().expect("each node is placed once");
         let inputs: Vec<Value> = refs[i]
             .iter()
-            .map(|&(src, k)| Value { node: id_of[src].expect("topological order"), output: k })
+            .map(|&(src, k)| Value {
+                node: id_of[src].expect("topological order"),
+                output: k,
+            })
             .collect();
         let id = g
             .add(n.name, n.op, &inputs, n.scope)
@@ -200,16 +213,28 @@ pub fn from_doc(doc: GraphDoc) -> Result<Graph, JsonError> {
     }
     for (i, o) in doc.outputs.into_iter().enumerate() {
         let path = format!("outputs[{i}].value");
-        let (name, k) = parse_ref(&o.value).ok_or_else(|| err(&path, JsonErrorKind::BadRef(o.value.clone())))?;
-        let &src = index.get(name).ok_or_else(|| err(&path, JsonErrorKind::UnknownNode(name.into())))?;
-        g.add_output(o.name, Value { node: id_of[src].expect("all nodes placed"), output: k });
+        let (name, k) = parse_ref(&o.value)
+            .ok_or_else(|| err(&path, JsonErrorKind::BadRef(o.value.clone())))?;
+        let &src = index
+            .get(name)
+            .ok_or_else(|| err(&path, JsonErrorKind::UnknownNode(name.into())))?;
+        g.add_output(
+            o.name,
+            Value {
+                node: id_of[src].expect("all nodes placed"),
+                output: k,
+            },
+        );
     }
     validate(&g).map_err(|e| err("", JsonErrorKind::Invalid(e)))?;
     Ok(g)
 }
 
 fn list(ts: &[TensorType]) -> String {
-    ts.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    ts.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Kahn's algorithm, always taking the smallest file index that is ready: a file that is already
@@ -224,7 +249,8 @@ fn topo_order(nodes: &[NodeDoc], refs: &[Vec<(usize, u32)>]) -> Result<Vec<usize
             users[src].push(i);
         }
     }
-    let mut ready: BinaryHeap<Reverse<usize>> = (0..n).filter(|&i| pending[i] == 0).map(Reverse).collect();
+    let mut ready: BinaryHeap<Reverse<usize>> =
+        (0..n).filter(|&i| pending[i] == 0).map(Reverse).collect();
     let mut order = Vec::with_capacity(n);
     while let Some(Reverse(i)) = ready.pop() {
         order.push(i);
@@ -239,15 +265,28 @@ fn topo_order(nodes: &[NodeDoc], refs: &[Vec<(usize, u32)>]) -> Result<Vec<usize
         return Ok(order);
     }
     // Walk back through unplaced inputs from the first unplaced node until a node repeats.
-    let start = (0..n).find(|&i| pending[i] > 0).expect("some node is unplaced");
+    let start = (0..n)
+        .find(|&i| pending[i] > 0)
+        .expect("some node is unplaced");
     let mut path = vec![start];
     let mut cur = start;
     loop {
-        let next = refs[cur].iter().map(|&(s, _)| s).find(|&s| pending[s] > 0).expect("an unplaced node has an unplaced input");
+        let next = refs[cur]
+            .iter()
+            .map(|&(s, _)| s)
+            .find(|&s| pending[s] > 0)
+            .expect("an unplaced node has an unplaced input");
         if let Some(p) = path.iter().position(|&x| x == next) {
-            let mut cyc: Vec<String> = path[p..].iter().rev().map(|&x| nodes[x].name.clone()).collect();
+            let mut cyc: Vec<String> = path[p..]
+                .iter()
+                .rev()
+                .map(|&x| nodes[x].name.clone())
+                .collect();
             cyc.push(cyc[0].clone());
-            return Err(err(format!("nodes[{}]", path[p]), JsonErrorKind::Cycle(cyc)));
+            return Err(err(
+                format!("nodes[{}]", path[p]),
+                JsonErrorKind::Cycle(cyc),
+            ));
         }
         path.push(next);
         cur = next;
@@ -284,7 +323,10 @@ pub fn to_doc(g: &Graph) -> GraphDoc {
         outputs: g
             .outputs
             .iter()
-            .map(|o| OutputDoc { name: o.name.clone(), value: value_ref(g, o.value) })
+            .map(|o| OutputDoc {
+                name: o.name.clone(),
+                value: value_ref(g, o.value),
+            })
             .collect(),
     }
 }

@@ -137,7 +137,10 @@ impl Mesh {
                 return Err(MeshError::BadName(a.name.clone()));
             }
             if a.size == 0 {
-                return Err(MeshError::ZeroSize { name: a.name.clone(), size: a.size });
+                return Err(MeshError::ZeroSize {
+                    name: a.name.clone(),
+                    size: a.size,
+                });
             }
             if self.axes[..i].iter().any(|b| b.name == a.name) {
                 return Err(MeshError::Duplicate(a.name.clone()));
@@ -150,21 +153,26 @@ impl Mesh {
     /// are placed by packing from the innermost axis: an axis stays inside a node while the product
     /// of its size and the sizes of the axes inside it is at most `gpus_per_node`.
     pub fn parse(spec: &str, gpus_per_node: u64) -> Result<Mesh, MeshError> {
-        let err = |why: String| MeshError::Spec { spec: spec.to_string(), why };
+        let err = |why: String| MeshError::Spec {
+            spec: spec.to_string(),
+            why,
+        };
         let mut parsed: Vec<(String, u32, Option<Level>)> = Vec::new();
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (name, rest) =
-                part.split_once('=').ok_or_else(|| err(format!("`{part}` has no `=`")))?;
+            let (name, rest) = part
+                .split_once('=')
+                .ok_or_else(|| err(format!("`{part}` has no `=`")))?;
             let (size, level) = match rest.split_once(':') {
                 Some((s, "intra")) => (s, Some(Level::IntraNode)),
                 Some((s, "inter")) => (s, Some(Level::InterNode)),
                 Some((_, l)) => return Err(err(format!("unknown level `{l}`"))),
                 None => (rest, None),
             };
-            let size: u32 = size
-                .trim()
-                .parse()
-                .map_err(|_| err(format!("size `{size}` of axis `{name}` is not a positive integer")))?;
+            let size: u32 = size.trim().parse().map_err(|_| {
+                err(format!(
+                    "size `{size}` of axis `{name}` is not a positive integer"
+                ))
+            })?;
             parsed.push((name.trim().to_string(), size, level));
         }
         let mut inner: u64 = 1;

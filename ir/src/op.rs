@@ -13,7 +13,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// How router scores are computed from logits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Score {
     /// Softmax over all experts (Mixtral, Qwen, OLMoE, DBRX, Switch, GPT-OSS, DeepSeek-V2).
@@ -24,7 +26,9 @@ pub enum Score {
 
 /// Group-limited routing (DeepSeek): experts form `groups` equal groups; a token first keeps the
 /// `topk_groups` groups with the best group score, then picks its top-k experts inside them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct Groups {
     pub groups: u64,
@@ -32,7 +36,9 @@ pub struct Groups {
 }
 
 /// The activation of an expert or dense FFN.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Activation {
     Silu,
@@ -44,7 +50,9 @@ pub enum Activation {
 }
 
 /// Memory layout of the tokens an `expert_ffn` processes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum FfnLayout {
     /// `[experts, capacity, hidden]`: each expert has its own fixed-size slot buffer (dispatch form).
@@ -55,7 +63,9 @@ pub enum FfnLayout {
 }
 
 /// Scaled dot-product attention attributes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct AttentionAttrs {
     /// Query heads.
@@ -92,7 +102,9 @@ fn rope_theta() -> F64 {
 }
 
 /// Attention mask: which keys each query attends to (positions within a sequence).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Mask {
     /// Every key (encoders, cross-attention).
@@ -106,7 +118,9 @@ pub enum Mask {
 }
 
 /// Router attributes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct RouterAttrs {
     /// Routed experts.
@@ -132,7 +146,9 @@ fn one() -> F64 {
 }
 
 /// How many routed (token, choice) pairs each expert keeps per group of tokens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Capacity {
     /// Every routed pair is kept.
@@ -143,7 +159,9 @@ pub enum Capacity {
 }
 
 /// An operation. See the module docs for the JSON spelling.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Op {
     // ----- leaves -----
@@ -165,6 +183,9 @@ pub enum Op {
     /// b's dim 0 must be split on the same axes, which then become partial; partial inputs stay
     /// partial (a partial on an axis b is replicated on, or the reverse; not both).
     Matmul,
+    /// `transpose(x)`: `[..., M, N]` -> `[..., N, M]`, the last two dims' splits swapped; partial
+    /// axes kept (transposition is linear). Used for tied LM heads (`x @ embedding^T`).
+    Transpose,
     /// `batch_matmul(a, b)`: a `[B, M, K]`, b `[B, K, N]` -> `[B, M, N]`. Sharding: the batch dims
     /// must be split alike and stay split; M and N carry; K splits become partial.
     BatchMatmul,
@@ -228,7 +249,12 @@ pub enum Op {
     /// `T * min(k, E/n)` (dropless) or `min(that, E/n * slots * token_groups)`; unused rows hold
     /// token id `T` and weight 0. With `Slots(c)`, each of `token_groups` equal consecutive groups of
     /// tokens keeps at most `c` pairs per expert, in the same priority as `dispatch`.
-    LocalRoutes { experts: u64, axis: String, capacity: Capacity, token_groups: u64 },
+    LocalRoutes {
+        experts: u64,
+        axis: String,
+        capacity: Capacity,
+        token_groups: u64,
+    },
     /// `index_select(x, ids)`: x `[T, H]`, ids `i32[N]` -> `[N, H]`; ids `>= T` give zero rows.
     /// Sharding: x's dim 0 unsplit; ids' split carries to dim 0; x's dim 1 split carries; x not partial.
     IndexSelect,
@@ -242,13 +268,21 @@ pub enum Op {
     /// w_up, w_gate `[E, H, F]`, w_down `[E, F, H]` -> x's shape. Sharding: the expert dims of x
     /// (padded), counts (grouped) and all weights split alike; in the grouped form x's rows split on
     /// the same axes; the hidden dim unsplit; nothing partial.
-    ExpertFfn { layout: FfnLayout, act: Activation, gated: bool },
+    ExpertFfn {
+        layout: FfnLayout,
+        act: Activation,
+        gated: bool,
+    },
 
     // ----- collectives (over one mesh axis; logical value and global shape unchanged) -----
     /// `all_to_all(x)`: dim `concat_dim` split on `axis` (minor-most) -> that split moves to
     /// `split_dim` (as its minor-most axis). Each rank sends chunk `i` of its `split_dim` to rank `i`
     /// and concatenates what it receives along `concat_dim`.
-    AllToAll { axis: String, split_dim: usize, concat_dim: usize },
+    AllToAll {
+        axis: String,
+        split_dim: usize,
+        concat_dim: usize,
+    },
     /// `all_reduce(x)`: partial on `axis` -> replicated on `axis` (sum).
     AllReduce { axis: String },
     /// `all_gather(x)`: dim `dim` split on `axis` (minor-most) -> unsplit on `axis`.
@@ -273,6 +307,7 @@ impl Op {
             Op::Zeros(_) => "zeros",
             Op::Embedding => "embedding",
             Op::Matmul => "matmul",
+            Op::Transpose => "transpose",
             Op::BatchMatmul => "batch_matmul",
             Op::Add => "add",
             Op::Mul => "mul",
@@ -303,10 +338,37 @@ impl Op {
 
     /// Every op name, in declaration order (for error messages and docs).
     pub const NAMES: &'static [&'static str] = &[
-        "input", "weight", "zeros", "embedding", "matmul", "batch_matmul", "add", "mul", "gelu",
-        "silu", "relu", "sigmoid", "swiglu", "softmax", "rms_norm", "layer_norm", "attention",
-        "router", "dispatch", "combine", "local_routes", "index_select", "index_add", "expert_ffn",
-        "all_to_all", "all_reduce", "all_gather", "reduce_scatter", "send", "recv",
+        "input",
+        "weight",
+        "zeros",
+        "embedding",
+        "matmul",
+        "transpose",
+        "batch_matmul",
+        "add",
+        "mul",
+        "gelu",
+        "silu",
+        "relu",
+        "sigmoid",
+        "swiglu",
+        "softmax",
+        "rms_norm",
+        "layer_norm",
+        "attention",
+        "router",
+        "dispatch",
+        "combine",
+        "local_routes",
+        "index_select",
+        "index_add",
+        "expert_ffn",
+        "all_to_all",
+        "all_reduce",
+        "all_gather",
+        "reduce_scatter",
+        "send",
+        "recv",
     ];
 
     /// The mesh axis a collective communicates over.

@@ -88,7 +88,12 @@ impl Summary {
             max_rank_param_bytes: rank_bytes.values().copied().max().unwrap_or(0),
             ops,
             collectives: c,
-            mesh: g.mesh.axes.iter().map(|a| (a.name.clone(), a.size.into())).collect(),
+            mesh: g
+                .mesh
+                .axes
+                .iter()
+                .map(|a| (a.name.clone(), a.size.into()))
+                .collect(),
             ranks: g.mesh.ranks(),
             stages: stages.len().max(1) as u64,
         }
@@ -113,12 +118,26 @@ impl std::fmt::Display for Summary {
         let mesh: Vec<String> = self.mesh.iter().map(|(k, v)| format!("{k}={v}")).collect();
         writeln!(f, "model        {}", self.name)?;
         writeln!(f, "format       {}", self.format)?;
-        writeln!(f, "mesh         {} ({} ranks)", if mesh.is_empty() { "single".into() } else { mesh.join(", ") }, self.ranks)?;
+        writeln!(
+            f,
+            "mesh         {} ({} ranks)",
+            if mesh.is_empty() {
+                "single".into()
+            } else {
+                mesh.join(", ")
+            },
+            self.ranks
+        )?;
         writeln!(f, "layers       {} ({} MoE)", self.layers, self.moe_layers)?;
         writeln!(f, "stages       {}", self.stages)?;
         writeln!(f, "nodes        {}", self.nodes)?;
         writeln!(f, "params       {} ({})", human(self.params), self.params)?;
-        writeln!(f, "param bytes  {} (most loaded rank {})", human(self.param_bytes), human(self.max_rank_param_bytes))?;
+        writeln!(
+            f,
+            "param bytes  {} (most loaded rank {})",
+            human(self.param_bytes),
+            human(self.max_rank_param_bytes)
+        )?;
         let c = &self.collectives;
         writeln!(
             f,

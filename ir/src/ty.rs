@@ -16,7 +16,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// The type of one value: dtype, global shape and sharding over the mesh.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct TensorType {
     pub dtype: DType,
@@ -38,7 +40,12 @@ impl TensorType {
     /// A replicated tensor.
     pub fn new(dtype: DType, shape: impl Into<Vec<u64>>) -> TensorType {
         let shape = shape.into();
-        TensorType { dtype, split: vec![Vec::new(); shape.len()], shape, partial: Vec::new() }
+        TensorType {
+            dtype,
+            split: vec![Vec::new(); shape.len()],
+            shape,
+            partial: Vec::new(),
+        }
     }
 
     /// The same tensor with dimension `dim` split over `axes` (replacing what split it before).
@@ -77,7 +84,11 @@ impl TensorType {
 
     /// Every axis the type mentions, split or partial.
     pub fn axes(&self) -> impl Iterator<Item = &str> {
-        self.split.iter().flatten().chain(&self.partial).map(String::as_str)
+        self.split
+            .iter()
+            .flatten()
+            .chain(&self.partial)
+            .map(String::as_str)
     }
 
     /// Whether some dimension is split over `axis`.
@@ -123,7 +134,8 @@ impl TensorType {
     /// A copy with the partial axes put in mesh order (the canonical order).
     pub fn canonical(mut self, mesh: &Mesh) -> TensorType {
         self.normalize();
-        self.partial.sort_by_key(|a| mesh.axis_index(a).unwrap_or(usize::MAX));
+        self.partial
+            .sort_by_key(|a| mesh.axis_index(a).unwrap_or(usize::MAX));
         self
     }
 }

@@ -18,9 +18,18 @@ pub enum ValidationError {
     #[error("node {id} `{name}`: name is empty, contains `:` or whitespace")]
     BadName { id: NodeId, name: String },
     #[error("node {id} `{name}`: name used before by node {first}")]
-    DuplicateName { id: NodeId, name: String, first: NodeId },
+    DuplicateName {
+        id: NodeId,
+        name: String,
+        first: NodeId,
+    },
     #[error("node {id} `{name}`: input {input} refers to {value}, which is not an earlier node's output")]
-    BadInput { id: NodeId, name: String, input: usize, value: String },
+    BadInput {
+        id: NodeId,
+        name: String,
+        input: usize,
+        value: String,
+    },
     #[error("node {id} `{name}` ({op}): {source}")]
     Type {
         id: NodeId,
@@ -30,19 +39,30 @@ pub enum ValidationError {
         source: TypeError,
     },
     #[error("node {id} `{name}` ({op}): recorded output types [{recorded}] differ from the inferred [{inferred}]")]
-    StaleType { id: NodeId, name: String, op: &'static str, recorded: String, inferred: String },
+    StaleType {
+        id: NodeId,
+        name: String,
+        op: &'static str,
+        recorded: String,
+        inferred: String,
+    },
     #[error("graph output `{name}` refers to {value}, which does not exist")]
     BadOutput { name: String, value: String },
     #[error("graph output name `{0}` is used twice")]
     DuplicateOutput(String),
     #[error("the graph has no outputs")]
     NoOutputs,
-    #[error("node {id} `{name}` has no stage while other nodes have one: annotate all nodes or none")]
+    #[error(
+        "node {id} `{name}` has no stage while other nodes have one: annotate all nodes or none"
+    )]
     PartialStages { id: NodeId, name: String },
 }
 
 fn join<T: std::fmt::Display>(ts: &[T]) -> String {
-    ts.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    ts.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Validates `g`, returning the first broken invariant.
@@ -56,7 +76,11 @@ pub fn validate(g: &Graph) -> Result<(), ValidationError> {
             return Err(ValidationError::BadName { id, name: name() });
         }
         if let Some(&first) = seen.get(n.name.as_str()) {
-            return Err(ValidationError::DuplicateName { id, name: name(), first });
+            return Err(ValidationError::DuplicateName {
+                id,
+                name: name(),
+                first,
+            });
         }
         seen.insert(&n.name, id);
         if staged && n.stage.is_none() {
@@ -67,13 +91,26 @@ pub fn validate(g: &Graph) -> Result<(), ValidationError> {
             match (v.node < id).then(|| g.value_type(*v)).flatten() {
                 Some(t) => tys.push(t),
                 None => {
-                    return Err(ValidationError::BadInput { id, name: name(), input: i, value: v.to_string() })
+                    return Err(ValidationError::BadInput {
+                        id,
+                        name: name(),
+                        input: i,
+                        value: v.to_string(),
+                    })
                 }
             }
         }
-        let inferred = infer(&n.op, &tys, &g.mesh)
-            .map_err(|source| ValidationError::Type { id, name: name(), op: n.op.name(), source })?;
-        let recorded: Vec<_> = n.outputs.iter().map(|t| t.clone().canonical(&g.mesh)).collect();
+        let inferred = infer(&n.op, &tys, &g.mesh).map_err(|source| ValidationError::Type {
+            id,
+            name: name(),
+            op: n.op.name(),
+            source,
+        })?;
+        let recorded: Vec<_> = n
+            .outputs
+            .iter()
+            .map(|t| t.clone().canonical(&g.mesh))
+            .collect();
         if recorded != inferred {
             return Err(ValidationError::StaleType {
                 id,
@@ -90,7 +127,10 @@ pub fn validate(g: &Graph) -> Result<(), ValidationError> {
     let mut out_names = HashSet::new();
     for o in &g.outputs {
         if g.value_type(o.value).is_none() {
-            return Err(ValidationError::BadOutput { name: o.name.clone(), value: o.value.to_string() });
+            return Err(ValidationError::BadOutput {
+                name: o.name.clone(),
+                value: o.value.to_string(),
+            });
         }
         if !out_names.insert(o.name.as_str()) {
             return Err(ValidationError::DuplicateOutput(o.name.clone()));

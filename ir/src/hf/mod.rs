@@ -1,1 +1,149 @@
-//! Hugging Face config import.
+//! Hugging Face `config.json` import: builds the standard expert-parallel graph of a published
+//! MoE model.
+//!
+//! A family parser (one file per family under `families/`) reads the config's keys into a
+//! [`ModelSpec`]; [`lower`] turns the spec into a graph. `--set key=value` overrides are applied
+//! to the JSON first ([`apply_set`]), so small test models are published configs with a few keys changed.
+
+mod config;
+mod families;
+mod lower;
+pub mod spec;
+
+pub use config::Cfg;
+pub use lower::{default_mesh, lower};
+pub use spec::{Family, ModelSpec};
+
+use crate::{DType, Graph, Mesh, DEFAULT_GPUS_PER_NODE};
+use serde_json::Value;
+use thiserror::Error;
+
+/// Why a config cannot be imported. Messages name the config key.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ImportError {
+    #[error("config is not valid JSON: {0}")]
+    Json(String),
+    #[error("unknown model_type `{found}`; supported: {supported}")]
+    UnknownModelType { found: String, supported: String },
+    #[error("config has no `model_type` key; supported model types: {0}")]
+    NoModelType(String),
+    #[error("config key `{key}` {why}")]
+    Key { key: String, why: String },
+    #[error("`--set {0}`: expected key=value")]
+    BadSet(String),
+    #[error("mesh: {0}")]
+    Mesh(String),
+    #[error("options: {0}")]
+    Options(String),
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    #[error("internal error while lowering (please report): {0}")]
+    Internal(String),
+}
+
+/// Options of an import.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImportOptions {
+    /// The mesh; `None` picks `ep` = the largest of 8, 4, 2, 1 dividing the experts.
+    pub mesh: Option<Mesh>,
+    /// Tokens per sequence.
+    pub seq: u64,
+    /// Sequences per rank per micro-batch.
+    pub micro_batch: u64,
+    /// Parameter and activation dtype.
+    pub dtype: DType,
+    /// Ranks per node, for the levels of a default mesh.
+    pub gpus_per_node: u64,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        ImportOptions {
+            mesh: None,
+            seq: 4096,
+            micro_batch: 1,
+            dtype: DType::Bf16,
+            gpus_per_node: DEFAULT_GPUS_PER_NODE,
+        }
+    }
+}
+
+/// Applies one `key=value` override. The value is read as JSON when it parses (`2`, `true`,
+/// `"silu"`, `[1,2]`), else as a string. A dotted key (`text_config.num_hidden_layers`) walks nested
+/// objects; a plain key missing at the top level but present in `text_config` is set there.
+pub fn apply_set(config: &mut Value, set: &str) -> Result<(), ImportError> {
+    let (key, raw) = set
+        .split_once('=')
+        .ok_or_else(|| ImportError::BadSet(set.to_string()))?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(ImportError::BadSet(set.to_string()));
+    }
+    let value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let root = config.as_object().ok_or_else(|| ImportError::Key {
+        key: "(root)".into(),
+        why: "a config must be a JSON object".into(),
+    })?;
+    if parts.len() == 1 && !root.contains_key(key) {
+        if let Some(Value::Object(t)) = root.get("text_config") {
+            if t.contains_key(key) {
+                parts.insert(0, "text_config");
+            }
+        }
+    }
+    let last = parts.pop().expect("split yields one part");
+    let mut cur = config;
+    for (i, p) in parts.iter().enumerate() {
+        cur = cur
+            .as_object_mut()
+            .and_then(|o| o.get_mut(*p))
+            .filter(|v| v.is_object())
+            .ok_or_else(|| ImportError::Key {
+                key: parts[..=i].join("."),
+                why: "is not an object to set keys in".into(),
+            })?;
+    }
+    cur.as_object_mut()
+        .expect("checked to be an object")
+        .insert(last.to_string(), value);
+    Ok(())
+}
+
+/// Reads a config into a [`ModelSpec`].
+pub fn parse_spec(config: &Value) -> Result<ModelSpec, ImportError> {
+    let cfg = Cfg::root(config)?;
+    let model_type = match cfg.opt_str("model_type")? {
+        Some(t) => t,
+        None => return Err(ImportError::NoModelType(Family::supported())),
+    };
+    let family =
+        Family::from_model_type(model_type).ok_or_else(|| ImportError::UnknownModelType {
+            found: model_type.to_string(),
+            supported: Family::supported(),
+        })?;
+    let mut spec = families::parse(family, cfg)?;
+    spec.family = family;
+    if let Some(n) = cfg.opt_str("_name_or_path")?.filter(|n| !n.is_empty()) {
+        spec.name = n.rsplit('/').next().unwrap_or(n).to_string();
+    }
+    families::check(&spec)?;
+    Ok(spec)
+}
+
+/// Imports config text with overrides: parse, apply `--set`s, read the spec, lower.
+pub fn import(text: &str, sets: &[String], opts: &ImportOptions) -> Result<Graph, ImportError> {
+    let mut config: Value =
+        serde_json::from_str(text).map_err(|e| ImportError::Json(e.to_string()))?;
+    for s in sets {
+        apply_set(&mut config, s)?;
+    }
+    let spec = parse_spec(&config)?;
+    lower(&spec, opts)
+}
+
+/// Whether JSON text looks like an HF config rather than a `model.json` (it has `model_type` and
+/// no `format`).
+pub fn looks_like_hf_config(v: &Value) -> bool {
+    v.get("model_type").is_some() && v.get("format").is_none()
+}

@@ -13,7 +13,9 @@ fn one_input(axis: &str, inputs: &[&TensorType], mesh: &Mesh) -> Result<TensorTy
 
 fn dim_in_range(t: &TensorType, dim: usize, what: &str) -> Result<()> {
     if dim >= t.rank() {
-        return Err(TypeError::Attr(format!("{what} = {dim} is out of range for {t}")));
+        return Err(TypeError::Attr(format!(
+            "{what} = {dim} is out of range for {t}"
+        )));
     }
     Ok(())
 }
@@ -31,18 +33,28 @@ fn take_minor(t: &mut TensorType, dim: usize, axis: &str) -> Result<()> {
 
 fn take_partial(t: &mut TensorType, axis: &str) -> Result<()> {
     let Some(i) = t.partial.iter().position(|a| a == axis) else {
-        return Err(TypeError::Sharding(format!("{t} is not partial on `{axis}`: nothing to reduce")));
+        return Err(TypeError::Sharding(format!(
+            "{t} is not partial on `{axis}`: nothing to reduce"
+        )));
     };
     t.partial.remove(i);
     Ok(())
 }
 
-pub(super) fn all_to_all(axis: &str, split_dim: usize, concat_dim: usize, inputs: &[&TensorType], mesh: &Mesh) -> Result<TensorType> {
+pub(super) fn all_to_all(
+    axis: &str,
+    split_dim: usize,
+    concat_dim: usize,
+    inputs: &[&TensorType],
+    mesh: &Mesh,
+) -> Result<TensorType> {
     let mut t = one_input(axis, inputs, mesh)?;
     dim_in_range(&t, split_dim, "split_dim")?;
     dim_in_range(&t, concat_dim, "concat_dim")?;
     if split_dim == concat_dim {
-        return Err(TypeError::Attr("split_dim and concat_dim must differ".into()));
+        return Err(TypeError::Attr(
+            "split_dim and concat_dim must differ".into(),
+        ));
     }
     if t.is_partial_on(axis) {
         return Err(TypeError::Sharding(format!("{t} is partial on `{axis}`")));
@@ -58,14 +70,24 @@ pub(super) fn all_reduce(axis: &str, inputs: &[&TensorType], mesh: &Mesh) -> Res
     Ok(t)
 }
 
-pub(super) fn all_gather(axis: &str, dim: usize, inputs: &[&TensorType], mesh: &Mesh) -> Result<TensorType> {
+pub(super) fn all_gather(
+    axis: &str,
+    dim: usize,
+    inputs: &[&TensorType],
+    mesh: &Mesh,
+) -> Result<TensorType> {
     let mut t = one_input(axis, inputs, mesh)?;
     dim_in_range(&t, dim, "dim")?;
     take_minor(&mut t, dim, axis)?;
     Ok(t)
 }
 
-pub(super) fn reduce_scatter(axis: &str, dim: usize, inputs: &[&TensorType], mesh: &Mesh) -> Result<TensorType> {
+pub(super) fn reduce_scatter(
+    axis: &str,
+    dim: usize,
+    inputs: &[&TensorType],
+    mesh: &Mesh,
+) -> Result<TensorType> {
     let mut t = one_input(axis, inputs, mesh)?;
     dim_in_range(&t, dim, "dim")?;
     take_partial(&mut t, axis)?;
@@ -81,7 +103,11 @@ mod tests {
     fn all_to_all_moves_the_split() {
         let mesh = Mesh::parse("ep=4", 8).unwrap();
         let d = TensorType::new(DType::Bf16, [8, 64, 16]).with_split(1, &["ep"]);
-        let op = Op::AllToAll { axis: "ep".into(), split_dim: 0, concat_dim: 1 };
+        let op = Op::AllToAll {
+            axis: "ep".into(),
+            split_dim: 0,
+            concat_dim: 1,
+        };
         let out = infer(&op, &[&d], &mesh).unwrap();
         assert_eq!(out[0].to_string(), "bf16[8@ep, 64, 16]");
         assert_eq!(out[0].local_shape(&mesh), vec![2, 64, 16]);
@@ -94,8 +120,24 @@ mod tests {
     fn reduce_scatter_then_all_gather_is_all_reduce_typed() {
         let mesh = Mesh::parse("tp=2", 8).unwrap();
         let p = TensorType::new(DType::Bf16, [8, 4]).with_partial(&["tp"]);
-        let rs = infer(&Op::ReduceScatter { axis: "tp".into(), dim: 0 }, &[&p], &mesh).unwrap();
-        let ag = infer(&Op::AllGather { axis: "tp".into(), dim: 0 }, &[&rs[0]], &mesh).unwrap();
+        let rs = infer(
+            &Op::ReduceScatter {
+                axis: "tp".into(),
+                dim: 0,
+            },
+            &[&p],
+            &mesh,
+        )
+        .unwrap();
+        let ag = infer(
+            &Op::AllGather {
+                axis: "tp".into(),
+                dim: 0,
+            },
+            &[&rs[0]],
+            &mesh,
+        )
+        .unwrap();
         let ar = infer(&Op::AllReduce { axis: "tp".into() }, &[&p], &mesh).unwrap();
         assert_eq!(ag, ar);
     }

@@ -58,6 +58,25 @@ pub(super) fn matmul(inputs: &[&TensorType]) -> Result<TensorType> {
     Ok(make(a.dtype, shape, split, partial))
 }
 
+pub(super) fn transpose(inputs: &[&TensorType]) -> Result<TensorType> {
+    arity(inputs, 1)?;
+    let x = inputs[0];
+    if x.rank() < 2 {
+        return Err(TypeError::Rank {
+            input: 0,
+            expected: "at least 2".into(),
+            got: x.rank(),
+            ty: x.to_string(),
+        });
+    }
+    let mut t = x.clone();
+    t.normalize();
+    let r = t.rank();
+    t.shape.swap(r - 2, r - 1);
+    t.split.swap(r - 2, r - 1);
+    Ok(t)
+}
+
 pub(super) fn batch_matmul(inputs: &[&TensorType]) -> Result<TensorType> {
     arity(inputs, 2)?;
     rank(inputs, 0, 3)?;
@@ -159,7 +178,9 @@ pub(super) fn swiglu(inputs: &[&TensorType]) -> Result<TensorType> {
     gn.normalize();
     un.normalize();
     if gn != un {
-        return Err(TypeError::Shape(format!("gate {g} and up {u} must have the same type")));
+        return Err(TypeError::Shape(format!(
+            "gate {g} and up {u} must have the same type"
+        )));
     }
     Ok(g.clone())
 }
@@ -170,7 +191,12 @@ pub(super) fn softmax(inputs: &[&TensorType]) -> Result<TensorType> {
     not_partial(inputs, 0)?;
     let r = inputs[0].rank();
     if r == 0 {
-        return Err(TypeError::Rank { input: 0, expected: "at least 1".into(), got: 0, ty: inputs[0].to_string() });
+        return Err(TypeError::Rank {
+            input: 0,
+            expected: "at least 1".into(),
+            got: 0,
+            ty: inputs[0].to_string(),
+        });
     }
     unsplit(inputs, 0, r - 1, "the softmax dim")?;
     Ok(inputs[0].clone())
@@ -178,17 +204,29 @@ pub(super) fn softmax(inputs: &[&TensorType]) -> Result<TensorType> {
 
 /// `rms_norm` / `layer_norm`: normalizes each consecutive group of `len(w)` elements of the last
 /// dim (the whole dim, or one head at a time for per-head q/k norms).
-pub(super) fn norm(inputs: &[&TensorType], bias: bool, eps: f64, mesh: &Mesh) -> Result<TensorType> {
+pub(super) fn norm(
+    inputs: &[&TensorType],
+    bias: bool,
+    eps: f64,
+    mesh: &Mesh,
+) -> Result<TensorType> {
     let n = if bias { 3 } else { 2 };
     arity(inputs, n)?;
     float(inputs, 0)?;
     not_partial(inputs, 0)?;
     if !(eps.is_finite() && eps > 0.0) {
-        return Err(TypeError::Attr(format!("eps = {eps} must be a positive finite number")));
+        return Err(TypeError::Attr(format!(
+            "eps = {eps} must be a positive finite number"
+        )));
     }
     let x = inputs[0];
     if x.rank() == 0 {
-        return Err(TypeError::Rank { input: 0, expected: "at least 1".into(), got: 0, ty: x.to_string() });
+        return Err(TypeError::Rank {
+            input: 0,
+            expected: "at least 1".into(),
+            got: 0,
+            ty: x.to_string(),
+        });
     }
     let h = x.rank() - 1;
     for i in 1..n {
@@ -207,7 +245,11 @@ pub(super) fn norm(inputs: &[&TensorType], bias: bool, eps: f64, mesh: &Mesh) ->
     Ok(x.clone())
 }
 
-pub(super) fn attention(a: &AttentionAttrs, inputs: &[&TensorType], mesh: &Mesh) -> Result<TensorType> {
+pub(super) fn attention(
+    a: &AttentionAttrs,
+    inputs: &[&TensorType],
+    mesh: &Mesh,
+) -> Result<TensorType> {
     let shared = a.shared_k_dim > 0;
     let n = 3 + usize::from(shared) + usize::from(a.sinks);
     arity(inputs, n)?;
@@ -227,7 +269,12 @@ pub(super) fn attention(a: &AttentionAttrs, inputs: &[&TensorType], mesh: &Mesh)
         crate::op::Mask::Sliding(w) | crate::op::Mask::Chunked(w) => w,
         _ => 1,
     };
-    if a.shared_k_dim >= a.head_dim || a.rope_dim > a.head_dim || a.seq == 0 || a.kv_seq == 0 || window == 0 {
+    if a.shared_k_dim >= a.head_dim
+        || a.rope_dim > a.head_dim
+        || a.seq == 0
+        || a.kv_seq == 0
+        || window == 0
+    {
         return Err(TypeError::Attr(format!(
             "need shared_k_dim < head_dim, rope_dim <= head_dim and positive seq lengths \
              and a positive window (head_dim {}, shared_k_dim {}, rope_dim {}, seq {}, kv_seq {})",
@@ -235,10 +282,31 @@ pub(super) fn attention(a: &AttentionAttrs, inputs: &[&TensorType], mesh: &Mesh)
         )));
     }
     let (q, k) = (inputs[0], inputs[1]);
-    expect_dim(inputs, 0, 1, a.heads * a.head_dim, "query width heads*head_dim")?;
-    expect_dim(inputs, 1, 1, a.kv_heads * (a.head_dim - a.shared_k_dim), "key width")?;
-    expect_dim(inputs, 2, 1, a.kv_heads * a.v_head_dim, "value width kv_heads*v_head_dim")?;
-    if q.shape[0] % a.seq != 0 || k.shape[0] % a.kv_seq != 0 || q.shape[0] / a.seq != k.shape[0] / a.kv_seq {
+    expect_dim(
+        inputs,
+        0,
+        1,
+        a.heads * a.head_dim,
+        "query width heads*head_dim",
+    )?;
+    expect_dim(
+        inputs,
+        1,
+        1,
+        a.kv_heads * (a.head_dim - a.shared_k_dim),
+        "key width",
+    )?;
+    expect_dim(
+        inputs,
+        2,
+        1,
+        a.kv_heads * a.v_head_dim,
+        "value width kv_heads*v_head_dim",
+    )?;
+    if q.shape[0] % a.seq != 0
+        || k.shape[0] % a.kv_seq != 0
+        || q.shape[0] / a.seq != k.shape[0] / a.kv_seq
+    {
         return Err(TypeError::Shape(format!(
             "query rows {} and key rows {} must be the same number of sequences of {} and {} tokens",
             q.shape[0], k.shape[0], a.seq, a.kv_seq
@@ -275,7 +343,9 @@ pub(super) fn attention(a: &AttentionAttrs, inputs: &[&TensorType], mesh: &Mesh)
     if a.sinks {
         expect_dim(inputs, next, 0, a.heads, "sinks")?;
         if inputs[next].split_of(0) != heads.as_slice() {
-            return Err(TypeError::Sharding("sinks must be split like the heads".into()));
+            return Err(TypeError::Sharding(
+                "sinks must be split like the heads".into(),
+            ));
         }
     }
     Ok(make(

@@ -18,9 +18,18 @@ pub enum TypeError {
     #[error("expects {expected} inputs, got {got}")]
     Arity { expected: String, got: usize },
     #[error("input {input} must have rank {expected}, has rank {got} ({ty})")]
-    Rank { input: usize, expected: String, got: usize, ty: String },
+    Rank {
+        input: usize,
+        expected: String,
+        got: usize,
+        ty: String,
+    },
     #[error("input {input} must be {expected}, is {got}")]
-    DType { input: usize, expected: String, got: DType },
+    DType {
+        input: usize,
+        expected: String,
+        got: DType,
+    },
     #[error("shape mismatch: {0}")]
     Shape(String),
     #[error("sharding: {0}")]
@@ -31,8 +40,15 @@ pub enum TypeError {
     UnknownAxis { axis: String, mesh: String },
     #[error("mesh axis `{axis}` appears twice in type {ty}")]
     AxisTwice { axis: String, ty: String },
-    #[error("dim {dim} of size {size} is split over {axes} of {factor} ranks, which does not divide it")]
-    NotDivisible { dim: usize, size: u64, axes: String, factor: u64 },
+    #[error(
+        "dim {dim} of size {size} is split over {axes} of {factor} ranks, which does not divide it"
+    )]
+    NotDivisible {
+        dim: usize,
+        size: u64,
+        axes: String,
+        factor: u64,
+    },
     #[error("dim {dim} has size 0")]
     ZeroDim { dim: usize },
     #[error("split lists {got} dims but the shape has rank {rank}")]
@@ -64,6 +80,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType], mesh: &Mesh) -> Result<Vec<TensorT
         }
         Op::Embedding => vec![dense::embedding(inputs)?],
         Op::Matmul => vec![dense::matmul(inputs)?],
+        Op::Transpose => vec![dense::transpose(inputs)?],
         Op::BatchMatmul => vec![dense::batch_matmul(inputs)?],
         Op::Add => vec![dense::elementwise(inputs, false)?],
         Op::Mul => vec![dense::elementwise(inputs, true)?],
@@ -80,16 +97,29 @@ pub fn infer(op: &Op, inputs: &[&TensorType], mesh: &Mesh) -> Result<Vec<TensorT
         Op::Combine { experts, capacity } => {
             vec![routing::combine(*experts, *capacity, inputs, mesh)?]
         }
-        Op::LocalRoutes { experts, axis, capacity, token_groups } => {
-            routing::local_routes(*experts, axis, *capacity, *token_groups, inputs, mesh)?
-        }
+        Op::LocalRoutes {
+            experts,
+            axis,
+            capacity,
+            token_groups,
+        } => routing::local_routes(*experts, axis, *capacity, *token_groups, inputs, mesh)?,
         Op::IndexSelect => vec![routing::index_select(inputs)?],
         Op::IndexAdd { scaled } => vec![routing::index_add(*scaled, inputs)?],
         Op::ExpertFfn { layout, act, gated } => {
             vec![routing::expert_ffn(*layout, *act, *gated, inputs)?]
         }
-        Op::AllToAll { axis, split_dim, concat_dim } => {
-            vec![collective::all_to_all(axis, *split_dim, *concat_dim, inputs, mesh)?]
+        Op::AllToAll {
+            axis,
+            split_dim,
+            concat_dim,
+        } => {
+            vec![collective::all_to_all(
+                axis,
+                *split_dim,
+                *concat_dim,
+                inputs,
+                mesh,
+            )?]
         }
         Op::AllReduce { axis } => vec![collective::all_reduce(axis, inputs, mesh)?],
         Op::AllGather { axis, dim } => vec![collective::all_gather(axis, *dim, inputs, mesh)?],
@@ -110,15 +140,24 @@ pub fn infer(op: &Op, inputs: &[&TensorType], mesh: &Mesh) -> Result<Vec<TensorT
 /// exists and appears once, no dim is 0, and every split dim is divisible by its ranks.
 pub fn check_type(t: &TensorType, mesh: &Mesh) -> Result<()> {
     if t.split.len() > t.rank() {
-        return Err(TypeError::SplitRank { got: t.split.len(), rank: t.rank() });
+        return Err(TypeError::SplitRank {
+            got: t.split.len(),
+            rank: t.rank(),
+        });
     }
     let mut seen: Vec<&str> = Vec::new();
     for a in t.axes() {
         if mesh.axis(a).is_none() {
-            return Err(TypeError::UnknownAxis { axis: a.to_string(), mesh: mesh.to_string() });
+            return Err(TypeError::UnknownAxis {
+                axis: a.to_string(),
+                mesh: mesh.to_string(),
+            });
         }
         if seen.contains(&a) {
-            return Err(TypeError::AxisTwice { axis: a.to_string(), ty: t.to_string() });
+            return Err(TypeError::AxisTwice {
+                axis: a.to_string(),
+                ty: t.to_string(),
+            });
         }
         seen.push(a);
     }
@@ -144,7 +183,10 @@ pub fn check_type(t: &TensorType, mesh: &Mesh) -> Result<()> {
 
 pub(crate) fn arity(inputs: &[&TensorType], n: usize) -> Result<()> {
     if inputs.len() != n {
-        return Err(TypeError::Arity { expected: n.to_string(), got: inputs.len() });
+        return Err(TypeError::Arity {
+            expected: n.to_string(),
+            got: inputs.len(),
+        });
     }
     Ok(())
 }
@@ -175,7 +217,11 @@ pub(crate) fn float(inputs: &[&TensorType], i: usize) -> Result<()> {
 
 pub(crate) fn int(inputs: &[&TensorType], i: usize) -> Result<()> {
     if inputs[i].dtype != DType::I32 {
-        return Err(TypeError::DType { input: i, expected: "i32".into(), got: inputs[i].dtype });
+        return Err(TypeError::DType {
+            input: i,
+            expected: "i32".into(),
+            got: inputs[i].dtype,
+        });
     }
     Ok(())
 }
@@ -215,7 +261,9 @@ pub(crate) fn unsplit(inputs: &[&TensorType], i: usize, d: usize, what: &str) ->
 pub(crate) fn replicated(inputs: &[&TensorType], i: usize, what: &str) -> Result<()> {
     let t = inputs[i];
     if !t.is_replicated() {
-        return Err(TypeError::Sharding(format!("input {i} ({t}), {what}, must be replicated")));
+        return Err(TypeError::Sharding(format!(
+            "input {i} ({t}), {what}, must be replicated"
+        )));
     }
     Ok(())
 }
@@ -253,7 +301,13 @@ pub(crate) fn same_dim(
     Ok(x)
 }
 
-pub(crate) fn expect_dim(inputs: &[&TensorType], i: usize, d: usize, n: u64, what: &str) -> Result<()> {
+pub(crate) fn expect_dim(
+    inputs: &[&TensorType],
+    i: usize,
+    d: usize,
+    n: u64,
+    what: &str,
+) -> Result<()> {
     let got = inputs[i].shape[d];
     if got != n {
         return Err(TypeError::Shape(format!(
@@ -267,16 +321,29 @@ pub(crate) fn expect_dim(inputs: &[&TensorType], i: usize, d: usize, n: u64, wha
 pub(crate) fn axis_exists(axis: &str, mesh: &Mesh) -> Result<u64> {
     mesh.axis(axis)
         .map(|a| u64::from(a.size))
-        .ok_or_else(|| TypeError::UnknownAxis { axis: axis.to_string(), mesh: mesh.to_string() })
+        .ok_or_else(|| TypeError::UnknownAxis {
+            axis: axis.to_string(),
+            mesh: mesh.to_string(),
+        })
 }
 
 /// Builds a type from parts (partial axes deduplicated in first-seen order).
-pub(crate) fn make(dtype: DType, shape: Vec<u64>, split: Vec<Vec<String>>, partial: Vec<String>) -> TensorType {
+pub(crate) fn make(
+    dtype: DType,
+    shape: Vec<u64>,
+    split: Vec<Vec<String>>,
+    partial: Vec<String>,
+) -> TensorType {
     let mut p: Vec<String> = Vec::new();
     for a in partial {
         if !p.contains(&a) {
             p.push(a);
         }
     }
-    TensorType { dtype, shape, split, partial: p }
+    TensorType {
+        dtype,
+        shape,
+        split,
+        partial: p,
+    }
 }

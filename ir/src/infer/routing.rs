@@ -11,13 +11,23 @@ pub(super) fn router(a: &RouterAttrs, inputs: &[&TensorType]) -> Result<Vec<Tens
     unsplit(inputs, 0, 1, "the expert dim of the logits")?;
     expect_dim(inputs, 0, 1, a.experts, "router logits")?;
     if a.k == 0 || a.k > a.experts {
-        return Err(TypeError::Attr(format!("k = {} must be in 1..={} (the experts)", a.k, a.experts)));
+        return Err(TypeError::Attr(format!(
+            "k = {} must be in 1..={} (the experts)",
+            a.k, a.experts
+        )));
     }
     if !a.scale.0.is_finite() {
-        return Err(TypeError::Attr(format!("scale = {} must be finite", a.scale)));
+        return Err(TypeError::Attr(format!(
+            "scale = {} must be finite",
+            a.scale
+        )));
     }
     if let Some(g) = a.groups {
-        if g.groups == 0 || a.experts % g.groups != 0 || g.topk_groups == 0 || g.topk_groups > g.groups {
+        if g.groups == 0
+            || a.experts % g.groups != 0
+            || g.topk_groups == 0
+            || g.topk_groups > g.groups
+        {
             return Err(TypeError::Attr(format!(
                 "groups = {} must divide the {} experts and topk_groups = {} be in 1..=groups",
                 g.groups, a.experts, g.topk_groups
@@ -53,14 +63,21 @@ fn routes(inputs: &[&TensorType], idx: usize, tokens: usize) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn dispatch(experts: u64, capacity: u64, inputs: &[&TensorType], mesh: &Mesh) -> Result<TensorType> {
+pub(super) fn dispatch(
+    experts: u64,
+    capacity: u64,
+    inputs: &[&TensorType],
+    mesh: &Mesh,
+) -> Result<TensorType> {
     arity(inputs, 2)?;
     rank(inputs, 0, 2)?;
     float(inputs, 0)?;
     not_partial(inputs, 0)?;
     routes(inputs, 1, 0)?;
     if experts == 0 || capacity == 0 {
-        return Err(TypeError::Attr("experts and capacity must be positive".into()));
+        return Err(TypeError::Attr(
+            "experts and capacity must be positive".into(),
+        ));
     }
     let tokens = same_split(inputs, (0, 0), (1, 0), "token dim")?;
     let x = inputs[0];
@@ -72,7 +89,12 @@ pub(super) fn dispatch(experts: u64, capacity: u64, inputs: &[&TensorType], mesh
     ))
 }
 
-pub(super) fn combine(experts: u64, capacity: u64, inputs: &[&TensorType], mesh: &Mesh) -> Result<TensorType> {
+pub(super) fn combine(
+    experts: u64,
+    capacity: u64,
+    inputs: &[&TensorType],
+    mesh: &Mesh,
+) -> Result<TensorType> {
     arity(inputs, 3)?;
     rank(inputs, 0, 3)?;
     float(inputs, 0)?;
@@ -85,7 +107,13 @@ pub(super) fn combine(experts: u64, capacity: u64, inputs: &[&TensorType], mesh:
     let tokens = same_split(inputs, (0, 1), (1, 0), "capacity dim vs token dim")?;
     same_split(inputs, (1, 0), (2, 0), "token dim")?;
     expect_dim(inputs, 0, 0, experts, "experts")?;
-    expect_dim(inputs, 0, 1, capacity * mesh.product(&tokens), "capacity slots of all token shards")?;
+    expect_dim(
+        inputs,
+        0,
+        1,
+        capacity * mesh.product(&tokens),
+        "capacity slots of all token shards",
+    )?;
     same_dim(inputs, (1, 1), (2, 1), "choices")?;
     let y = inputs[0];
     Ok(make(
@@ -97,7 +125,13 @@ pub(super) fn combine(experts: u64, capacity: u64, inputs: &[&TensorType], mesh:
 }
 
 /// Row bound per rank of `local_routes` (see [`crate::Op::LocalRoutes`]).
-pub fn local_route_rows(local_tokens: u64, k: u64, local_experts: u64, capacity: Capacity, token_groups: u64) -> u64 {
+pub fn local_route_rows(
+    local_tokens: u64,
+    k: u64,
+    local_experts: u64,
+    capacity: Capacity,
+    token_groups: u64,
+) -> u64 {
     let dropless = local_tokens * k.min(local_experts);
     match capacity {
         Capacity::Dropless => dropless,
@@ -168,8 +202,13 @@ fn row_axes(inputs: &[&TensorType], table: usize, ids: usize) -> Result<Vec<Stri
         )));
     }
     let extra = is[ts.len()..].to_vec();
-    if let Some(a) = extra.iter().find(|a| inputs[table].axes().any(|b| b == a.as_str()) && !inputs[table].is_partial_on(a)) {
-        return Err(TypeError::Sharding(format!("input {table} must not be split on `{a}`")));
+    if let Some(a) = extra
+        .iter()
+        .find(|a| inputs[table].axes().any(|b| b == a.as_str()) && !inputs[table].is_partial_on(a))
+    {
+        return Err(TypeError::Sharding(format!(
+            "input {table} must not be split on `{a}`"
+        )));
     }
     Ok(extra)
 }
@@ -223,7 +262,12 @@ pub(super) fn index_add(scaled: bool, inputs: &[&TensorType]) -> Result<TensorTy
     Ok(inputs[0].clone())
 }
 
-pub(super) fn expert_ffn(layout: FfnLayout, act: Activation, gated: bool, inputs: &[&TensorType]) -> Result<TensorType> {
+pub(super) fn expert_ffn(
+    layout: FfnLayout,
+    act: Activation,
+    gated: bool,
+    inputs: &[&TensorType],
+) -> Result<TensorType> {
     let grouped = layout == FfnLayout::Grouped;
     let first_w = 1 + usize::from(grouped);
     let n = first_w + 2 + usize::from(gated);
@@ -250,7 +294,12 @@ pub(super) fn expert_ffn(layout: FfnLayout, act: Activation, gated: bool, inputs
     same_dim(inputs, (up, 2), (down, 1), "ffn width")?;
     unsplit(inputs, up, 1, "the hidden dim")?;
     unsplit(inputs, down, 2, "the hidden dim")?;
-    let ffn_split = same_split(inputs, (up, 2), (down, 1), "ffn width (expert tensor parallelism)")?;
+    let ffn_split = same_split(
+        inputs,
+        (up, 2),
+        (down, 1),
+        "ffn width (expert tensor parallelism)",
+    )?;
     if gated {
         same_split(inputs, (up, 2), (up + 1, 2), "ffn width")?;
         unsplit(inputs, up + 1, 1, "the hidden dim")?;

@@ -15,12 +15,16 @@ fn node_attrs(op: &Op) -> &'static str {
         _ if op.collective_axis().is_some() => {
             "shape=box, style=\"filled,bold\", fillcolor=\"#f4cccc\", color=\"#cc0000\", penwidth=2"
         }
-        Op::Send { .. } | Op::Recv { .. } => "shape=box, style=\"filled,bold\", fillcolor=\"#cfe2f3\", color=\"#1155cc\"",
+        Op::Send { .. } | Op::Recv { .. } => {
+            "shape=box, style=\"filled,bold\", fillcolor=\"#cfe2f3\", color=\"#1155cc\""
+        }
         Op::Weight(_) => "shape=note, fontsize=9, color=grey50, fontcolor=grey30",
         Op::Input(_) | Op::Zeros(_) => "shape=ellipse",
-        Op::Router(_) | Op::Dispatch { .. } | Op::Combine { .. } | Op::LocalRoutes { .. } | Op::ExpertFfn { .. } => {
-            "shape=box, style=filled, fillcolor=\"#fff2cc\""
-        }
+        Op::Router(_)
+        | Op::Dispatch { .. }
+        | Op::Combine { .. }
+        | Op::LocalRoutes { .. }
+        | Op::ExpertFfn { .. } => "shape=box, style=filled, fillcolor=\"#fff2cc\"",
         _ => "shape=box",
     }
 }
@@ -33,12 +37,25 @@ fn cluster_label(scope: Scope) -> String {
 pub fn to_dot(g: &Graph) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "digraph \"{}\" {{", esc(&g.name));
-    let _ = writeln!(s, "  rankdir=TB;\n  node [fontname=\"Helvetica\", fontsize=10];");
-    let _ = writeln!(s, "  label=\"{} — mesh {}\";", esc(&g.name), esc(&g.mesh.to_string()));
+    let _ = writeln!(
+        s,
+        "  rankdir=TB;\n  node [fontname=\"Helvetica\", fontsize=10];"
+    );
+    let _ = writeln!(
+        s,
+        "  label=\"{} — mesh {}\";",
+        esc(&g.name),
+        esc(&g.mesh.to_string())
+    );
     // stage -> scope -> nodes
     let mut groups: BTreeMap<Option<u32>, BTreeMap<Scope, Vec<usize>>> = BTreeMap::new();
     for (id, n) in g.nodes() {
-        groups.entry(n.stage).or_default().entry(n.scope).or_default().push(id.index());
+        groups
+            .entry(n.stage)
+            .or_default()
+            .entry(n.scope)
+            .or_default()
+            .push(id.index());
     }
     for (stage, scopes) in &groups {
         let indent = if let Some(st) = stage {
@@ -58,8 +75,17 @@ pub fn to_dot(g: &Graph) -> String {
             for &i in ids {
                 let n = g.node(crate::NodeId::from_index(i));
                 let tys: Vec<String> = n.outputs.iter().map(ToString::to_string).collect();
-                let label = format!("{}\\n{}\\n{}", esc(&n.name), esc(&op_label(&n.op)), esc(&tys.join(", ")));
-                let _ = writeln!(s, "{indent}  n{i} [label=\"{label}\", {}];", node_attrs(&n.op));
+                let label = format!(
+                    "{}\\n{}\\n{}",
+                    esc(&n.name),
+                    esc(&op_label(&n.op)),
+                    esc(&tys.join(", "))
+                );
+                let _ = writeln!(
+                    s,
+                    "{indent}  n{i} [label=\"{label}\", {}];",
+                    node_attrs(&n.op)
+                );
             }
             let _ = writeln!(s, "{indent}}}");
         }
@@ -69,12 +95,21 @@ pub fn to_dot(g: &Graph) -> String {
     }
     for (id, n) in g.nodes() {
         for v in &n.inputs {
-            let style = if matches!(g.node(v.node).op, Op::Weight(_)) { " [color=grey70]" } else { "" };
+            let style = if matches!(g.node(v.node).op, Op::Weight(_)) {
+                " [color=grey70]"
+            } else {
+                ""
+            };
             let _ = writeln!(s, "  n{} -> n{}{style};", v.node.index(), id.index());
         }
     }
     for (i, o) in g.outputs.iter().enumerate() {
-        let _ = writeln!(s, "  out{i} [label=\"{}\", shape=doublecircle];\n  n{} -> out{i};", esc(&o.name), o.value.node.index());
+        let _ = writeln!(
+            s,
+            "  out{i} [label=\"{}\", shape=doublecircle];\n  n{} -> out{i};",
+            esc(&o.name),
+            o.value.node.index()
+        );
     }
     s.push_str("}\n");
     s

@@ -20,10 +20,16 @@ use std::fmt::Write;
 fn attr_value(v: &J) -> String {
     match v {
         J::Object(m) => {
-            let inner: Vec<String> = m.iter().map(|(k, v)| format!("{k}={}", attr_value(v))).collect();
+            let inner: Vec<String> = m
+                .iter()
+                .map(|(k, v)| format!("{k}={}", attr_value(v)))
+                .collect();
             format!("{{{}}}", inner.join(", "))
         }
-        J::Array(a) => format!("[{}]", a.iter().map(attr_value).collect::<Vec<_>>().join(", ")),
+        J::Array(a) => format!(
+            "[{}]",
+            a.iter().map(attr_value).collect::<Vec<_>>().join(", ")
+        ),
         J::String(s) => s.clone(),
         other => other.to_string(),
     }
@@ -46,7 +52,9 @@ pub fn op_label(op: &Op) -> String {
         _ => None,
     };
     match attrs {
-        Some(J::Object(m)) if !m.is_empty() => format!("{}{}", op.name(), attr_value(&J::Object(m))),
+        Some(J::Object(m)) if !m.is_empty() => {
+            format!("{}{}", op.name(), attr_value(&J::Object(m)))
+        }
         Some(J::Object(_)) | None => op.name().to_string(),
         Some(other) => format!("{}{{{}}}", op.name(), attr_value(&other)),
     }

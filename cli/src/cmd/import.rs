@@ -1,0 +1,29 @@
+//! `moe-opt import CONFIG.json`.
+
+use super::{render, Format};
+use crate::io::{read_input, write_output};
+use crate::load::ImportArgs;
+use miette::{miette, Result};
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Hugging Face config.json (`-` for stdin).
+    config: String,
+    #[command(flatten)]
+    import: ImportArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    format: Format,
+    /// Output file (written atomically); stdout when absent or `-`.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let text = read_input(&a.config)?;
+    let opts = a.import.options()?;
+    let g = moe_ir::hf::import(&text, &a.import.sets, &opts)
+        .map_err(|e| miette!("{}: {e}", a.config))?;
+    write_output(a.output.as_deref(), &render(&g, a.format))
+}

@@ -1,0 +1,29 @@
+//! One module per subcommand.
+
+pub mod import;
+pub mod inspect;
+pub mod schema;
+pub mod validate;
+
+use clap::ValueEnum;
+use moe_ir::Graph;
+
+/// How a graph is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// model.json (moe-ir/1).
+    Json,
+    /// The canonical text form.
+    Text,
+    /// Graphviz DOT.
+    Dot,
+}
+
+/// Renders `g` in `format`.
+pub fn render(g: &Graph, format: Format) -> String {
+    match format {
+        Format::Json => moe_ir::json::to_json(g),
+        Format::Text => moe_ir::print::to_text(g),
+        Format::Dot => moe_ir::print::to_dot(g),
+    }
+}

@@ -1,0 +1,55 @@
+//! Reading inputs (a path or `-` for stdin) and writing outputs atomically.
+
+use miette::{miette, IntoDiagnostic, Result, WrapErr};
+use std::io::{Read, Write};
+use std::path::Path;
+
+/// Reads a whole input as UTF-8 text; `-` is standard input.
+pub fn read_input(path: &str) -> Result<String> {
+    let mut s = String::new();
+    if path == "-" {
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .into_diagnostic()
+            .wrap_err("cannot read standard input")?;
+    } else {
+        s = std::fs::read_to_string(path)
+            .into_diagnostic()
+            .wrap_err_with(|| format!("cannot read `{path}`"))?;
+    }
+    Ok(s)
+}
+
+/// Writes `text` to `out`: standard output for `None` or `-`, else a file written atomically
+/// (a temporary file in the same folder, renamed over the target once complete).
+pub fn write_output(out: Option<&Path>, text: &str) -> Result<()> {
+    match out {
+        None => print_stdout(text),
+        Some(p) if p.as_os_str() == "-" => print_stdout(text),
+        Some(p) => {
+            let dir = match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            let mut tmp = tempfile::NamedTempFile::new_in(dir)
+                .into_diagnostic()
+                .wrap_err_with(|| format!("cannot create a file in `{}`", dir.display()))?;
+            tmp.write_all(text.as_bytes())
+                .into_diagnostic()
+                .wrap_err_with(|| format!("cannot write `{}`", p.display()))?;
+            tmp.as_file().sync_all().into_diagnostic()?;
+            tmp.persist(p)
+                .map_err(|e| miette!("cannot write `{}`: {}", p.display(), e.error))?;
+            Ok(())
+        }
+    }
+}
+
+fn print_stdout(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        // A closed pipe (`| head`) is not an error of ours.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.into_diagnostic(),
+    }
+}

@@ -1,0 +1,117 @@
+//! Loading a model from text: a `model.json` graph, or a Hugging Face config (imported).
+
+use clap::{Args as ClapArgs, ValueEnum};
+use miette::{miette, Diagnostic, NamedSource, Result, SourceSpan};
+use moe_ir::hf::{self, ImportOptions};
+use moe_ir::json::JsonError;
+use moe_ir::{DType, Graph, Mesh, DEFAULT_GPUS_PER_NODE};
+use thiserror::Error;
+
+/// Options that shape an import (shared by every command that accepts an HF config).
+#[derive(Debug, Clone, ClapArgs)]
+pub struct ImportArgs {
+    /// Device mesh, outermost axis first: `axis=size[:intra|:inter],...` with axes `dp` and `ep`.
+    /// Default: ep = the largest of 8, 4, 2, 1 that divides the number of experts.
+    #[arg(long, value_name = "SPEC")]
+    pub mesh: Option<String>,
+    /// Override a config key before import (repeatable): `--set num_hidden_layers=2`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 4096)]
+    pub seq: u64,
+    /// Sequences per rank in one micro-batch.
+    #[arg(long, default_value_t = 1)]
+    pub micro_batch: u64,
+    /// Parameter and activation dtype.
+    #[arg(long, value_enum, default_value_t = DTypeArg::Bf16)]
+    pub dtype: DTypeArg,
+    /// GPUs per node, for placing mesh axes inside or across nodes.
+    #[arg(long, default_value_t = DEFAULT_GPUS_PER_NODE)]
+    pub gpus_per_node: u64,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DTypeArg {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl ImportArgs {
+    pub fn options(&self) -> Result<ImportOptions> {
+        let mesh = match &self.mesh {
+            Some(s) => {
+                Some(Mesh::parse(s, self.gpus_per_node).map_err(|e| miette!("--mesh: {e}"))?)
+            }
+            None => None,
+        };
+        let dtype = match self.dtype {
+            DTypeArg::F32 => DType::F32,
+            DTypeArg::Bf16 => DType::Bf16,
+            DTypeArg::F16 => DType::F16,
+        };
+        Ok(ImportOptions {
+            mesh,
+            seq: self.seq,
+            micro_batch: self.micro_batch,
+            dtype,
+            gpus_per_node: self.gpus_per_node,
+        })
+    }
+}
+
+/// A model.json error shown with the offending line.
+#[derive(Debug, Error, Diagnostic)]
+#[error("{name}: {inner}")]
+struct JsonDiag {
+    name: String,
+    inner: JsonError,
+    #[source_code]
+    src: NamedSource<String>,
+    #[label("here")]
+    at: Option<SourceSpan>,
+}
+
+fn offset(text: &str, line: usize, col: usize) -> Option<usize> {
+    let start: usize = text
+        .split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(str::len)
+        .sum();
+    let off = start + col.saturating_sub(1);
+    (off <= text.len()).then_some(off)
+}
+
+/// Turns a JSON error into a diagnostic that shows where it is.
+pub fn json_error(name: &str, text: &str, e: JsonError) -> miette::Report {
+    let at = e
+        .line_col
+        .and_then(|(l, c)| offset(text, l, c))
+        .map(|o| SourceSpan::from((o, 0)));
+    JsonDiag {
+        name: name.to_string(),
+        inner: e,
+        src: NamedSource::new(name, text.to_string()),
+        at,
+    }
+    .into()
+}
+
+/// Loads `text` (named `name` in messages): an HF config is imported with `import`, anything else
+/// is read as model.json.
+pub fn load(name: &str, text: &str, import: &ImportArgs) -> Result<Graph> {
+    // An HF config is recognised by its `model_type` key and lack of `format`.
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
+        if hf::looks_like_hf_config(&v) {
+            let opts = import.options()?;
+            return hf::import(text, &import.sets, &opts).map_err(|e| miette!("{name}: {e}"));
+        }
+    }
+    if !import.sets.is_empty() {
+        return Err(miette!(
+            "{name}: --set applies to Hugging Face configs, and this is a model.json graph"
+        ));
+    }
+    moe_ir::json::from_json(text).map_err(|e| json_error(name, text, e))
+}

@@ -1,0 +1,59 @@
+//! Mixtral (`mixtral`): every layer MoE, softmax top-k renormalized, SwiGLU experts of
+//! `intermediate_size`, GQA, optional sliding window. transformers: `models/mixtral/configuration_mixtral.py`.
+
+use super::*;
+use crate::Score;
+
+pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
+    let hidden = cfg.pos("hidden_size")?;
+    let layers = cfg.pos("num_hidden_layers")?;
+    let (experts, top_k) = experts_topk(cfg, "num_local_experts", "num_experts_per_tok")?;
+    let width = cfg.pos("intermediate_size")?;
+    let act = activation(cfg, "hidden_act", Activation::Silu)?;
+    let mut layer_specs = decoder_layers(layers, |_| true);
+    if let Some(w) = cfg.opt_pos("sliding_window")? {
+        for l in &mut layer_specs {
+            l.mask = Mask::Sliding(w);
+        }
+    }
+    Ok(ModelSpec {
+        family: Family::Mixtral,
+        name: "mixtral".into(),
+        vocab: cfg.pos("vocab_size")?,
+        hidden,
+        tie_embeddings: cfg.bool_or("tie_word_embeddings", false)?,
+        norm: rms(cfg, "rms_norm_eps", 1e-5)?,
+        attention: AttentionSpec {
+            kind: mha(cfg, hidden, "num_attention_heads", "num_key_value_heads")?,
+            rope_theta: cfg.f64_or("rope_theta", 1e6)?,
+            qk_norm: QkNorm::None,
+            qkv_bias: false,
+            o_bias: false,
+            sinks: false,
+        },
+        layers: layer_specs,
+        encoder_layers: 0,
+        dense_mlp: MlpSpec {
+            width,
+            gated: true,
+            act,
+        },
+        moe: Some(MoeSpec {
+            experts,
+            top_k,
+            expert_width: width,
+            gated: true,
+            act,
+            router: RouterSpec {
+                score: Score::Softmax,
+                normalize: true,
+                scale: 1.0,
+                groups: None,
+                select_bias: false,
+                bias: false,
+            },
+            shared: None,
+            capacity: CapacitySpec::Dropless,
+        }),
+    })
+}

@@ -1,0 +1,510 @@
+//! Lowering a [`ModelSpec`] to the standard expert-parallel (DPMoE) graph.
+//!
+//! Tokens are split over the data-like mesh axes (`dp`, `ep`, in mesh order); experts over `ep`;
+//! every other weight is replicated. Each MoE layer is
+//! `router -> dispatch -> all_to_all(ep) -> expert_ffn -> all_to_all(ep) -> combine`
+//! (plus shared experts beside it). Weight names follow the pattern `l{i}.{block}.{weight}`.
+
+use super::spec::*;
+use super::{ImportError, ImportOptions};
+use crate::{
+    Activation, AttentionAttrs, DType, FfnLayout, Graph, Mask, Mesh, Op, RouterAttrs, Scope,
+    TensorType, Value, F64,
+};
+
+/// Axes an imported graph may have.
+const TOKEN_AXES: &[&str] = &["dp", "ep"];
+
+/// The mesh used when none is given: `ep` = the largest of 8, 4, 2, 1 dividing the experts.
+pub fn default_mesh(spec: &ModelSpec, gpus_per_node: u64) -> Mesh {
+    let experts = spec.moe.map_or(1, |m| m.experts);
+    let ep = [8u64, 4, 2, 1]
+        .into_iter()
+        .find(|n| experts % n == 0)
+        .unwrap_or(1);
+    Mesh::parse(&format!("ep={ep}"), gpus_per_node).expect("a one-axis mesh parses")
+}
+
+/// Checks that `mesh` suits the expert-parallel form of `spec`.
+fn check_mesh(spec: &ModelSpec, mesh: &Mesh) -> Result<(), ImportError> {
+    for a in &mesh.axes {
+        if !TOKEN_AXES.contains(&a.name.as_str()) {
+            return Err(ImportError::Mesh(format!(
+                "axis `{}`: import builds the expert-parallel form, whose mesh has `dp` and `ep` axes only \
+                 (tensor and pipeline parallelism come from `rewrite --tp/--pp`)",
+                a.name
+            )));
+        }
+    }
+    let ep = mesh
+        .axis("ep")
+        .ok_or_else(|| ImportError::Mesh("the mesh needs an `ep` axis (e.g. ep=8)".into()))?;
+    if let Some(m) = spec.moe {
+        if m.experts % u64::from(ep.size) != 0 {
+            return Err(ImportError::Mesh(format!(
+                "ep={} does not divide the {} experts: choose an ep that divides them",
+                ep.size, m.experts
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Appends nodes to the graph of one model, in one scope at a time.
+struct Lower<'a> {
+    g: Graph,
+    dtype: DType,
+    scope: Scope,
+    opts: &'a ImportOptions,
+    /// Axes splitting the token dim.
+    tokens: Vec<String>,
+    /// Tokens one rank holds per micro-batch.
+    local_tokens: u64,
+    /// Tokens of the whole graph.
+    global_tokens: u64,
+}
+
+impl Lower<'_> {
+    fn op(&mut self, name: &str, op: Op, inputs: &[Value]) -> Result<Value, ImportError> {
+        let id = self
+            .g
+            .add(name, op, inputs, self.scope)
+            .map_err(|e| ImportError::Internal(e.to_string()))?;
+        Ok(id.into())
+    }
+
+    fn weight(&mut self, name: &str, shape: &[u64]) -> Result<Value, ImportError> {
+        self.op(name, Op::Weight(TensorType::new(self.dtype, shape)), &[])
+    }
+
+    fn expert_weight(&mut self, name: &str, shape: &[u64]) -> Result<Value, ImportError> {
+        self.op(
+            name,
+            Op::Weight(TensorType::new(self.dtype, shape).with_split(0, &["ep"])),
+            &[],
+        )
+    }
+
+    fn token_input(&mut self, name: &str) -> Result<Value, ImportError> {
+        let axes: Vec<&str> = self.tokens.iter().map(String::as_str).collect();
+        self.op(
+            name,
+            Op::Input(TensorType::new(DType::I32, [self.global_tokens]).with_split(0, &axes)),
+            &[],
+        )
+    }
+
+    /// `x @ w (+ b)`.
+    fn linear(
+        &mut self,
+        p: &str,
+        x: Value,
+        k: u64,
+        n: u64,
+        bias: bool,
+    ) -> Result<Value, ImportError> {
+        let w = self.weight(&format!("{p}.weight"), &[k, n])?;
+        let y = self.op(p, Op::Matmul, &[x, w])?;
+        if bias {
+            let b = self.weight(&format!("{p}.bias"), &[n])?;
+            return self.op(&format!("{p}.add_bias"), Op::Add, &[y, b]);
+        }
+        Ok(y)
+    }
+
+    fn norm(
+        &mut self,
+        p: &str,
+        x: Value,
+        width: u64,
+        spec: NormSpec,
+    ) -> Result<Value, ImportError> {
+        let w = self.weight(&format!("{p}.weight"), &[width])?;
+        let eps = F64(spec.eps);
+        if spec.layer_norm {
+            let mut ins = vec![x, w];
+            if spec.bias {
+                ins.push(self.weight(&format!("{p}.bias"), &[width])?);
+            }
+            self.op(
+                p,
+                Op::LayerNorm {
+                    eps,
+                    bias: spec.bias,
+                },
+                &ins,
+            )
+        } else {
+            self.op(p, Op::RmsNorm { eps }, &[x, w])
+        }
+    }
+
+    /// Self- or cross-attention over `kv_src` (= `x` for self-attention).
+    fn attention(
+        &mut self,
+        p: &str,
+        m: &ModelSpec,
+        layer: &LayerSpec,
+        x: Value,
+        kv_src: Value,
+        cross: bool,
+    ) -> Result<Value, ImportError> {
+        let a = m.attention;
+        let h = m.hidden;
+        let seq = self.opts.seq;
+        let mask = if cross { Mask::Full } else { layer.mask };
+        let theta = F64(a.rope_theta);
+        let qk_eps = m.norm.eps;
+        let rms = NormSpec {
+            layer_norm: false,
+            bias: false,
+            eps: qk_eps,
+        };
+        let (q, k, v, attrs, extra) = match a.kind {
+            AttnKind::Mha {
+                heads,
+                kv_heads,
+                head_dim,
+            } => {
+                let mut q =
+                    self.linear(&format!("{p}.q_proj"), x, h, heads * head_dim, a.qkv_bias)?;
+                let mut k = self.linear(
+                    &format!("{p}.k_proj"),
+                    kv_src,
+                    h,
+                    kv_heads * head_dim,
+                    a.qkv_bias,
+                )?;
+                let v = self.linear(
+                    &format!("{p}.v_proj"),
+                    kv_src,
+                    h,
+                    kv_heads * head_dim,
+                    a.qkv_bias,
+                )?;
+                match a.qk_norm {
+                    QkNorm::None => {}
+                    QkNorm::PerHead => {
+                        q = self.norm(&format!("{p}.q_norm"), q, head_dim, rms)?;
+                        k = self.norm(&format!("{p}.k_norm"), k, head_dim, rms)?;
+                    }
+                    QkNorm::Full => {
+                        q = self.norm(&format!("{p}.q_norm"), q, heads * head_dim, rms)?;
+                        k = self.norm(&format!("{p}.k_norm"), k, kv_heads * head_dim, rms)?;
+                    }
+                }
+                let attrs = AttentionAttrs {
+                    heads,
+                    kv_heads,
+                    head_dim,
+                    v_head_dim: head_dim,
+                    rope_dim: if layer.rope && !cross { head_dim } else { 0 },
+                    shared_k_dim: 0,
+                    rope_theta: theta,
+                    seq,
+                    kv_seq: seq,
+                    mask,
+                    sinks: a.sinks,
+                };
+                (q, k, v, attrs, Vec::new())
+            }
+            AttnKind::Mla {
+                heads,
+                q_lora_rank,
+                kv_lora_rank,
+                qk_nope_dim,
+                qk_rope_dim,
+                v_head_dim,
+            } => {
+                let qk = qk_nope_dim + qk_rope_dim;
+                let q = match q_lora_rank {
+                    Some(r) => {
+                        let c = self.linear(&format!("{p}.q_a_proj"), x, h, r, false)?;
+                        let c = self.norm(&format!("{p}.q_a_layernorm"), c, r, rms)?;
+                        self.linear(&format!("{p}.q_b_proj"), c, r, heads * qk, false)?
+                    }
+                    None => self.linear(&format!("{p}.q_proj"), x, h, heads * qk, false)?,
+                };
+                let c = self.linear(&format!("{p}.kv_a_proj"), x, h, kv_lora_rank, false)?;
+                let k_pe = self.linear(&format!("{p}.k_rope_proj"), x, h, qk_rope_dim, false)?;
+                let c = self.norm(&format!("{p}.kv_a_layernorm"), c, kv_lora_rank, rms)?;
+                let k = self.linear(
+                    &format!("{p}.k_b_proj"),
+                    c,
+                    kv_lora_rank,
+                    heads * qk_nope_dim,
+                    false,
+                )?;
+                let v = self.linear(
+                    &format!("{p}.v_b_proj"),
+                    c,
+                    kv_lora_rank,
+                    heads * v_head_dim,
+                    false,
+                )?;
+                let attrs = AttentionAttrs {
+                    heads,
+                    kv_heads: heads,
+                    head_dim: qk,
+                    v_head_dim,
+                    rope_dim: qk_rope_dim,
+                    shared_k_dim: qk_rope_dim,
+                    rope_theta: theta,
+                    seq,
+                    kv_seq: seq,
+                    mask,
+                    sinks: a.sinks,
+                };
+                (q, k, v, attrs, vec![k_pe])
+            }
+        };
+        let mut ins = vec![q, k, v];
+        ins.extend(extra);
+        if a.sinks {
+            ins.push(self.weight(&format!("{p}.sinks"), &[attrs.heads])?);
+        }
+        let o = self.op(&format!("{p}.sdpa"), Op::Attention(attrs), &ins)?;
+        self.linear(
+            &format!("{p}.o_proj"),
+            o,
+            attrs.heads * attrs.v_head_dim,
+            h,
+            a.o_bias,
+        )
+    }
+
+    /// A dense MLP of `spec.width`.
+    fn mlp(&mut self, p: &str, x: Value, hidden: u64, spec: MlpSpec) -> Result<Value, ImportError> {
+        let f = spec.width;
+        let up = self.linear(&format!("{p}.up_proj"), x, hidden, f, false)?;
+        let h = if spec.gated {
+            let gate = self.linear(&format!("{p}.gate_proj"), x, hidden, f, false)?;
+            match spec.act {
+                Activation::Silu => self.op(&format!("{p}.swiglu"), Op::Swiglu, &[gate, up])?,
+                act => {
+                    let a = self.op(&format!("{p}.act"), act_op(act)?, &[gate])?;
+                    self.op(&format!("{p}.mul"), Op::Mul, &[a, up])?
+                }
+            }
+        } else {
+            self.op(&format!("{p}.act"), act_op(spec.act)?, &[up])?
+        };
+        self.linear(&format!("{p}.down_proj"), h, f, hidden, false)
+    }
+
+    /// The routed experts in the expert-parallel form, plus shared experts.
+    fn moe(&mut self, p: &str, x: Value, hidden: u64, m: MoeSpec) -> Result<Value, ImportError> {
+        let e = m.experts;
+        let r = m.router;
+        let logits = self.linear(&format!("{p}.gate"), x, hidden, e, r.bias)?;
+        let mut rin = vec![logits];
+        if r.select_bias {
+            rin.push(self.weight(&format!("{p}.e_score_correction_bias"), &[e])?);
+        }
+        let attrs = RouterAttrs {
+            experts: e,
+            k: m.top_k,
+            score: r.score,
+            normalize: r.normalize,
+            scale: F64(r.scale),
+            groups: r.groups,
+            select_bias: r.select_bias,
+        };
+        let routes = self.op(&format!("{p}.router"), Op::Router(attrs), &rin)?;
+        let idx = Value {
+            node: routes.node,
+            output: 0,
+        };
+        let wts = Value {
+            node: routes.node,
+            output: 1,
+        };
+        let t = self.local_tokens;
+        let capacity = match m.capacity {
+            CapacitySpec::Dropless => t,
+            CapacitySpec::Slots(c) => c,
+            CapacitySpec::Factor(f) => {
+                ((f * (t * m.top_k) as f64 / e as f64).ceil() as u64).clamp(1, t)
+            }
+        };
+        let d = self.op(
+            &format!("{p}.dispatch"),
+            Op::Dispatch {
+                experts: e,
+                capacity,
+            },
+            &[x, idx],
+        )?;
+        let a = self.op(
+            &format!("{p}.a2a_dispatch"),
+            Op::AllToAll {
+                axis: "ep".into(),
+                split_dim: 0,
+                concat_dim: 1,
+            },
+            &[d],
+        )?;
+        let f = m.expert_width;
+        let w_up = self.expert_weight(&format!("{p}.experts.up_proj"), &[e, hidden, f])?;
+        let mut ws = vec![a, w_up];
+        if m.gated {
+            ws.push(self.expert_weight(&format!("{p}.experts.gate_proj"), &[e, hidden, f])?);
+        }
+        ws.push(self.expert_weight(&format!("{p}.experts.down_proj"), &[e, f, hidden])?);
+        let h = self.op(
+            &format!("{p}.experts"),
+            Op::ExpertFfn {
+                layout: FfnLayout::Padded,
+                act: m.act,
+                gated: m.gated,
+            },
+            &ws,
+        )?;
+        let b = self.op(
+            &format!("{p}.a2a_combine"),
+            Op::AllToAll {
+                axis: "ep".into(),
+                split_dim: 1,
+                concat_dim: 0,
+            },
+            &[h],
+        )?;
+        let y = self.op(
+            &format!("{p}.combine"),
+            Op::Combine {
+                experts: e,
+                capacity,
+            },
+            &[b, idx, wts],
+        )?;
+        let Some(s) = m.shared else { return Ok(y) };
+        let mlp = MlpSpec {
+            width: s.width,
+            gated: m.gated,
+            act: m.act,
+        };
+        let mut sy = self.mlp(&format!("{p}.shared_experts"), x, hidden, mlp)?;
+        if s.gate {
+            let g = self.linear(&format!("{p}.shared_expert_gate"), x, hidden, 1, false)?;
+            let g = self.op(
+                &format!("{p}.shared_expert_gate.sigmoid"),
+                Op::Sigmoid,
+                &[g],
+            )?;
+            sy = self.op(&format!("{p}.shared_experts.gated"), Op::Mul, &[sy, g])?;
+        }
+        self.op(&format!("{p}.add_shared"), Op::Add, &[y, sy])
+    }
+
+    /// One pre-norm transformer layer.
+    fn layer(
+        &mut self,
+        i: usize,
+        m: &ModelSpec,
+        x: Value,
+        enc_out: Option<Value>,
+    ) -> Result<Value, ImportError> {
+        let l = m.layers[i];
+        let p = format!("l{i}");
+        let h = m.hidden;
+        let n1 = self.norm(&format!("{p}.input_layernorm"), x, h, m.norm)?;
+        let a = self.attention(&format!("{p}.self_attn"), m, &l, n1, n1, false)?;
+        let mut x = self.op(&format!("{p}.residual_attn"), Op::Add, &[x, a])?;
+        if l.cross_attention {
+            let enc = enc_out.ok_or_else(|| {
+                ImportError::Internal(format!("{p}: cross-attention without an encoder"))
+            })?;
+            let nc = self.norm(&format!("{p}.cross_layernorm"), x, h, m.norm)?;
+            let c = self.attention(&format!("{p}.cross_attn"), m, &l, nc, enc, true)?;
+            x = self.op(&format!("{p}.residual_cross"), Op::Add, &[x, c])?;
+        }
+        let n2 = self.norm(&format!("{p}.post_attention_layernorm"), x, h, m.norm)?;
+        let f = match (l.moe, m.moe) {
+            (true, Some(moe)) => self.moe(&format!("{p}.moe"), n2, h, moe)?,
+            _ => self.mlp(&format!("{p}.mlp"), n2, h, m.dense_mlp)?,
+        };
+        self.op(&format!("{p}.residual_mlp"), Op::Add, &[x, f])
+    }
+}
+
+fn act_op(a: Activation) -> Result<Op, ImportError> {
+    Ok(match a {
+        Activation::Silu => Op::Silu,
+        Activation::Gelu => Op::Gelu,
+        Activation::Relu => Op::Relu,
+        Activation::OaiSwiglu => {
+            return Err(ImportError::Unsupported(
+                "the clamped SwiGLU activation outside expert FFNs".into(),
+            ))
+        }
+    })
+}
+
+/// Builds the expert-parallel graph of `spec`.
+pub fn lower(spec: &ModelSpec, opts: &ImportOptions) -> Result<Graph, ImportError> {
+    let mesh = match &opts.mesh {
+        Some(m) => m.clone(),
+        None => default_mesh(spec, opts.gpus_per_node),
+    };
+    check_mesh(spec, &mesh)?;
+    if opts.seq == 0 || opts.micro_batch == 0 {
+        return Err(ImportError::Options(
+            "--seq and --micro-batch must be positive".into(),
+        ));
+    }
+    let tokens: Vec<String> = mesh.axes.iter().map(|a| a.name.clone()).collect();
+    let local_tokens = opts.seq * opts.micro_batch;
+    let global_tokens = local_tokens * mesh.product(&tokens);
+    let mut g = Graph::new(spec.name.clone(), mesh);
+    let meta = &mut g.meta;
+    meta.insert("family".into(), spec.family.name().into());
+    meta.insert("hidden".into(), spec.hidden.into());
+    meta.insert("seq".into(), opts.seq.into());
+    meta.insert("micro_batch".into(), opts.micro_batch.into());
+    if let Some(m) = spec.moe {
+        meta.insert("experts".into(), m.experts.into());
+        meta.insert("top_k".into(), m.top_k.into());
+    }
+    let mut lw = Lower {
+        g,
+        dtype: opts.dtype,
+        scope: Scope::Embed,
+        opts,
+        tokens,
+        local_tokens,
+        global_tokens,
+    };
+    let h = spec.hidden;
+    let table = lw.weight("embed_tokens.weight", &[spec.vocab, h])?;
+    let enc_dec = spec.encoder_layers > 0;
+    let ids = lw.token_input(if enc_dec {
+        "encoder_input_ids"
+    } else {
+        "input_ids"
+    })?;
+    let mut x = lw.op("embed_tokens", Op::Embedding, &[ids, table])?;
+    let mut enc_out = None;
+    for i in 0..spec.layers.len() {
+        lw.scope = Scope::Layer(i as u32);
+        if enc_dec && i as u64 == spec.encoder_layers {
+            // The encoder's last layer ends with its final norm; the decoder starts from its own tokens.
+            lw.scope = Scope::Layer(i as u32 - 1);
+            enc_out = Some(lw.norm("encoder.final_layer_norm", x, h, spec.norm)?);
+            lw.scope = Scope::Layer(i as u32);
+            let dids = lw.token_input("decoder_input_ids")?;
+            x = lw.op("decoder.embed_tokens", Op::Embedding, &[dids, table])?;
+        }
+        x = lw.layer(i, spec, x, enc_out)?;
+    }
+    lw.scope = Scope::Head;
+    let x = lw.norm("norm", x, h, spec.norm)?;
+    let head = if spec.tie_embeddings {
+        lw.op("lm_head.tied", Op::Transpose, &[table])?
+    } else {
+        lw.weight("lm_head.weight", &[h, spec.vocab])?
+    };
+    let logits = lw.op("lm_head", Op::Matmul, &[x, head])?;
+    lw.g.add_output("logits", logits);
+    crate::validate(&lw.g).map_err(|e| ImportError::Internal(e.to_string()))?;
+    Ok(lw.g)
+}
