@@ -102,6 +102,10 @@ pub enum JsonErrorKind {
     OutMismatch { declared: String, inferred: String },
     #[error("{0}")]
     Invalid(ValidationError),
+    #[error("{0}")]
+    Mesh(crate::MeshError),
+    #[error("node name `{name}` is used before, by nodes[{first}]")]
+    DuplicateName { name: String, first: usize },
 }
 
 fn err(path: impl Into<String>, kind: JsonErrorKind) -> JsonError {
@@ -149,16 +153,13 @@ pub fn from_doc(doc: GraphDoc) -> Result<Graph, JsonError> {
     }
     doc.mesh
         .check()
-        .map_err(|e| err("mesh", JsonErrorKind::Invalid(ValidationError::Mesh(e))))?;
+        .map_err(|e| err("mesh", JsonErrorKind::Mesh(e)))?;
     let mut index: HashMap<String, usize> = HashMap::new();
     for (i, n) in doc.nodes.iter().enumerate() {
         if let Some(&first) = index.get(n.name.as_str()) {
             return Err(err(
                 format!("nodes[{i}].name"),
-                JsonErrorKind::Build(BuildError::DuplicateName(format!(
-                    "{} (first at nodes[{first}])",
-                    n.name
-                ))),
+                JsonErrorKind::DuplicateName { name: n.name.clone(), first },
             ));
         }
         index.insert(n.name.clone(), i);

@@ -1,0 +1,68 @@
+//! Shared helpers of the snapshot tests: case options and loading inputs the way the CLI does.
+
+#![allow(dead_code)]
+
+use moe_ir::hf::{self, ImportOptions};
+use moe_ir::{Graph, Mesh, DEFAULT_GPUS_PER_NODE};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Options of a case, read from the `.toml` file beside it (all optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseOptions {
+    /// An HF config to import, relative to the workspace root (instead of the case's own input).
+    pub config: Option<String>,
+    /// `--mesh`.
+    pub mesh: Option<String>,
+    /// `--set key=value` overrides.
+    #[serde(default)]
+    pub set: Vec<String>,
+    pub seq: Option<u64>,
+    pub micro_batch: Option<u64>,
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("snapshots/ is in the workspace").to_path_buf()
+}
+
+/// Reads the options beside `case` (`x.json` -> `x.toml`, or `case` itself when it is a `.toml`).
+pub fn options(case: &Path) -> CaseOptions {
+    let p = case.with_extension("toml");
+    match std::fs::read_to_string(&p) {
+        Ok(t) => toml::from_str(&t).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
+        Err(_) => CaseOptions::default(),
+    }
+}
+
+impl CaseOptions {
+    pub fn import_options(&self) -> ImportOptions {
+        let d = ImportOptions::default();
+        ImportOptions {
+            mesh: self.mesh.as_ref().map(|m| Mesh::parse(m, DEFAULT_GPUS_PER_NODE).expect("case mesh parses")),
+            seq: self.seq.unwrap_or(d.seq),
+            micro_batch: self.micro_batch.unwrap_or(d.micro_batch),
+            ..d
+        }
+    }
+}
+
+/// Loads `text` as the CLI does: HF configs are imported with `opts`, anything else is model.json.
+/// Errors come back as their messages.
+pub fn load(text: &str, opts: &CaseOptions) -> Result<Graph, String> {
+    let is_hf = serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| hf::looks_like_hf_config(&v));
+    if is_hf {
+        hf::import(text, &opts.set, &opts.import_options()).map_err(|e| e.to_string())
+    } else {
+        moe_ir::json::from_json(text).map_err(|e| e.to_string())
+    }
+}
+
+/// Snapshot settings: snapshots beside the test files, no input-path metadata (keeps them stable).
+pub fn settings() -> insta::Settings {
+    let mut s = insta::Settings::clone_current();
+    s.set_prepend_module_to_snapshot(false);
+    s.set_omit_expression(true);
+    s
+}
