@@ -5,7 +5,10 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
 fn root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 fn moe_opt(args: &[&str], stdin: Option<&[u8]>) -> Output {
@@ -40,11 +43,17 @@ fn validate_accepts_a_good_graph_and_exits_0() {
 
 #[test]
 fn invalid_input_exits_1_naming_the_place() {
-    let o = moe_opt(&["validate", "snapshots/cases/invalid/shape-mismatch.json"], None);
+    let o = moe_opt(
+        &["validate", "snapshots/cases/invalid/shape-mismatch.json"],
+        None,
+    );
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
     assert!(e.contains("nodes[2]") && e.contains("logits"), "{e}");
-    let o = moe_opt(&["validate", "snapshots/cases/invalid/unknown-field.json"], None);
+    let o = moe_opt(
+        &["validate", "snapshots/cases/invalid/unknown-field.json"],
+        None,
+    );
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("line 77"), "{}", stderr(&o));
 }
@@ -66,7 +75,13 @@ fn missing_file_exits_1() {
 
 #[test]
 fn bad_configs_exit_1_without_panicking() {
-    for case in ["hf-topk-exceeds-experts", "hf-negative-size", "hf-unknown-model-type", "hf-missing-key", "hf-mistyped-key"] {
+    for case in [
+        "hf-topk-exceeds-experts",
+        "hf-negative-size",
+        "hf-unknown-model-type",
+        "hf-missing-key",
+        "hf-mistyped-key",
+    ] {
         let path = format!("snapshots/cases/invalid/{case}.json");
         let o = moe_opt(&["import", &path], None);
         assert_eq!(o.status.code(), Some(1), "{case}: {}", stderr(&o));
@@ -78,18 +93,49 @@ fn bad_configs_exit_1_without_panicking() {
 fn stdin_and_stdout_pipe_and_output_is_deterministic() {
     let text = std::fs::read(root().join(LAYER)).expect("example exists");
     let a = moe_opt(&["import", "-"], Some(&text));
-    assert_eq!(a.status.code(), Some(1), "a model.json is not a config: {}", stderr(&a));
+    assert_eq!(
+        a.status.code(),
+        Some(1),
+        "a model.json is not a config: {}",
+        stderr(&a)
+    );
     let j1 = moe_opt(&["inspect", "-", "--json"], Some(&text));
     let j2 = moe_opt(&["inspect", "-", "--json"], Some(&text));
     assert_eq!(j1.status.code(), Some(0), "{}", stderr(&j1));
     assert_eq!(j1.stdout, j2.stdout);
-    let v: serde_json::Value = serde_json::from_slice(&j1.stdout).expect("inspect --json prints JSON");
-    for key in ["format", "layers", "moe_layers", "nodes", "params", "ops", "collectives", "mesh", "stages"] {
+    let v: serde_json::Value =
+        serde_json::from_slice(&j1.stdout).expect("inspect --json prints JSON");
+    for key in [
+        "format",
+        "layers",
+        "moe_layers",
+        "nodes",
+        "params",
+        "ops",
+        "collectives",
+        "mesh",
+        "stages",
+    ] {
         assert!(v.get(key).is_some(), "inspect --json lacks `{key}`");
     }
     let c = &v["collectives"];
-    let keys: Vec<&str> = c.as_object().expect("object").keys().map(String::as_str).collect();
-    assert_eq!(keys, ["all_to_all", "all_reduce", "all_gather", "reduce_scatter", "send", "recv"]);
+    let keys: Vec<&str> = c
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "all_to_all",
+            "all_reduce",
+            "all_gather",
+            "reduce_scatter",
+            "send",
+            "recv"
+        ]
+    );
     assert_eq!(c["all_to_all"], 2);
     assert_eq!(v["params"], 32 * 8 + 8 * 32 * 64 * 2);
 }
@@ -98,13 +144,33 @@ fn stdin_and_stdout_pipe_and_output_is_deterministic() {
 fn output_file_is_written_whole_and_nothing_is_written_on_error() {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("g.txt");
-    let o = moe_opt(&["import", "snapshots/cases/invalid/hf-negative-size.json", "-o", out.to_str().expect("utf-8")], None);
+    let o = moe_opt(
+        &[
+            "import",
+            "snapshots/cases/invalid/hf-negative-size.json",
+            "-o",
+            out.to_str().expect("utf-8"),
+        ],
+        None,
+    );
     assert_eq!(o.status.code(), Some(1));
     assert!(!out.exists(), "no file on error");
     let files: Vec<_> = std::fs::read_dir(dir.path()).expect("readable").collect();
     assert!(files.is_empty(), "no temporary left behind");
     let cfg = "snapshots/cases/invalid/hf-ep-does-not-divide-experts.json"; // a valid Mixtral config
-    let o = moe_opt(&["import", cfg, "--set", "num_hidden_layers=1", "--format", "text", "-o", out.to_str().expect("utf-8")], None);
+    let o = moe_opt(
+        &[
+            "import",
+            cfg,
+            "--set",
+            "num_hidden_layers=1",
+            "--format",
+            "text",
+            "-o",
+            out.to_str().expect("utf-8"),
+        ],
+        None,
+    );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let text = std::fs::read_to_string(&out).expect("written");
     assert!(text.starts_with("graph ") && text.contains("outputs:"));
@@ -112,7 +178,17 @@ fn output_file_is_written_whole_and_nothing_is_written_on_error() {
 
 #[test]
 fn dot_output_has_clusters_and_marks_collectives() {
-    let o = moe_opt(&["import", "snapshots/cases/invalid/hf-ep-does-not-divide-experts.json", "--set", "num_hidden_layers=2", "--format", "dot"], None);
+    let o = moe_opt(
+        &[
+            "import",
+            "snapshots/cases/invalid/hf-ep-does-not-divide-experts.json",
+            "--set",
+            "num_hidden_layers=2",
+            "--format",
+            "dot",
+        ],
+        None,
+    );
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let dot = String::from_utf8(o.stdout).expect("utf-8");
     assert!(dot.starts_with("digraph"));

@@ -159,7 +159,10 @@ pub fn from_doc(doc: GraphDoc) -> Result<Graph, JsonError> {
         if let Some(&first) = index.get(n.name.as_str()) {
             return Err(err(
                 format!("nodes[{i}].name"),
-                JsonErrorKind::DuplicateName { name: n.name.clone(), first },
+                JsonErrorKind::DuplicateName {
+                    name: n.name.clone(),
+                    first,
+                },
             ));
         }
         index.insert(n.name.clone(), i);
@@ -374,4 +377,39 @@ pub fn schema() -> String {
     let mut out = serde_json::to_string_pretty(&s).expect("schemas serialize");
     out.push('\n');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LAYER: &str = include_str!("../../examples/moe-layer.json");
+
+    #[test]
+    fn round_trip_is_byte_stable() {
+        let g = from_json(LAYER).unwrap();
+        let once = to_json(&g);
+        let g2 = from_json(&once).unwrap();
+        assert_eq!(g, g2);
+        assert_eq!(once, to_json(&g2));
+    }
+
+    #[test]
+    fn nodes_in_any_order_are_sorted_stably() {
+        let mut doc: serde_json::Value = serde_json::from_str(LAYER).unwrap();
+        doc["nodes"].as_array_mut().unwrap().reverse();
+        let g = from_json(&doc.to_string()).unwrap();
+        let names: Vec<_> = g.nodes().map(|(_, n)| n.name.as_str()).collect();
+        // The reversed file is topologically sorted with the smallest file index first.
+        assert_eq!(names.first(), Some(&"w_down"));
+        assert_eq!(names.last(), Some(&"y"));
+    }
+
+    #[test]
+    fn errors_name_the_path() {
+        let e = from_json("{\"format\": \"moe-ir/1\"}").unwrap_err();
+        assert!(e.to_string().contains("missing field `name`"), "{e}");
+        let e = from_json("[1, 2").unwrap_err();
+        assert!(e.line_col.is_some());
+    }
 }

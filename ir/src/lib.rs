@@ -37,7 +37,8 @@ pub use graph::{BuildError, Graph, GraphOutput, Node, NodeId, Scope, Value};
 pub use infer::{check_type, infer, local_route_rows, TypeError};
 pub use mesh::{is_identifier, Level, Mesh, MeshAxis, MeshError, DEFAULT_GPUS_PER_NODE};
 pub use op::{
-    Activation, AttentionAttrs, Capacity, FfnLayout, Groups, Mask, Op, RouterAttrs, Score,
+    Activation, AttentionAttrs, Capacity, FfnLayout, GroupScore, Groups, Mask, Op, RouterAttrs,
+    Score,
 };
 pub use scalar::F64;
 pub use summary::{human, Collectives, Summary};

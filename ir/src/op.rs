@@ -33,6 +33,20 @@ pub enum Score {
 pub struct Groups {
     pub groups: u64,
     pub topk_groups: u64,
+    /// How a group is scored from its members' (biased) scores.
+    pub group_score: GroupScore,
+}
+
+/// The score of an expert group in group-limited routing.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupScore {
+    /// The best member's score (DeepSeek-V2's `group_limited_greedy`).
+    Max,
+    /// The sum of the two best members' scores (DeepSeek-V3's `noaux_tc`).
+    Top2Sum,
 }
 
 /// The activation of an expert or dense FFN.

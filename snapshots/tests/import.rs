@@ -12,13 +12,22 @@ fn import() {
         insta::glob!("../cases/import", "*.toml", |path| {
             let opts = common::options(path);
             let config = opts.config.as_ref().expect("import cases name a config");
-            let text = std::fs::read_to_string(common::root().join(config)).expect("config readable");
-            let full_opts = common::CaseOptions { set: Vec::new(), ..common::options(path) };
+            let text =
+                std::fs::read_to_string(common::root().join(config)).expect("config readable");
+            let full_opts = common::CaseOptions {
+                set: Vec::new(),
+                ..common::options(path)
+            };
             let full = common::load(&text, &full_opts).unwrap_or_else(|e| panic!("{config}: {e}"));
             let cut = common::load(&text, &opts).unwrap_or_else(|e| panic!("{config} cut: {e}"));
-            let summary = serde_json::to_string_pretty(&Summary::of(&full)).expect("summary serializes");
+            let summary =
+                serde_json::to_string_pretty(&Summary::of(&full)).expect("summary serializes");
             let again = common::load(&text, &opts).expect("imports twice");
-            assert_eq!(moe_ir::json::to_json(&cut), moe_ir::json::to_json(&again), "import is deterministic");
+            assert_eq!(
+                moe_ir::json::to_json(&cut),
+                moe_ir::json::to_json(&again),
+                "import is deterministic"
+            );
             insta::assert_snapshot!(format!("{summary}\n\n{}", moe_ir::print::to_text(&cut)));
         });
     });
@@ -33,11 +42,18 @@ fn every_example_has_an_import_case() {
     for e in std::fs::read_dir(&dir).expect("examples/hf exists") {
         let p = e.expect("dir entry").path();
         if p.extension().is_some_and(|x| x == "json") {
-            let stem = p.file_stem().expect("file name").to_string_lossy().to_string();
+            let stem = p
+                .file_stem()
+                .expect("file name")
+                .to_string_lossy()
+                .to_string();
             if !cases.join(format!("{stem}.toml")).exists() {
                 missing.push(stem);
             }
         }
     }
-    assert!(missing.is_empty(), "examples without a snapshots/cases/import/<name>.toml: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "examples without a snapshots/cases/import/<name>.toml: {missing:?}"
+    );
 }

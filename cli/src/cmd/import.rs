@@ -23,7 +23,10 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let text = read_input(&a.config)?;
     if serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|v| v.get("format").is_some()) {
-        return Err(miette!("{}: this is a model.json graph already; `import` reads Hugging Face config.json files", a.config));
+        return Err(miette!(
+            "{}: this is a model.json graph already; `import` reads Hugging Face config.json files",
+            a.config
+        ));
     }
     let opts = a.import.options()?;
     let g = moe_ir::hf::import(&text, &a.import.sets, &opts)

@@ -3,6 +3,10 @@
 use super::ImportError;
 use serde_json::{Map, Value};
 
+/// Integers a config may hold are below this bound (2^31), so that products of two sizes (and of
+/// a size and a sum of two) fit in a `u64` while building a graph.
+pub const MAX_INT: u64 = 1 << 31;
+
 /// A view of one JSON object of a config (the root, or a nested one such as DBRX's `ffn_config`),
 /// remembering its key path for error messages.
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +52,12 @@ impl<'a> Cfg<'a> {
         self.get(key).is_some()
     }
 
+    /// Whether `key` is present with an explicit `null` (which some configs use to switch a part
+    /// off, e.g. DeepSeek-V2-Lite's `q_lora_rank`), as opposed to absent.
+    pub fn is_null(&self, key: &str) -> bool {
+        self.obj.get(key).is_some_and(Value::is_null)
+    }
+
     /// A nested object (`None` when absent).
     pub fn sub(&self, key: &str, prefix: &'a str) -> Result<Option<Cfg<'a>>, ImportError> {
         match self.get(key) {
@@ -57,18 +67,26 @@ impl<'a> Cfg<'a> {
         }
     }
 
-    /// An optional non-negative integer.
+    /// An optional non-negative integer, below [`MAX_INT`].
     pub fn opt_u64(&self, key: &str) -> Result<Option<u64>, ImportError> {
         match self.get(key) {
             None => Ok(None),
             Some(v) => match (v.as_u64(), v.as_i64(), v.as_f64()) {
+                (Some(n), _, _) if n >= MAX_INT => Err(self.err(
+                    key,
+                    format!("is {n}; integers from 2^31 up are not supported"),
+                )),
                 (Some(n), _, _) => Ok(Some(n)),
                 (None, Some(n), _) => {
                     Err(self.err(key, format!("is {n}; sizes cannot be negative")))
                 }
-                (None, None, Some(f)) if f.fract() == 0.0 && f >= 0.0 && f < 9.0e15 => {
+                (None, None, Some(f)) if f.fract() == 0.0 && f >= 0.0 && f < MAX_INT as f64 => {
                     Ok(Some(f as u64))
                 }
+                (None, None, Some(f)) if f.fract() == 0.0 && f >= MAX_INT as f64 => Err(self.err(
+                    key,
+                    format!("is {f}; integers from 2^31 up are not supported"),
+                )),
                 _ => Err(self.err(key, format!("must be a non-negative integer, is {v}"))),
             },
         }
@@ -166,10 +184,10 @@ impl<'a> Cfg<'a> {
         a.iter()
             .enumerate()
             .map(|(i, v)| {
-                v.as_u64().ok_or_else(|| {
+                v.as_u64().filter(|&n| n < MAX_INT).ok_or_else(|| {
                     self.err(
                         &format!("{key}[{i}]"),
-                        format!("must be a non-negative integer, is {v}"),
+                        format!("must be a non-negative integer below 2^31, is {v}"),
                     )
                 })
             })

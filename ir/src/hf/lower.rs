@@ -324,9 +324,18 @@ impl Lower<'_> {
             CapacitySpec::Dropless => t,
             CapacitySpec::Slots(c) => c,
             CapacitySpec::Factor(f) => {
-                ((f * (t * m.top_k) as f64 / e as f64).ceil() as u64).clamp(1, t)
+                ((f * t.saturating_mul(m.top_k) as f64 / e as f64).ceil() as u64).clamp(1, t)
             }
         };
+        let ranks = self.global_tokens / t;
+        if capacity
+            .checked_mul(ranks)
+            .is_none_or(|slots| slots >= MAX_ELEMENTS)
+        {
+            return Err(ImportError::Unsupported(format!(
+                "{capacity} slots per expert on each of {ranks} ranks are too many to count"
+            )));
+        }
         let d = self.op(
             &format!("{p}.dispatch"),
             Op::Dispatch {
@@ -453,8 +462,16 @@ pub fn lower(spec: &ModelSpec, opts: &ImportOptions) -> Result<Graph, ImportErro
         ));
     }
     let tokens: Vec<String> = mesh.axes.iter().map(|a| a.name.clone()).collect();
-    let local_tokens = opts.seq * opts.micro_batch;
-    let global_tokens = local_tokens * mesh.product(&tokens);
+    let (local_tokens, global_tokens) = opts
+        .seq
+        .checked_mul(opts.micro_batch)
+        .and_then(|l| Some((l, l.checked_mul(mesh.product(&tokens))?)))
+        .filter(|&(_, g)| g < MAX_ELEMENTS)
+        .ok_or_else(|| {
+            ImportError::Options(
+                "--seq x --micro-batch x ranks is too many tokens (2^53 at most)".into(),
+            )
+        })?;
     let mut g = Graph::new(spec.name.clone(), mesh);
     let meta = &mut g.meta;
     meta.insert("family".into(), spec.family.name().into());
@@ -505,6 +522,33 @@ pub fn lower(spec: &ModelSpec, opts: &ImportOptions) -> Result<Graph, ImportErro
     };
     let logits = lw.op("lm_head", Op::Matmul, &[x, head])?;
     lw.g.add_output("logits", logits);
+    check_sizes(&lw.g)?;
     crate::validate(&lw.g).map_err(|e| ImportError::Internal(e.to_string()))?;
     Ok(lw.g)
+}
+
+/// The most elements all tensors of an imported graph may hold together (2^53): element and
+/// byte counts of any tensor, and their sums, then fit in a `u64` (and exactly in an `f64`).
+const MAX_ELEMENTS: u64 = 1 << 53;
+
+/// Refuses graphs whose tensors are too large to count (absurd sizes in a config).
+fn check_sizes(g: &Graph) -> Result<(), ImportError> {
+    let mut total: u128 = 0;
+    for (_, n) in g.nodes() {
+        for t in &n.outputs {
+            let numel = t
+                .shape
+                .iter()
+                .try_fold(1u128, |acc, &d| acc.checked_mul(u128::from(d)));
+            total = total.saturating_add(numel.unwrap_or(u128::MAX));
+            if total > u128::from(MAX_ELEMENTS) {
+                return Err(ImportError::Unsupported(format!(
+                    "the sizes in this config make tensors of more than 2^53 elements in all \
+                     (`{}` has shape {:?})",
+                    n.name, t.shape
+                )));
+            }
+        }
+    }
+    Ok(())
 }

@@ -355,3 +355,46 @@ pub(super) fn attention(
         vec![],
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{infer, DType, Mesh, Op, TensorType};
+
+    #[test]
+    fn megatron_mlp_typing() {
+        let m = Mesh::parse("tp=2", 8).unwrap();
+        let x = TensorType::new(DType::Bf16, [8, 16]);
+        let w1 = TensorType::new(DType::Bf16, [16, 32]).with_split(1, &["tp"]);
+        let h = infer(&Op::Matmul, &[&x, &w1], &m).unwrap().remove(0);
+        assert_eq!(h.to_string(), "bf16[8, 32@tp]");
+        let w2 = TensorType::new(DType::Bf16, [32, 16]).with_split(0, &["tp"]);
+        let y = infer(&Op::Matmul, &[&h, &w2], &m).unwrap().remove(0);
+        assert_eq!(y.to_string(), "bf16[8, 16] partial(tp)");
+        // A nonlinearity of a partial sum is not the sum of nonlinearities.
+        assert!(infer(&Op::Gelu, &[&y], &m).is_err());
+        // Adding a replicated residual to a partial sum would count it twice.
+        assert!(infer(&Op::Add, &[&x, &y], &m).is_err());
+    }
+
+    #[test]
+    fn broadcasting_aligns_right() {
+        let m = Mesh::single();
+        let x = TensorType::new(DType::F32, [8, 16]);
+        let b = TensorType::new(DType::F32, [16]);
+        assert_eq!(infer(&Op::Add, &[&x, &b], &m).unwrap()[0], x);
+        let g = TensorType::new(DType::F32, [8, 1]);
+        assert_eq!(infer(&Op::Mul, &[&x, &g], &m).unwrap()[0], x);
+        let bad = TensorType::new(DType::F32, [8]);
+        assert!(infer(&Op::Add, &[&x, &bad], &m).is_err());
+    }
+
+    #[test]
+    fn per_head_norm_keeps_heads_whole() {
+        let m = Mesh::parse("tp=4", 8).unwrap();
+        let q = TensorType::new(DType::F32, [8, 8 * 16]).with_split(1, &["tp"]);
+        let w = TensorType::new(DType::F32, [16]);
+        assert!(infer(&Op::RmsNorm { eps: 1e-6.into() }, &[&q, &w], &m).is_ok());
+        let full = TensorType::new(DType::F32, [128]);
+        assert!(infer(&Op::RmsNorm { eps: 1e-6.into() }, &[&q, &full], &m).is_err());
+    }
+}

@@ -33,6 +33,11 @@ pub(super) fn router(a: &RouterAttrs, inputs: &[&TensorType]) -> Result<Vec<Tens
                 g.groups, a.experts, g.topk_groups
             )));
         }
+        if g.group_score == crate::GroupScore::Top2Sum && a.experts / g.groups < 2 {
+            return Err(TypeError::Attr(
+                "top2_sum group scores need at least 2 experts per group".into(),
+            ));
+        }
         if a.k > g.topk_groups * (a.experts / g.groups) {
             return Err(TypeError::Attr(format!(
                 "k = {} exceeds the experts of the {} kept groups",
@@ -333,4 +338,115 @@ pub(super) fn expert_ffn(
     let mut out = x.clone();
     out.partial = ffn_split;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{infer, Capacity, DType, Mesh, Op, TensorType};
+
+    fn mesh() -> Mesh {
+        Mesh::parse("tp=4", 8).unwrap()
+    }
+
+    #[test]
+    fn ppmoe_slicing_types_check_and_need_a_partial_buffer() {
+        let m = mesh();
+        let idx = TensorType::new(DType::I32, [64, 2]);
+        let w = TensorType::new(DType::F32, [64, 2]);
+        let op = Op::LocalRoutes {
+            experts: 8,
+            axis: "tp".into(),
+            capacity: Capacity::Dropless,
+            token_groups: 1,
+        };
+        let r = infer(&op, &[&idx, &w], &m).unwrap();
+        // Each rank has 2 experts; a token may pick both: 64 * 2 rows per rank.
+        assert_eq!(r[0].to_string(), "i32[512@tp]");
+        assert_eq!(r[2].to_string(), "i32[8@tp]");
+        let x = TensorType::new(DType::Bf16, [64, 16]);
+        let xs = infer(&Op::IndexSelect, &[&x, &r[0]], &m).unwrap();
+        assert_eq!(xs[0].to_string(), "bf16[512@tp, 16]");
+        let zeros = TensorType::new(DType::Bf16, [64, 16]);
+        let op = Op::IndexAdd { scaled: true };
+        // A replicated buffer would be counted once per rank: refused.
+        assert!(infer(&op, &[&zeros, &r[0], &xs[0], &r[1]], &m).is_err());
+        let zp = zeros.with_partial(&["tp"]);
+        let y = infer(&op, &[&zp, &r[0], &xs[0], &r[1]], &m).unwrap();
+        assert_eq!(y[0].to_string(), "bf16[64, 16] partial(tp)");
+        let y = infer(&Op::AllReduce { axis: "tp".into() }, &[&y[0]], &m).unwrap();
+        assert!(y[0].is_replicated());
+    }
+
+    #[test]
+    fn local_routes_needs_tokens_replicated_on_its_axis() {
+        let m = mesh();
+        let idx = TensorType::new(DType::I32, [64, 2]).with_split(0, &["tp"]);
+        let w = TensorType::new(DType::F32, [64, 2]).with_split(0, &["tp"]);
+        let op = Op::LocalRoutes {
+            experts: 8,
+            axis: "tp".into(),
+            capacity: Capacity::Dropless,
+            token_groups: 1,
+        };
+        assert!(infer(&op, &[&idx, &w], &m)
+            .unwrap_err()
+            .to_string()
+            .contains("replicated on `tp`"));
+    }
+
+    #[test]
+    fn capacity_bounds_rows() {
+        let m = mesh();
+        let idx = TensorType::new(DType::I32, [64, 2]);
+        let w = TensorType::new(DType::F32, [64, 2]);
+        let op = Op::LocalRoutes {
+            experts: 8,
+            axis: "tp".into(),
+            capacity: Capacity::Slots(5),
+            token_groups: 4,
+        };
+        // 2 local experts * 5 slots * 4 groups = 40 < 128.
+        assert_eq!(
+            infer(&op, &[&idx, &w], &m).unwrap()[0].to_string(),
+            "i32[160@tp]"
+        );
+    }
+
+    #[test]
+    fn dispatch_and_combine_are_inverse_layouts() {
+        let m = Mesh::parse("ep=4", 8).unwrap();
+        let x = TensorType::new(DType::Bf16, [64, 16]).with_split(0, &["ep"]);
+        let idx = TensorType::new(DType::I32, [64, 2]).with_split(0, &["ep"]);
+        let w = TensorType::new(DType::F32, [64, 2]).with_split(0, &["ep"]);
+        let d = infer(
+            &Op::Dispatch {
+                experts: 8,
+                capacity: 6,
+            },
+            &[&x, &idx],
+            &m,
+        )
+        .unwrap();
+        assert_eq!(d[0].to_string(), "bf16[8, 24@ep, 16]");
+        let y = infer(
+            &Op::Combine {
+                experts: 8,
+                capacity: 6,
+            },
+            &[&d[0], &idx, &w],
+            &m,
+        )
+        .unwrap();
+        assert_eq!(y[0], x);
+        // Capacity must agree.
+        assert!(infer(
+            &Op::Combine {
+                experts: 8,
+                capacity: 5
+            },
+            &[&d[0], &idx, &w],
+            &m
+        )
+        .is_err());
+    }
 }

@@ -24,7 +24,10 @@ pub struct CaseOptions {
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("snapshots/ is in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("snapshots/ is in the workspace")
+        .to_path_buf()
 }
 
 /// Reads the options beside `case` (`x.json` -> `x.toml`, or `case` itself when it is a `.toml`).
@@ -40,7 +43,10 @@ impl CaseOptions {
     pub fn import_options(&self) -> ImportOptions {
         let d = ImportOptions::default();
         ImportOptions {
-            mesh: self.mesh.as_ref().map(|m| Mesh::parse(m, DEFAULT_GPUS_PER_NODE).expect("case mesh parses")),
+            mesh: self
+                .mesh
+                .as_ref()
+                .map(|m| Mesh::parse(m, DEFAULT_GPUS_PER_NODE).expect("case mesh parses")),
             seq: self.seq.unwrap_or(d.seq),
             micro_batch: self.micro_batch.unwrap_or(d.micro_batch),
             ..d
@@ -51,7 +57,8 @@ impl CaseOptions {
 /// Loads `text` as the CLI does: HF configs are imported with `opts`, anything else is model.json.
 /// Errors come back as their messages.
 pub fn load(text: &str, opts: &CaseOptions) -> Result<Graph, String> {
-    let is_hf = serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| hf::looks_like_hf_config(&v));
+    let is_hf =
+        serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| hf::looks_like_hf_config(&v));
     if is_hf {
         hf::import(text, &opts.set, &opts.import_options()).map_err(|e| e.to_string())
     } else {

@@ -6,7 +6,7 @@ use crate::Score;
 
 pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
     let hidden = cfg.pos("hidden_size")?;
-    let layers = cfg.pos("num_hidden_layers")?;
+    let layers = layer_count(cfg, "num_hidden_layers")?;
     let (experts, top_k) = experts_topk(cfg, "num_local_experts", "num_experts_per_tok")?;
     let width = cfg.pos("intermediate_size")?;
     let act = activation(cfg, "hidden_act", Activation::Silu)?;
@@ -25,7 +25,7 @@ pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
         norm: rms(cfg, "rms_norm_eps", 1e-5)?,
         attention: AttentionSpec {
             kind: mha(cfg, hidden, "num_attention_heads", "num_key_value_heads")?,
-            rope_theta: cfg.f64_or("rope_theta", 1e6)?,
+            rope_theta: rope_theta(cfg, 1e6)?,
             qk_norm: QkNorm::None,
             qkv_bias: false,
             o_bias: false,

@@ -1,19 +1,32 @@
 //! One parser per family: config keys -> [`ModelSpec`]. Shared readers live here.
 
+mod dbrx;
+mod deepseek;
+mod gpt_oss;
+mod llama4;
 mod mixtral;
+mod olmoe;
+mod qwen2_moe;
+mod qwen3_moe;
+mod switch;
 
 use super::spec::*;
 use super::{Cfg, ImportError};
-use crate::{Activation, Mask};
+use crate::{Activation, Mask, Score};
 
 /// Parses `cfg` as `family`.
 pub(super) fn parse(family: Family, cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
     match family {
         Family::Mixtral => mixtral::parse(cfg),
-        other => Err(ImportError::Unsupported(format!(
-            "model_type `{}` (parser not written yet)",
-            other.name()
-        ))),
+        Family::Qwen2Moe => qwen2_moe::parse(cfg),
+        Family::Qwen3Moe => qwen3_moe::parse(cfg),
+        Family::DeepseekV2 => deepseek::parse(cfg, deepseek::Version::V2),
+        Family::DeepseekV3 => deepseek::parse(cfg, deepseek::Version::V3),
+        Family::Olmoe => olmoe::parse(cfg),
+        Family::Dbrx => dbrx::parse(cfg),
+        Family::GptOss => gpt_oss::parse(cfg),
+        Family::SwitchTransformers => switch::parse(cfg),
+        Family::Llama4 => llama4::parse(cfg),
     }
 }
 
@@ -89,6 +102,31 @@ pub(super) fn experts_topk(
     Ok((e, k))
 }
 
+/// The key among `keys` (spellings of one setting, e.g. `num_experts` and the
+/// `num_local_experts` that transformers v5 writes) that the config uses: the first present, else
+/// the first. Two present with different values contradict each other.
+pub(super) fn alias<'k>(cfg: Cfg<'_>, keys: &[&'k str]) -> Result<&'k str, ImportError> {
+    let mut found: Option<&'k str> = None;
+    for &k in keys {
+        let Some(v) = cfg.get(k) else { continue };
+        match found {
+            None => found = Some(k),
+            Some(f) if cfg.get(f) != Some(v) => {
+                return Err(cfg.invalid(
+                    k,
+                    format!(
+                        "= {v} contradicts {} = {}, another name of the same setting",
+                        cfg.path(f),
+                        cfg.get(f).map_or_else(String::new, ToString::to_string)
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(found.unwrap_or(keys[0]))
+}
+
 /// The activation named by `hidden_act` (and friends).
 pub(super) fn activation(
     cfg: Cfg<'_>,
@@ -107,6 +145,21 @@ pub(super) fn activation(
             ))
         }
     })
+}
+
+/// The most layers (of one stack) an imported model may have.
+pub(super) const MAX_LAYERS: u64 = 10_000;
+
+/// A layer count under `key`: positive and at most [`MAX_LAYERS`].
+pub(super) fn layer_count(cfg: Cfg<'_>, key: &str) -> Result<u64, ImportError> {
+    let n = cfg.pos(key)?;
+    if n > MAX_LAYERS {
+        return Err(cfg.invalid(
+            key,
+            format!("is {n}; more than {MAX_LAYERS} layers are not supported"),
+        ));
+    }
+    Ok(n)
 }
 
 /// `n` decoder layers with causal masks and RoPE, MoE where `moe(i)`.
@@ -128,4 +181,216 @@ pub(super) fn rms(cfg: Cfg<'_>, key: &str, default: f64) -> Result<NormSpec, Imp
         bias: false,
         eps: cfg.f64_or(key, default)?,
     })
+}
+
+/// The RoPE base: `rope_theta`, or `rope_parameters.rope_theta` in configs written by newer
+/// transformers versions, else `default`.
+pub(super) fn rope_theta(cfg: Cfg<'_>, default: f64) -> Result<f64, ImportError> {
+    if let Some(t) = cfg.opt_f64("rope_theta")? {
+        return positive_f64(cfg, "rope_theta", t);
+    }
+    if let Some(rp) = cfg.sub("rope_parameters", "rope_parameters.")? {
+        if let Some(t) = rp.opt_f64("rope_theta")? {
+            return positive_f64(rp, "rope_theta", t);
+        }
+    }
+    Ok(default)
+}
+
+fn positive_f64(cfg: Cfg<'_>, key: &str, v: f64) -> Result<f64, ImportError> {
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(cfg.invalid(key, format!("must be a positive number, is {v}")))
+    }
+}
+
+/// Plain attention: no q/k norms, no biases, no sinks.
+pub(super) fn plain_attention(kind: AttnKind, rope_theta: f64) -> AttentionSpec {
+    AttentionSpec {
+        kind,
+        rope_theta,
+        qk_norm: QkNorm::None,
+        qkv_bias: false,
+        o_bias: false,
+        sinks: false,
+    }
+}
+
+/// A router without groups, selection bias or linear bias.
+pub(super) fn router(score: Score, normalize: bool) -> RouterSpec {
+    RouterSpec {
+        score,
+        normalize,
+        scale: 1.0,
+        groups: None,
+        select_bias: false,
+        bias: false,
+    }
+}
+
+/// A list of layer indices under `key` (`None` when absent), each checked to be below `layers`.
+pub(super) fn layer_indices(
+    cfg: Cfg<'_>,
+    key: &str,
+    layers: u64,
+) -> Result<Option<Vec<u64>>, ImportError> {
+    let Some(list) = cfg.opt_u64_list(key)? else {
+        return Ok(None);
+    };
+    for (i, &l) in list.iter().enumerate() {
+        if l >= layers {
+            return Err(cfg.invalid(
+                &format!("{key}[{i}]"),
+                format!("= {l} is not a layer index (there are {layers} layers)"),
+            ));
+        }
+    }
+    Ok(Some(list))
+}
+
+/// Qwen-MoE placement (`Qwen2MoeDecoderLayer`): layer `i` is MoE unless listed in
+/// `mlp_only_layers`, when `(i + 1) % decoder_sparse_step == 0`.
+pub(super) fn qwen_moe_layers(cfg: Cfg<'_>, layers: u64) -> Result<Vec<bool>, ImportError> {
+    let step = cfg.opt_pos("decoder_sparse_step")?.unwrap_or(1);
+    let dense = layer_indices(cfg, "mlp_only_layers", layers)?.unwrap_or_default();
+    Ok((0..layers)
+        .map(|i| !dense.contains(&i) && (i + 1) % step == 0)
+        .collect())
+}
+
+/// Self-attention masks from an explicit `layer_types` list (`None` when absent): `full_attention`
+/// is causal, `sliding_attention` uses `sliding` (from `sliding_window`), `chunked_attention` uses
+/// `chunk` (from `attention_chunk_size`).
+pub(super) fn layer_type_masks(
+    cfg: Cfg<'_>,
+    layers: u64,
+    sliding: Option<u64>,
+    chunk: Option<u64>,
+) -> Result<Option<Vec<Mask>>, ImportError> {
+    let Some(types) = cfg.opt_array("layer_types")? else {
+        return Ok(None);
+    };
+    if types.len() as u64 != layers {
+        return Err(cfg.invalid(
+            "layer_types",
+            format!(
+                "has {} entries but the model has {layers} layers",
+                types.len()
+            ),
+        ));
+    }
+    types
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let key = format!("layer_types[{i}]");
+            match t.as_str() {
+                Some("full_attention") => Ok(Mask::Causal),
+                Some("sliding_attention") => sliding.map(Mask::Sliding).ok_or_else(|| {
+                    cfg.invalid(
+                        "sliding_window",
+                        format!("is missing or null, but {key} is sliding_attention"),
+                    )
+                }),
+                Some("chunked_attention") => chunk.map(Mask::Chunked).ok_or_else(|| {
+                    cfg.invalid(
+                        "attention_chunk_size",
+                        format!("is missing or null, but {key} is chunked_attention"),
+                    )
+                }),
+                Some(other) => Err(cfg.invalid(
+                    &key,
+                    format!(
+                        "`{other}` is not a known layer type \
+                         (full_attention, sliding_attention, chunked_attention)"
+                    ),
+                )),
+                None => Err(cfg.invalid(&key, format!("must be a string, is {t}"))),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// The dense-MLP width: required when some layer is dense, else `fallback` (never lowered).
+pub(super) fn dense_width(
+    cfg: Cfg<'_>,
+    key: &str,
+    layers: &[LayerSpec],
+    fallback: u64,
+) -> Result<u64, ImportError> {
+    if layers.iter().any(|l| !l.moe) {
+        cfg.pos(key)
+    } else {
+        Ok(cfg.opt_pos(key)?.unwrap_or(fallback))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn rope_theta_reads_both_spellings() {
+        let v = json!({"rope_theta": 5e5});
+        assert_eq!(rope_theta(Cfg::root(&v).unwrap(), 1.0).unwrap(), 5e5);
+        let v = json!({"rope_parameters": {"rope_theta": 1e6, "rope_type": "default"}});
+        assert_eq!(rope_theta(Cfg::root(&v).unwrap(), 1.0).unwrap(), 1e6);
+        let v = json!({});
+        assert_eq!(rope_theta(Cfg::root(&v).unwrap(), 7.0).unwrap(), 7.0);
+        let v = json!({"rope_theta": -1});
+        let e = rope_theta(Cfg::root(&v).unwrap(), 7.0).unwrap_err();
+        assert!(e.to_string().contains("rope_theta"), "{e}");
+    }
+
+    #[test]
+    fn qwen_placement_follows_step_and_mlp_only_layers() {
+        let v = json!({"decoder_sparse_step": 2, "mlp_only_layers": [3]});
+        let m = qwen_moe_layers(Cfg::root(&v).unwrap(), 6).unwrap();
+        assert_eq!(m, [false, true, false, false, false, true]);
+        let v = json!({"mlp_only_layers": [6]});
+        let e = qwen_moe_layers(Cfg::root(&v).unwrap(), 6).unwrap_err();
+        assert!(e.to_string().contains("mlp_only_layers[0]"), "{e}");
+        let v = json!({"decoder_sparse_step": 0});
+        let e = qwen_moe_layers(Cfg::root(&v).unwrap(), 6).unwrap_err();
+        assert!(e.to_string().contains("decoder_sparse_step"), "{e}");
+    }
+
+    #[test]
+    fn aliases_pick_the_present_key_and_catch_contradictions() {
+        let keys = ["num_experts", "num_local_experts"];
+        let v = json!({"num_local_experts": 8});
+        assert_eq!(
+            alias(Cfg::root(&v).unwrap(), &keys).unwrap(),
+            "num_local_experts"
+        );
+        let v = json!({});
+        assert_eq!(alias(Cfg::root(&v).unwrap(), &keys).unwrap(), "num_experts");
+        let v = json!({"num_experts": 8, "num_local_experts": 8});
+        assert_eq!(alias(Cfg::root(&v).unwrap(), &keys).unwrap(), "num_experts");
+        let v = json!({"num_experts": 8, "num_local_experts": 16});
+        let e = alias(Cfg::root(&v).unwrap(), &keys).unwrap_err();
+        assert!(e.to_string().contains("num_local_experts"), "{e}");
+    }
+
+    #[test]
+    fn layer_types_map_to_masks() {
+        let v =
+            json!({"layer_types": ["sliding_attention", "full_attention", "chunked_attention"]});
+        let c = Cfg::root(&v).unwrap();
+        let m = layer_type_masks(c, 3, Some(128), Some(8192))
+            .unwrap()
+            .unwrap();
+        assert_eq!(m, [Mask::Sliding(128), Mask::Causal, Mask::Chunked(8192)]);
+        let e = layer_type_masks(c, 3, None, Some(8192)).unwrap_err();
+        assert!(e.to_string().contains("sliding_window"), "{e}");
+        let e = layer_type_masks(c, 4, Some(1), Some(1)).unwrap_err();
+        assert!(e.to_string().contains("layer_types"), "{e}");
+        let v = json!({"layer_types": ["full_attention", "linear_attention"]});
+        let e = layer_type_masks(Cfg::root(&v).unwrap(), 2, None, None).unwrap_err();
+        assert!(e.to_string().contains("layer_types[1]"), "{e}");
+    }
 }
