@@ -37,6 +37,13 @@ pub fn write_output(out: Option<&Path>, text: &str) -> Result<()> {
             tmp.write_all(text.as_bytes())
                 .into_diagnostic()
                 .wrap_err_with(|| format!("cannot write `{}`", p.display()))?;
+            // Temporary files are private (0600); give the output the target's mode, or the usual 0644.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(p).map_or(0o644, |m| m.permissions().mode());
+                tmp.as_file().set_permissions(std::fs::Permissions::from_mode(mode)).into_diagnostic()?;
+            }
             tmp.as_file().sync_all().into_diagnostic()?;
             tmp.persist(p)
                 .map_err(|e| miette!("cannot write `{}`: {}", p.display(), e.error))?;
