@@ -42,7 +42,9 @@ pub fn write_output(out: Option<&Path>, text: &str) -> Result<()> {
             {
                 use std::os::unix::fs::PermissionsExt;
                 let mode = std::fs::metadata(p).map_or(0o644, |m| m.permissions().mode());
-                tmp.as_file().set_permissions(std::fs::Permissions::from_mode(mode)).into_diagnostic()?;
+                tmp.as_file()
+                    .set_permissions(std::fs::Permissions::from_mode(mode))
+                    .into_diagnostic()?;
             }
             tmp.as_file().sync_all().into_diagnostic()?;
             tmp.persist(p)

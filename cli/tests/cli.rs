@@ -177,8 +177,15 @@ fn output_file_is_written_whole_and_nothing_is_written_on_error() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&out).expect("exists").permissions().mode() & 0o777;
-        assert_eq!(mode, 0o644, "a new output file gets the usual mode, not the temporary file's 0600");
+        let mode = std::fs::metadata(&out)
+            .expect("exists")
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(
+            mode, 0o644,
+            "a new output file gets the usual mode, not the temporary file's 0600"
+        );
     }
 }
 

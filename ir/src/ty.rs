@@ -163,6 +163,7 @@ impl std::fmt::Display for TensorType {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -96,6 +96,7 @@ pub(super) fn reduce_scatter(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use crate::{infer, DType, Mesh, Op, TensorType};
 

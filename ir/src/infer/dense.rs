@@ -357,6 +357,7 @@ pub(super) fn attention(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use crate::{infer, DType, Mesh, Op, TensorType};
 

@@ -341,6 +341,7 @@ pub(super) fn expert_ffn(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use crate::{infer, Capacity, DType, Mesh, Op, TensorType};
 
