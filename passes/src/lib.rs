@@ -1,1 +1,16 @@
-//! placeholder
+//! # moe-passes: transformations of moe-opt graphs
+//!
+//! Passes take a validated [`moe_ir::Graph`] and return one that validates too; the [`Pipeline`]
+//! checks that after every pass and records [`PassStats`]. This crate does no I/O.
+//!
+//! ```
+//! use moe_passes::{DeadCode, Pipeline};
+//! let g = moe_ir::json::from_json(include_str!("../../examples/moe-layer.json")).unwrap();
+//! let (out, stats) = Pipeline::new().with(DeadCode).run(g).unwrap();
+//! assert_eq!(stats[0].pass, "dead-code");
+//! assert!(moe_ir::validate(&out).is_ok());
+//! ```
+
+mod pass;
+
+pub use pass::{DeadCode, EGraphStats, Pass, PassError, PassOutput, PassStats, Pipeline};
