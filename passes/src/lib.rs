@@ -11,6 +11,8 @@
 //! assert!(moe_ir::validate(&out).is_ok());
 //! ```
 
+pub mod cost;
 mod pass;
 
+pub use cost::Cluster;
 pub use pass::{DeadCode, EGraphStats, Pass, PassError, PassOutput, PassStats, Pipeline};
