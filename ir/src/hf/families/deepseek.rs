@@ -156,39 +156,33 @@ pub(super) fn parse(cfg: Cfg<'_>, version: Version) -> Result<ModelSpec, ImportE
     attention.qkv_bias = bias;
     attention.o_bias = bias;
 
-    Ok(ModelSpec {
-        family: d.family,
-        name: d.family.name().into(),
-        vocab: cfg.pos("vocab_size")?,
-        hidden,
-        tie_embeddings: cfg.bool_or("tie_word_embeddings", false)?,
-        norm: rms(cfg, "rms_norm_eps", 1e-6)?,
-        attention,
-        layers,
-        encoder_layers: 0,
-        dense_mlp: MlpSpec {
-            width: dense,
-            gated: true,
+    decoder_only(
+        cfg,
+        Decoder {
+            family: d.family,
+            hidden,
+            tie_embeddings: cfg.bool_or("tie_word_embeddings", false)?,
+            norm: rms(cfg, "rms_norm_eps", 1e-6)?,
+            attention,
+            layers,
+            dense_width: dense,
             act,
-        },
-        moe: Some(MoeSpec {
-            experts,
-            top_k,
-            expert_width,
-            gated: true,
-            act,
-            router: RouterSpec {
-                score,
-                normalize,
-                scale,
-                groups,
-                select_bias,
-                bias: false,
+            routed: Routed {
+                experts,
+                top_k,
+                expert_width,
+                router: RouterSpec {
+                    score,
+                    normalize,
+                    scale,
+                    groups,
+                    select_bias,
+                    bias: false,
+                },
+                shared,
             },
-            shared,
-            capacity: CapacitySpec::Dropless,
-        }),
-    })
+        },
+    )
 }
 
 /// `n_group` / `topk_group` of group-limited routing; one group is no grouping.

@@ -61,31 +61,24 @@ pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
     attention.sinks = true;
     let mut r = router(Score::Softmax, true);
     r.bias = true;
-    Ok(ModelSpec {
-        family: Family::GptOss,
-        name: "gpt_oss".into(),
-        vocab: cfg.pos("vocab_size")?,
-        hidden,
-        tie_embeddings: cfg.bool_or("tie_word_embeddings", false)?,
-        norm: rms(cfg, "rms_norm_eps", 1e-5)?,
-        attention,
-        layers,
-        encoder_layers: 0,
-        // No dense layers; never lowered.
-        dense_mlp: MlpSpec {
-            width,
-            gated: true,
+    decoder_only(
+        cfg,
+        Decoder {
+            family: Family::GptOss,
+            hidden,
+            tie_embeddings: cfg.bool_or("tie_word_embeddings", false)?,
+            norm: rms(cfg, "rms_norm_eps", 1e-5)?,
+            attention,
+            layers,
+            dense_width: width,
             act: Activation::OaiSwiglu,
+            routed: Routed {
+                experts,
+                top_k,
+                expert_width: width,
+                router: r,
+                shared: None,
+            },
         },
-        moe: Some(MoeSpec {
-            experts,
-            top_k,
-            expert_width: width,
-            gated: true,
-            act: Activation::OaiSwiglu,
-            router: r,
-            shared: None,
-            capacity: CapacitySpec::Dropless,
-        }),
-    })
+    )
 }

@@ -98,32 +98,26 @@ pub(super) fn parse(root: Cfg<'_>) -> Result<ModelSpec, ImportError> {
         Some(t) => t,
         None => root.bool_or("tie_word_embeddings", false)?,
     };
-    Ok(ModelSpec {
-        family: Family::Llama4,
-        name: "llama4".into(),
-        vocab: cfg.pos("vocab_size")?,
-        hidden,
-        tie_embeddings: tie,
-        norm: rms(cfg, "rms_norm_eps", 1e-5)?,
-        attention,
-        layers,
-        encoder_layers: 0,
-        dense_mlp: MlpSpec {
-            width: dense,
-            gated: true,
+    decoder_only(
+        cfg,
+        Decoder {
+            family: Family::Llama4,
+            hidden,
+            tie_embeddings: tie,
+            norm: rms(cfg, "rms_norm_eps", 1e-5)?,
+            attention,
+            layers,
+            dense_width: dense,
             act,
+            routed: Routed {
+                experts,
+                top_k,
+                expert_width: width,
+                router: router(Score::Sigmoid, false),
+                shared: Some(SharedSpec { width, gate: false }),
+            },
         },
-        moe: Some(MoeSpec {
-            experts,
-            top_k,
-            expert_width: width,
-            gated: true,
-            act,
-            router: router(Score::Sigmoid, false),
-            shared: Some(SharedSpec { width, gate: false }),
-            capacity: CapacitySpec::Dropless,
-        }),
-    })
+    )
 }
 
 /// The MoE layer indices. `moe_layers` wins over `interleave_moe_layer_step` in transformers;

@@ -16,44 +16,38 @@ pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
             l.mask = Mask::Sliding(w);
         }
     }
-    Ok(ModelSpec {
-        family: Family::Mixtral,
-        name: "mixtral".into(),
-        vocab: cfg.pos("vocab_size")?,
-        hidden,
-        tie_embeddings: cfg.bool_or("tie_word_embeddings", false)?,
-        norm: rms(cfg, "rms_norm_eps", 1e-5)?,
-        attention: AttentionSpec {
-            kind: mha(cfg, hidden, "num_attention_heads", "num_key_value_heads")?,
-            rope_theta: rope_theta(cfg, 1e6)?,
-            qk_norm: QkNorm::None,
-            qkv_bias: false,
-            o_bias: false,
-            sinks: false,
-        },
-        layers: layer_specs,
-        encoder_layers: 0,
-        dense_mlp: MlpSpec {
-            width,
-            gated: true,
-            act,
-        },
-        moe: Some(MoeSpec {
-            experts,
-            top_k,
-            expert_width: width,
-            gated: true,
-            act,
-            router: RouterSpec {
-                score: Score::Softmax,
-                normalize: true,
-                scale: 1.0,
-                groups: None,
-                select_bias: false,
-                bias: false,
+    decoder_only(
+        cfg,
+        Decoder {
+            family: Family::Mixtral,
+            hidden,
+            tie_embeddings: cfg.bool_or("tie_word_embeddings", false)?,
+            norm: rms(cfg, "rms_norm_eps", 1e-5)?,
+            attention: AttentionSpec {
+                kind: mha(cfg, hidden, "num_attention_heads", "num_key_value_heads")?,
+                rope_theta: rope_theta(cfg, 1e6)?,
+                qk_norm: QkNorm::None,
+                qkv_bias: false,
+                o_bias: false,
+                sinks: false,
             },
-            shared: None,
-            capacity: CapacitySpec::Dropless,
-        }),
-    })
+            layers: layer_specs,
+            dense_width: width,
+            act,
+            routed: Routed {
+                experts,
+                top_k,
+                expert_width: width,
+                router: RouterSpec {
+                    score: Score::Softmax,
+                    normalize: true,
+                    scale: 1.0,
+                    groups: None,
+                    select_bias: false,
+                    bias: false,
+                },
+                shared: None,
+            },
+        },
+    )
 }

@@ -394,3 +394,59 @@ mod tests {
         assert!(e.to_string().contains("layer_types[1]"), "{e}");
     }
 }
+
+/// The routed experts of a decoder-only family: gated experts of the model's activation, dropless.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Routed {
+    pub experts: u64,
+    pub top_k: u64,
+    pub expert_width: u64,
+    pub router: RouterSpec,
+    pub shared: Option<SharedSpec>,
+}
+
+/// What a decoder-only family reads itself; [`decoder_only`] fills in the rest the same way for all.
+#[derive(Debug, Clone)]
+pub(super) struct Decoder {
+    pub family: Family,
+    pub hidden: u64,
+    pub tie_embeddings: bool,
+    pub norm: NormSpec,
+    pub attention: AttentionSpec,
+    pub layers: Vec<LayerSpec>,
+    /// Width of the dense layers' gated MLP (unused when every layer is MoE).
+    pub dense_width: u64,
+    pub act: Activation,
+    pub routed: Routed,
+}
+
+/// A decoder-only spec: `vocab_size` from the config, gated dense MLPs and gated dropless experts of `act`.
+pub(super) fn decoder_only(cfg: Cfg<'_>, d: Decoder) -> Result<ModelSpec, ImportError> {
+    let r = d.routed;
+    Ok(ModelSpec {
+        family: d.family,
+        name: d.family.name().into(),
+        vocab: cfg.pos("vocab_size")?,
+        hidden: d.hidden,
+        tie_embeddings: d.tie_embeddings,
+        norm: d.norm,
+        attention: d.attention,
+        layers: d.layers,
+        encoder_layers: 0,
+        dense_mlp: MlpSpec {
+            width: d.dense_width,
+            gated: true,
+            act: d.act,
+        },
+        moe: Some(MoeSpec {
+            experts: r.experts,
+            top_k: r.top_k,
+            expert_width: r.expert_width,
+            gated: true,
+            act: d.act,
+            router: r.router,
+            shared: r.shared,
+            capacity: CapacitySpec::Dropless,
+        }),
+    })
+}

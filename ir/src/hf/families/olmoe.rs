@@ -23,30 +23,24 @@ pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
     attention.qk_norm = QkNorm::Full;
     attention.qkv_bias = bias;
     attention.o_bias = bias;
-    Ok(ModelSpec {
-        family: Family::Olmoe,
-        name: "olmoe".into(),
-        vocab: cfg.pos("vocab_size")?,
-        hidden,
-        tie_embeddings: cfg.bool_or("tie_word_embeddings", false)?,
-        norm: rms(cfg, "rms_norm_eps", 1e-5)?,
-        attention,
-        layers: decoder_layers(n, |_| true),
-        encoder_layers: 0,
-        dense_mlp: MlpSpec {
-            width,
-            gated: true,
+    decoder_only(
+        cfg,
+        Decoder {
+            family: Family::Olmoe,
+            hidden,
+            tie_embeddings: cfg.bool_or("tie_word_embeddings", false)?,
+            norm: rms(cfg, "rms_norm_eps", 1e-5)?,
+            attention,
+            layers: decoder_layers(n, |_| true),
+            dense_width: width,
             act,
+            routed: Routed {
+                experts,
+                top_k,
+                expert_width: width,
+                router: router(Score::Softmax, cfg.bool_or("norm_topk_prob", false)?),
+                shared: None,
+            },
         },
-        moe: Some(MoeSpec {
-            experts,
-            top_k,
-            expert_width: width,
-            gated: true,
-            act,
-            router: router(Score::Softmax, cfg.bool_or("norm_topk_prob", false)?),
-            shared: None,
-            capacity: CapacitySpec::Dropless,
-        }),
-    })
+    )
 }

@@ -58,30 +58,24 @@ pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
         rope_theta(cfg, 10_000.0)?,
     );
     attention.qkv_bias = cfg.bool_or("qkv_bias", true)?;
-    Ok(ModelSpec {
-        family: Family::Qwen2Moe,
-        name: "qwen2_moe".into(),
-        vocab: cfg.pos("vocab_size")?,
-        hidden,
-        tie_embeddings: cfg.bool_or("tie_word_embeddings", false)?,
-        norm: rms(cfg, "rms_norm_eps", 1e-6)?,
-        attention,
-        layers,
-        encoder_layers: 0,
-        dense_mlp: MlpSpec {
-            width: dense,
-            gated: true,
+    decoder_only(
+        cfg,
+        Decoder {
+            family: Family::Qwen2Moe,
+            hidden,
+            tie_embeddings: cfg.bool_or("tie_word_embeddings", false)?,
+            norm: rms(cfg, "rms_norm_eps", 1e-6)?,
+            attention,
+            layers,
+            dense_width: dense,
             act,
+            routed: Routed {
+                experts,
+                top_k,
+                expert_width,
+                router: router(Score::Softmax, cfg.bool_or("norm_topk_prob", false)?),
+                shared,
+            },
         },
-        moe: Some(MoeSpec {
-            experts,
-            top_k,
-            expert_width,
-            gated: true,
-            act,
-            router: router(Score::Softmax, cfg.bool_or("norm_topk_prob", false)?),
-            shared,
-            capacity: CapacitySpec::Dropless,
-        }),
-    })
+    )
 }
