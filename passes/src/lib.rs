@@ -11,8 +11,14 @@
 //! assert!(moe_ir::validate(&out).is_ok());
 //! ```
 
+mod analysis;
+mod convert;
 pub mod cost;
+mod lang;
 mod pass;
 
+pub use analysis::Types;
+pub use convert::{load, Loaded, NodeInfo};
 pub use cost::Cluster;
+pub use lang::{Discriminant, MoeLang};
 pub use pass::{DeadCode, EGraphStats, Pass, PassError, PassOutput, PassStats, Pipeline};
