@@ -16,8 +16,9 @@ mod convert;
 pub mod cost;
 mod lang;
 mod pass;
+pub mod rules;
 
-pub use analysis::Types;
+pub use analysis::{try_make, Types};
 pub use convert::{load, Loaded, NodeInfo};
 pub use cost::Cluster;
 pub use lang::{Discriminant, MoeLang};
