@@ -150,7 +150,6 @@ impl Loaded {
         let mut g = self.template.clone();
         g.outputs.clear();
         let mut values: Vec<Option<Value>> = vec![None; nodes.len()];
-        let mut fresh = 0usize;
         for &i in &order {
             match &nodes[i] {
                 MoeLang::Op { op, leaf, children } => {
@@ -161,16 +160,17 @@ impl Loaded {
                     let (name, scope, stage) = match infos.get(&classes[i]) {
                         Some(info) => (info.name.clone(), info.scope, info.stage),
                         None => {
-                            fresh += 1;
                             let scope = inputs
                                 .iter()
                                 .map(|v| g.node(v.node).scope)
                                 .max()
                                 .unwrap_or(Scope::Embed);
-                            let name = leaf
-                                .clone()
-                                .unwrap_or_else(|| format!("{}.{fresh}", op.name()));
-                            (name, scope, None)
+                            let base = leaf.clone().unwrap_or_else(|| match scope {
+                                Scope::Layer(l) => format!("l{l}.{}", op.name()),
+                                Scope::Embed => format!("embed.{}", op.name()),
+                                Scope::Head => format!("head.{}", op.name()),
+                            });
+                            (unique_name(&g, base), scope, None)
                         }
                     };
                     let outputs = self.egraph[classes[i]].data.clone();
@@ -203,6 +203,17 @@ impl Loaded {
         }
         g
     }
+}
+
+/// `base`, or `base.1`, `base.2`, ... if taken.
+fn unique_name(g: &Graph, base: String) -> String {
+    if g.find(&base).is_none() {
+        return base;
+    }
+    (1..)
+        .map(|k| format!("{base}.{k}"))
+        .find(|n| g.find(n).is_none())
+        .expect("some suffix is free")
 }
 
 #[cfg(test)]

@@ -356,6 +356,9 @@ mod tests {
         let out = moe_ir::print::to_text(&rewrite(&g));
         assert!(out.contains("capacity={slots=3}, token_groups=4"), "{out}");
         let dropless = moe_ir::print::to_text(&rewrite(&small("ep=4", &[])));
+        if std::env::var_os("MOE_SHOW").is_some() {
+            println!("{dropless}");
+        }
         assert!(
             dropless.contains("capacity=dropless, token_groups=1"),
             "{dropless}"
