@@ -235,8 +235,10 @@ pub enum Op {
     /// RoPE (base `rope_theta`) rotates the last `rope_dim` dims of each query and key head (of the
     /// shared key when there is one); `mask` says which keys a query sees.
     /// Sharding: token dims split alike, each rank holding whole sequences; the head dims of q, k, v
-    /// split alike (head parallelism; heads and kv_heads divisible by the split); k_shared and sinks
-    /// replicated on the head split; nothing partial.
+    /// split alike (head parallelism; heads and kv_heads divisible by the split), or q's split and
+    /// k, v replicated (heads divisible by the split; each rank reads the kv heads its query heads
+    /// use: GQA with fewer kv heads than ranks); k_shared replicated on the head split; sinks split
+    /// like the heads; nothing partial.
     Attention(AttentionAttrs),
 
     // ----- routing -----
@@ -305,6 +307,12 @@ pub enum Op {
     /// (minor-most), not partial on it.
     ReduceScatter { axis: String, dim: usize },
 
+    // ----- local layout change (no communication) -----
+    /// `shard(x)`: x replicated on `axis` (no dim split on it, not partial on it) -> dim `dim` split
+    /// on `axis` (minor-most). Each rank keeps its own block of `dim`; nothing is sent. The inverse
+    /// of `all_gather` with the same attributes.
+    Shard { axis: String, dim: usize },
+
     // ----- pipeline -----
     /// `send(x)`: sends x to the stage holding the `recv` of the same channel. No output.
     Send { channel: u32 },
@@ -345,6 +353,7 @@ impl Op {
             Op::AllReduce { .. } => "all_reduce",
             Op::AllGather { .. } => "all_gather",
             Op::ReduceScatter { .. } => "reduce_scatter",
+            Op::Shard { .. } => "shard",
             Op::Send { .. } => "send",
             Op::Recv { .. } => "recv",
         }
@@ -381,6 +390,7 @@ impl Op {
         "all_reduce",
         "all_gather",
         "reduce_scatter",
+        "shard",
         "send",
         "recv",
     ];

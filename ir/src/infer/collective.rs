@@ -95,6 +95,19 @@ pub(super) fn reduce_scatter(
     Ok(t)
 }
 
+/// `shard`: the local inverse of `all_gather` (no communication).
+pub(super) fn shard(axis: &str, dim: usize, inputs: &[&TensorType], mesh: &Mesh) -> Result<TensorType> {
+    let mut t = one_input(axis, inputs, mesh)?;
+    dim_in_range(&t, dim, "dim")?;
+    if !t.is_replicated_on(axis) {
+        return Err(TypeError::Sharding(format!(
+            "{t} is not replicated on `{axis}`: only a replicated value can be sharded locally"
+        )));
+    }
+    t.split[dim].push(axis.to_string());
+    Ok(t)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -141,5 +154,26 @@ mod tests {
         .unwrap();
         let ar = infer(&Op::AllReduce { axis: "tp".into() }, &[&p], &mesh).unwrap();
         assert_eq!(ag, ar);
+    }
+
+    #[test]
+    fn shard_is_the_local_inverse_of_all_gather() {
+        let mesh = Mesh::parse("dp=2,tp=4", 8).unwrap();
+        let x = TensorType::new(DType::Bf16, [16, 8]).with_split(0, &["dp"]);
+        let sh = Op::Shard {
+            axis: "tp".into(),
+            dim: 0,
+        };
+        let s = infer(&sh, &[&x], &mesh).unwrap();
+        assert_eq!(s[0].to_string(), "bf16[16@dp.tp, 8]");
+        let ag = Op::AllGather {
+            axis: "tp".into(),
+            dim: 0,
+        };
+        assert_eq!(infer(&ag, &[&s[0]], &mesh).unwrap()[0], x);
+        // Already split on tp, or partial on it: refused.
+        assert!(infer(&sh, &[&s[0]], &mesh).is_err());
+        let p = x.clone().with_partial(&["tp"]);
+        assert!(infer(&sh, &[&p], &mesh).is_err());
     }
 }

@@ -323,12 +323,18 @@ pub(super) fn attention(
             tokens.join(",")
         )));
     }
-    let heads = same_split(inputs, (0, 1), (1, 1), "head dim")?;
-    same_split(inputs, (0, 1), (2, 1), "head dim")?;
+    // Keys and values are split like the query heads, or replicated: then each rank reads the
+    // kv heads its query heads use (GQA with fewer kv heads than ranks).
+    let heads = inputs[0].split_of(1).to_vec();
+    let kv_replicated = inputs[1].split_of(1).is_empty() && inputs[2].split_of(1).is_empty();
+    if !kv_replicated {
+        same_split(inputs, (0, 1), (1, 1), "head dim")?;
+        same_split(inputs, (0, 1), (2, 1), "head dim")?;
+    }
     let hf = mesh.product(&heads);
-    if a.heads % hf != 0 || a.kv_heads % hf != 0 {
+    if a.heads % hf != 0 || (!kv_replicated && a.kv_heads % hf != 0) {
         return Err(TypeError::Sharding(format!(
-            "heads ({}) and kv_heads ({}) must be divisible by the head split ({hf} ranks)",
+            "heads ({}) and split kv_heads ({}) must be divisible by the head split ({hf} ranks)",
             a.heads, a.kv_heads
         )));
     }

@@ -126,6 +126,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType], mesh: &Mesh) -> Result<Vec<TensorT
         Op::ReduceScatter { axis, dim } => {
             vec![collective::reduce_scatter(axis, *dim, inputs, mesh)?]
         }
+        Op::Shard { axis, dim } => vec![collective::shard(axis, *dim, inputs, mesh)?],
     };
     outs.into_iter()
         .map(|t| {
