@@ -16,6 +16,7 @@ mod convert;
 pub mod cost;
 mod lang;
 mod pass;
+pub mod remap;
 pub mod rules;
 
 pub use analysis::{try_make, Types};
@@ -23,3 +24,4 @@ pub use convert::{load, Loaded, NodeInfo};
 pub use cost::Cluster;
 pub use lang::{Discriminant, MoeLang};
 pub use pass::{DeadCode, EGraphStats, Pass, PassError, PassOutput, PassStats, Pipeline};
+pub use remap::{RemapError, TensorParallel};

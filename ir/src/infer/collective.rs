@@ -96,7 +96,12 @@ pub(super) fn reduce_scatter(
 }
 
 /// `shard`: the local inverse of `all_gather` (no communication).
-pub(super) fn shard(axis: &str, dim: usize, inputs: &[&TensorType], mesh: &Mesh) -> Result<TensorType> {
+pub(super) fn shard(
+    axis: &str,
+    dim: usize,
+    inputs: &[&TensorType],
+    mesh: &Mesh,
+) -> Result<TensorType> {
     let mut t = one_input(axis, inputs, mesh)?;
     dim_in_range(&t, dim, "dim")?;
     if !t.is_replicated_on(axis) {
