@@ -27,6 +27,9 @@ enum Command {
     Import(cmd::import::Args),
     /// Print facts about a graph: layers, MoE layers, parameters, ops, collectives, mesh, stages.
     Inspect(cmd::inspect::Args),
+    /// Rewrite a model into the cheapest dispatch form (e-graph + cost model), optionally
+    /// remapped onto a tensor-parallel group (`--tp`): the PPMoE layout.
+    Rewrite(cmd::rewrite::Args),
     /// Check a graph (or config); exit 1 with the first problem.
     Validate(cmd::validate::Args),
     /// Print the JSON Schema of model.json.
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Import(a) => cmd::import::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
+        Command::Rewrite(a) => cmd::rewrite::run(a),
         Command::Validate(a) => cmd::validate::run(a),
         Command::Schema(a) => cmd::schema::run(a),
     };

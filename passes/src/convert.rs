@@ -95,6 +95,12 @@ pub fn load(g: &Graph) -> Loaded {
 }
 
 impl Loaded {
+    /// The e-class id the original node `id` was added as (its own e-node, for explanations;
+    /// pass it through `egraph.find` for the canonical class).
+    pub fn class_of(&self, id: NodeId) -> Id {
+        self.infos[id.index()].0
+    }
+
     /// Turns an extracted term (rooted at a `Root`) back into a graph.
     pub fn to_graph(&self, expr: &RecExpr<MoeLang>) -> Graph {
         let infos: HashMap<Id, &NodeInfo> = {

@@ -17,6 +17,7 @@ pub mod cost;
 mod lang;
 mod pass;
 pub mod remap;
+pub mod rewrite;
 pub mod rules;
 
 pub use analysis::{try_make, Types};

@@ -2,6 +2,7 @@
 
 pub mod import;
 pub mod inspect;
+pub mod rewrite;
 pub mod schema;
 pub mod validate;
 

@@ -20,6 +20,10 @@ pub struct CaseOptions {
     pub set: Vec<String>,
     pub seq: Option<u64>,
     pub micro_batch: Option<u64>,
+    /// `rewrite --tp`.
+    pub tp: Option<u64>,
+    /// `rewrite --cluster`, relative to the workspace root.
+    pub cluster: Option<String>,
 }
 
 /// The workspace root.
@@ -63,6 +67,17 @@ pub fn load(text: &str, opts: &CaseOptions) -> Result<Graph, String> {
         hf::import(text, &opts.set, &opts.import_options()).map_err(|e| e.to_string())
     } else {
         moe_ir::json::from_json(text).map_err(|e| e.to_string())
+    }
+}
+
+/// The case's cluster (the default one when it names none).
+pub fn cluster(opts: &CaseOptions) -> moe_passes::cost::Cluster {
+    match &opts.cluster {
+        Some(p) => {
+            let text = std::fs::read_to_string(root().join(p)).expect("cluster file readable");
+            moe_passes::cost::Cluster::from_toml(&text).unwrap_or_else(|e| panic!("{p}: {e}"))
+        }
+        None => moe_passes::cost::Cluster::default(),
     }
 }
 

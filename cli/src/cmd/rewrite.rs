@@ -1,0 +1,167 @@
+//! `moe-opt rewrite MODEL [--tp T] [--cluster FILE] [--explain]`.
+
+use super::{render, Format};
+use crate::io::{read_input, write_output};
+use crate::load::{load, ImportArgs};
+use miette::{miette, Result};
+use moe_passes::cost::{Cluster, Roofline};
+use moe_passes::rewrite::{layer_costs, DispatchRewrite, Limits};
+use moe_passes::{Pipeline, TensorParallel};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// model.json or Hugging Face config.json (`-` for stdin).
+    model: String,
+    /// Remap onto a tensor-parallel group of this many GPUs of one node (the PPMoE layout):
+    /// the mesh's ranks become dp = ranks/T x tp = T.
+    #[arg(long, value_name = "T")]
+    tp: Option<u64>,
+    /// Cluster description (TOML: nodes, gpus_per_node, intra_node_gbps, inter_node_gbps,
+    /// [gpu] name, bf16_tflops, memory_gb). Default: one node of 8 H200s.
+    #[arg(long, value_name = "FILE")]
+    cluster: Option<PathBuf>,
+    /// Print, per MoE layer, the forms considered, their predicted costs, the choice and the
+    /// rewrite's proof (to stderr).
+    #[arg(long)]
+    explain: bool,
+    /// Saturation limit: rule-application rounds.
+    #[arg(long, default_value_t = Limits::default().iterations)]
+    iter_limit: usize,
+    /// Saturation limit: e-nodes.
+    #[arg(long, default_value_t = Limits::default().nodes)]
+    node_limit: usize,
+    /// Saturation limit: seconds.
+    #[arg(long, default_value_t = Limits::default().time.as_secs_f64())]
+    time_limit: f64,
+    #[command(flatten)]
+    import: ImportArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Json)]
+    format: Format,
+    /// Output file (written atomically); stdout when absent or `-`.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let cluster = match &a.cluster {
+        Some(p) => {
+            let text = read_input(&p.to_string_lossy())?;
+            Cluster::from_toml(&text).map_err(|e| miette!("{}: {e}", p.display()))?
+        }
+        None => Cluster::default(),
+    };
+    if !(a.time_limit.is_finite() && a.time_limit > 0.0) {
+        return Err(miette!("--time-limit must be a positive number of seconds"));
+    }
+    let text = read_input(&a.model)?;
+    let g = load(&a.model, &text, &a.import)?;
+    let rewrite = DispatchRewrite {
+        limits: Limits {
+            iterations: a.iter_limit,
+            nodes: a.node_limit,
+            time: Duration::from_secs_f64(a.time_limit),
+        },
+        model: Arc::new(Roofline {
+            cluster: cluster.clone(),
+        }),
+        explain: a.explain,
+    };
+    let input_costs = a
+        .explain
+        .then(|| layer_costs(&g, &Roofline { cluster: cluster.clone() }));
+    let input_mesh = g.mesh.to_string();
+    let mut pipeline = Pipeline::new();
+    if let Some(tp) = a.tp {
+        pipeline = pipeline.with(TensorParallel {
+            tp,
+            gpus_per_node: if a.cluster.is_some() {
+                cluster.gpus_per_node
+            } else {
+                a.import.gpus_per_node
+            },
+        });
+    }
+    let (out, stats) = pipeline
+        .with(rewrite)
+        .run(g)
+        .map_err(|e| miette!("{}: {e}", a.model))?;
+    for s in &stats {
+        tracing::info!(
+            pass = s.pass,
+            ms = s.time.as_secs_f64() * 1e3,
+            nodes_before = s.nodes_before,
+            nodes_after = s.nodes_after,
+            "pass done"
+        );
+        if let Some(e) = &s.egraph {
+            tracing::info!(
+                iterations = e.iterations,
+                enodes = e.enodes,
+                eclasses = e.eclasses,
+                stop = %e.stop_reason,
+                rules = ?e.rules_fired,
+                "e-graph"
+            );
+        }
+    }
+    if a.explain {
+        let mut x = String::new();
+        let _ = writeln!(
+            x,
+            "cluster: {} node(s) x {} {} ({} TFLOP/s bf16), NVLink {} GB/s, network {} GB/s",
+            cluster.nodes,
+            cluster.gpus_per_node,
+            cluster.gpu.name,
+            cluster.gpu.bf16_tflops,
+            cluster.intra_node_gbps,
+            cluster.inter_node_gbps
+        );
+        let _ = writeln!(x, "mesh: {input_mesh} -> {}", out.mesh);
+        if let Some(costs) = &input_costs {
+            for l in costs {
+                if let Some(c) = l.costs.iter().find(|c| c.form == l.chosen) {
+                    let _ = writeln!(
+                        x,
+                        "input layer {} ({}): {} over {}: {:.3} ms",
+                        l.layer,
+                        l.node,
+                        l.chosen.name(),
+                        l.axis,
+                        c.seconds * 1e3
+                    );
+                }
+            }
+        }
+        for s in &stats {
+            if let Some(e) = &s.egraph {
+                let _ = writeln!(
+                    x,
+                    "{}: {} iterations, {} e-nodes, {} e-classes, {}; rules fired: {}",
+                    s.pass,
+                    e.iterations,
+                    e.enodes,
+                    e.eclasses,
+                    e.stop_reason,
+                    e.rules_fired
+                        .iter()
+                        .map(|(r, n)| format!("{r} x{n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            for n in &s.notes {
+                x.push_str(n);
+                if !n.ends_with('\n') {
+                    x.push('\n');
+                }
+            }
+        }
+        eprint!("{x}");
+    }
+    write_output(a.output.as_deref(), &render(&out, a.format))
+}
