@@ -14,12 +14,14 @@
 mod analysis;
 mod convert;
 pub mod cost;
+pub mod extract;
 mod lang;
 mod pass;
 pub mod rules;
 
 pub use analysis::{try_make, Types};
 pub use convert::{load, Loaded, NodeInfo};
-pub use cost::Cluster;
+pub use cost::{Cluster, CostModel, OpCost, Roofline};
+pub use extract::{DagExtractor, ExtractError};
 pub use lang::{Discriminant, MoeLang};
 pub use pass::{DeadCode, EGraphStats, Pass, PassError, PassOutput, PassStats, Pipeline};
