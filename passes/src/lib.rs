@@ -14,6 +14,7 @@
 mod analysis;
 mod convert;
 pub mod cost;
+pub mod extract;
 mod lang;
 mod pass;
 pub mod remap;
@@ -22,7 +23,8 @@ pub mod rules;
 
 pub use analysis::{try_make, Types};
 pub use convert::{load, Loaded, NodeInfo};
-pub use cost::Cluster;
+pub use cost::{Cluster, CostModel, OpCost, Roofline};
+pub use extract::{DagExtractor, ExtractError};
 pub use lang::{Discriminant, MoeLang};
 pub use pass::{DeadCode, EGraphStats, Pass, PassError, PassOutput, PassStats, Pipeline};
 pub use remap::{RemapError, TensorParallel};

@@ -6,6 +6,7 @@
 //! - all_gather moves `(n-1)` times its input (`(n-1)/n` of its output) in `n-1` steps;
 //! - all_to_all moves `(n-1)/n` of the buffer in `n-1` steps (pairwise exchange);
 //! - send/recv moves the buffer once.
+//!
 //! One rank (`n = 1`) costs nothing.
 
 use super::Cluster;
