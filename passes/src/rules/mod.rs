@@ -2,14 +2,70 @@
 //! `--explain`) and documents why its two sides are equal. Rules are directional and targeted;
 //! a rule adds a node only after checking its type with [`crate::analysis::try_make`], so a rule
 //! that does not fit a graph does nothing instead of corrupting the e-graph.
+//!
+//! Families: `dispatch` ([`AllGatherSlicing`], tokens split on the experts' axis), `ppmoe`
+//! ([`PpmoeSlicing`], tokens replicated on it), `algebra` (collective algebra:
+//! [`AllGatherOfShard`], [`ShardOfAllGather`], [`AllGatherOfReduceScatter`],
+//! [`ShardOfAllReduce`], [`AllToAllOfShard`]). [`all`] lists them all.
 
+mod algebra;
+mod chain;
 mod dispatch;
+mod ppmoe;
+#[cfg(test)]
+pub(crate) mod testing;
 
+pub use algebra::{
+    AllGatherOfReduceScatter, AllGatherOfShard, AllToAllOfShard, ShardOfAllGather, ShardOfAllReduce,
+};
 pub use dispatch::AllGatherSlicing;
+pub use ppmoe::PpmoeSlicing;
 
 use crate::analysis::{try_make, Types};
 use crate::lang::MoeLang;
-use egg::{EGraph, Id};
+use egg::{Applier, EGraph, Id, Rewrite, Searcher};
+
+/// Every rule, in this fixed order: the dispatch rewrites first ([`AllGatherSlicing`],
+/// [`PpmoeSlicing`]), then the collective algebra ([`AllGatherOfShard`], [`ShardOfAllGather`],
+/// [`AllGatherOfReduceScatter`], [`ShardOfAllReduce`], [`AllToAllOfShard`]). Each rewrite's
+/// name is the rule's `NAME`.
+pub fn all() -> Vec<Rewrite<MoeLang, Types>> {
+    [
+        rewrite(AllGatherSlicing::NAME, AllGatherSlicing),
+        rewrite(PpmoeSlicing::NAME, PpmoeSlicing),
+        rewrite(AllGatherOfShard::NAME, AllGatherOfShard),
+        rewrite(ShardOfAllGather::NAME, ShardOfAllGather),
+        rewrite(AllGatherOfReduceScatter::NAME, AllGatherOfReduceScatter),
+        rewrite(ShardOfAllReduce::NAME, ShardOfAllReduce),
+        rewrite(AllToAllOfShard::NAME, AllToAllOfShard),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// The names of [`all`]'s rules, in the same order.
+pub fn names() -> Vec<&'static str> {
+    vec![
+        AllGatherSlicing::NAME,
+        PpmoeSlicing::NAME,
+        AllGatherOfShard::NAME,
+        ShardOfAllGather::NAME,
+        AllGatherOfReduceScatter::NAME,
+        ShardOfAllReduce::NAME,
+        AllToAllOfShard::NAME,
+    ]
+}
+
+/// A rewrite named `name` whose searcher and applier are both `rule`. `Rewrite::new` only refuses
+/// an applier using pattern variables its searcher does not bind; the rules here bind none, so
+/// this is always `Some` (a test checks that [`all`] keeps every rule).
+pub(crate) fn rewrite<R>(name: &'static str, rule: R) -> Option<Rewrite<MoeLang, Types>>
+where
+    R: Searcher<MoeLang, Types> + Applier<MoeLang, Types> + Clone + Send + Sync + 'static,
+{
+    Rewrite::new(name, rule.clone(), rule).ok()
+}
 
 /// Adds `node` if it is well-typed.
 pub(crate) fn add_checked(egraph: &mut EGraph<MoeLang, Types>, node: MoeLang) -> Option<Id> {
