@@ -6,7 +6,7 @@
 //! `fn(outer: &Op, inner: &Op) -> Option<Build>`; the shared `search` and `apply` do the
 //! matching, type-check the new node, and union only classes of equal types.
 
-use super::add_op;
+use super::{add_op, matched};
 use crate::analysis::Types;
 use crate::lang::MoeLang;
 use egg::{Applier, EGraph, Id, PatternAst, SearchMatches, Searcher, Subst, Symbol, Var};
@@ -27,19 +27,33 @@ trait PairRule {
     fn rewrite(outer: &Op, inner: &Op) -> Option<Build>;
 }
 
-/// Every `outer(inner(x))` in `class` the rule `R` rewrites: `x`'s class and what replaces the pair.
-fn pair_matches<R: PairRule>(egraph: &EGraph<MoeLang, Types>, class: Id) -> Vec<(Id, Build)> {
+/// Every `outer(inner(x))` in `class` the rule `R` rewrites.
+fn pair_matches<R: PairRule>(egraph: &EGraph<MoeLang, Types>, class: Id) -> Vec<Pair> {
     let mut found = Vec::new();
     for (outer, ch) in super::chain::op_nodes(egraph, class) {
         let [inner_class] = ch else { continue };
         for (inner, ch) in super::chain::op_nodes(egraph, *inner_class) {
             let [x] = ch else { continue };
-            if let Some(b) = R::rewrite(outer, inner) {
-                found.push((*x, b));
+            if let Some(build) = R::rewrite(outer, inner) {
+                found.push(Pair {
+                    outer: outer.clone(),
+                    inner: inner.clone(),
+                    x: *x,
+                    build,
+                });
             }
         }
     }
     found
+}
+
+/// A matched `outer(inner(x))` and what replaces it.
+#[derive(Debug, Clone)]
+struct Pair {
+    outer: Op,
+    inner: Op,
+    x: Id,
+    build: Build,
 }
 
 fn search<'a, R: PairRule>(
@@ -60,17 +74,20 @@ fn apply<R: PairRule>(
     rule_name: Symbol,
 ) -> Vec<Id> {
     let mut changed = Vec::new();
-    for (x, b) in pair_matches::<R>(egraph, eclass) {
-        let out = match b {
-            Build::Child => Some(x),
-            Build::Apply(op) => add_op(egraph, op, vec![x]),
+    for p in pair_matches::<R>(egraph, eclass) {
+        let out = match p.build {
+            Build::Child => Some(p.x),
+            Build::Apply(op) => add_op(egraph, op, vec![p.x]),
         };
         let Some(out) = out else { continue };
         // The analysis refuses to merge classes of different types: check first.
         if egraph[out].data != egraph[eclass].data {
             continue;
         }
-        if egraph.union_trusted(eclass, out, rule_name) {
+        // Union from the matched term itself, so the explanation shows this step on it.
+        let inner = matched(egraph, p.inner, vec![p.x]);
+        let from = matched(egraph, p.outer, vec![inner]);
+        if egraph.union_trusted(from, out, rule_name) {
             changed.push(egraph.find(eclass));
         }
     }
@@ -435,6 +452,8 @@ mod tests {
         assert_eq!(all_to_all_of_shard(&a2a("tp", 0, 1), &shard("tp", 0)), None);
         assert_eq!(all_to_all_of_shard(&a2a("tp", 0, 1), &shard("dp", 1)), None);
         assert_eq!(shard_of_all_gather(&shard("tp", 0), &gather("dp", 0)), None);
+        assert_eq!(shard_of_all_gather(&shard("tp", 1), &gather("tp", 0)), None);
+        assert_eq!(shard_of_all_reduce(&shard("tp", 0), &ar("dp")), None);
         assert_eq!(
             all_to_all_of_shard(&a2a("tp", 0, 1), &shard("tp", 1)),
             Some(Build::Apply(shard("tp", 0)))

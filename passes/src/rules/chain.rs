@@ -3,7 +3,7 @@
 //! Shared by [`super::AllGatherSlicing`] (tokens split on `ax`) and [`super::PpmoeSlicing`]
 //! (tokens replicated on `ax`, seen through `shard`).
 
-use super::{add_checked, add_op};
+use super::{add_checked, add_op, matched};
 use crate::analysis::Types;
 use crate::lang::MoeLang;
 use egg::{EGraph, Id};
@@ -31,10 +31,10 @@ pub(super) struct Chain {
 }
 
 /// The op e-nodes (not leaves) of `class`, with their children.
-pub(super) fn op_nodes<'a>(
-    egraph: &'a EGraph<MoeLang, Types>,
+pub(super) fn op_nodes(
+    egraph: &EGraph<MoeLang, Types>,
     class: Id,
-) -> impl Iterator<Item = (&'a Op, &'a [Id])> {
+) -> impl Iterator<Item = (&Op, &[Id])> {
     egraph[class].nodes.iter().filter_map(|n| match n {
         MoeLang::Op {
             op,
@@ -121,6 +121,36 @@ pub(super) fn find_chains(egraph: &EGraph<MoeLang, Types>, class: Id) -> Vec<Cha
         }
     }
     found
+}
+
+/// The matched chain itself, as the term `combine(all_to_all(expert_ffn(all_to_all(dispatch(x,
+/// idx)), W...)), idx, w)` over the given ids for `x`, `idx` and `w` (each in the class the chain
+/// matched there): the node a rule unions its result with.
+pub(super) fn instantiate(
+    egraph: &mut EGraph<MoeLang, Types>,
+    c: &Chain,
+    x: Id,
+    idx: Id,
+    w: Id,
+) -> Id {
+    let a2a = |split_dim, concat_dim| Op::AllToAll {
+        axis: c.axis.clone(),
+        split_dim,
+        concat_dim,
+    };
+    let (experts, capacity) = (c.experts, c.capacity);
+    let d = matched(egraph, Op::Dispatch { experts, capacity }, vec![x, idx]);
+    let a = matched(egraph, a2a(0, 1), vec![d]);
+    let mut ffn_in = vec![a];
+    ffn_in.extend(&c.weights);
+    let ffn = Op::ExpertFfn {
+        layout: FfnLayout::Padded,
+        act: c.act,
+        gated: c.gated,
+    };
+    let h = matched(egraph, ffn, ffn_in);
+    let b = matched(egraph, a2a(1, 0), vec![h]);
+    matched(egraph, Op::Combine { experts, capacity }, vec![b, idx, w])
 }
 
 /// The first chain rooted in `class`.

@@ -16,7 +16,7 @@
 //! rank the sum for its own tokens, which is the layout `combine` produced.
 
 use super::add_op;
-use super::chain::{find_chain, index_slicing};
+use super::chain::{find_chain, index_slicing, instantiate};
 use crate::analysis::Types;
 use crate::lang::MoeLang;
 use egg::{Applier, EGraph, Id, PatternAst, SearchMatches, Searcher, Subst, Symbol, Var};
@@ -68,7 +68,8 @@ impl Applier<MoeLang, Types> for AllGatherSlicing {
         if egraph[out].data != egraph[eclass].data {
             return Vec::new();
         }
-        if egraph.union_trusted(eclass, out, rule_name) {
+        let from = instantiate(egraph, &c, c.x, c.idx, c.w);
+        if egraph.union_trusted(from, out, rule_name) {
             vec![eclass]
         } else {
             Vec::new()

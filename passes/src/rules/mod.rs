@@ -67,10 +67,27 @@ where
     Rewrite::new(name, rule.clone(), rule).ok()
 }
 
-/// Adds `node` if it is well-typed.
+/// Adds `node` if it is well-typed. The id returned stands for exactly this node (with
+/// explanations on it may not be canonical), so that a union with it explains itself by this node
+/// rather than by whichever node already led its class.
 pub(crate) fn add_checked(egraph: &mut EGraph<MoeLang, Types>, node: MoeLang) -> Option<Id> {
     try_make(egraph, &node).ok()?;
-    Some(egraph.add(node))
+    Some(egraph.add_uncanonical(node))
+}
+
+/// The id of exactly the op node `op(children)`, which a rule matched and so is already in the
+/// e-graph (no type check needed). Unioning from it makes the explanation start at the matched
+/// term, with congruence steps proving how it was reached, instead of at the class's first node.
+pub(crate) fn matched(
+    egraph: &mut EGraph<MoeLang, Types>,
+    op: moe_ir::Op,
+    children: Vec<Id>,
+) -> Id {
+    egraph.add_uncanonical(MoeLang::Op {
+        op,
+        leaf: None,
+        children,
+    })
 }
 
 /// Adds an op node (not a leaf) if it is well-typed.
@@ -87,4 +104,19 @@ pub(crate) fn add_op(
             children,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_keeps_every_rule_in_the_order_of_names() {
+        let from_all: Vec<String> = all().iter().map(|r| r.name.to_string()).collect();
+        assert_eq!(from_all, names());
+        let mut unique = names();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), names().len(), "rule names are unique");
+    }
 }

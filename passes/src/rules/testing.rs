@@ -130,9 +130,32 @@ pub(crate) fn explained_rules(e: &mut Explanation<MoeLang>) -> Vec<String> {
     }
     let mut out = Vec::new();
     for t in e.make_flat_explanation() {
+        if std::env::var_os("MOE_SHOW").is_some() {
+            println!("{}", sexp(t));
+        }
         walk(t, &mut out);
     }
     out
+}
+
+fn sexp(t: &FlatTerm<MoeLang>) -> String {
+    let mut s = String::new();
+    if let Some(r) = t.forward_rule {
+        s += &format!("(Rewrite=> {r} ");
+    }
+    if let Some(r) = t.backward_rule {
+        s += &format!("(Rewrite<= {r} ");
+    }
+    s += &format!("({}", t.node);
+    for c in &t.children {
+        s += " ";
+        s += &sexp(c);
+    }
+    s += ")";
+    if t.forward_rule.is_some() || t.backward_rule.is_some() {
+        s += ")";
+    }
+    s
 }
 
 /// Runs `rules` from `start` and checks that nothing was added or unioned.
