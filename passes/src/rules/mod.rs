@@ -107,8 +107,54 @@ pub(crate) fn add_op(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::convert::load;
+
+    #[test]
+    fn all_rules_saturate_on_imported_models_and_keep_them_valid() {
+        for mesh in ["ep=4", "dp=2,ep=4", "ep=8"] {
+            let opts = moe_ir::hf::ImportOptions {
+                mesh: Some(moe_ir::Mesh::parse(mesh, 8).unwrap()),
+                seq: 16,
+                ..Default::default()
+            };
+            let sets: Vec<String> = [
+                "num_hidden_layers=2",
+                "hidden_size=64",
+                "intermediate_size=96",
+                "num_attention_heads=4",
+                "num_key_value_heads=2",
+                "vocab_size=128",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let g = moe_ir::hf::import(
+                include_str!("../../../examples/hf/mixtral-8x7b.json"),
+                &sets,
+                &opts,
+            )
+            .unwrap();
+            let mut l = load(&g);
+            let egraph = std::mem::replace(
+                &mut l.egraph,
+                EGraph::new(Types {
+                    mesh: g.mesh.clone(),
+                }),
+            );
+            let runner = testing::runner(&g.mesh, egraph).run(&all());
+            assert!(
+                matches!(runner.stop_reason, Some(egg::StopReason::Saturated)),
+                "{mesh}: {:?}",
+                runner.stop_reason
+            );
+            l.egraph = runner.egraph;
+            let (_, expr) = egg::Extractor::new(&l.egraph, egg::AstSize).find_best(l.root);
+            moe_ir::validate(&l.to_graph(&expr)).unwrap();
+        }
+    }
 
     #[test]
     fn all_keeps_every_rule_in_the_order_of_names() {

@@ -297,7 +297,7 @@ mod tests {
         );
         let r: Runner<MoeLang, Types, ()> = runner(&g.mesh, egraph).run(rules);
         assert!(
-            !matches!(r.stop_reason, Some(egg::StopReason::Other(_))),
+            matches!(r.stop_reason, Some(egg::StopReason::Saturated)),
             "{:?}",
             r.stop_reason
         );
