@@ -15,113 +15,12 @@
 //! `combine`; the shares of the group sum to `combine`'s output, and `reduce_scatter` hands each
 //! rank the sum for its own tokens, which is the layout `combine` produced.
 
-use super::{add_checked, add_op};
+use super::add_op;
+use super::chain::{find_chain, index_slicing, instantiate};
 use crate::analysis::Types;
 use crate::lang::MoeLang;
 use egg::{Applier, EGraph, Id, PatternAst, SearchMatches, Searcher, Subst, Symbol, Var};
-use moe_ir::{Activation, Capacity, FfnLayout, Op, TensorType};
-
-/// The matched expert-parallel layer.
-#[derive(Debug, Clone)]
-struct Chain {
-    axis: String,
-    experts: u64,
-    capacity: u64,
-    act: Activation,
-    gated: bool,
-    x: Id,
-    idx: Id,
-    w: Id,
-    weights: Vec<Id>,
-}
-
-fn op_nodes<'a>(
-    egraph: &'a EGraph<MoeLang, Types>,
-    class: Id,
-) -> impl Iterator<Item = (&'a Op, &'a [Id])> {
-    egraph[class].nodes.iter().filter_map(|n| match n {
-        MoeLang::Op {
-            op,
-            children,
-            leaf: None,
-        } => Some((op, children.as_slice())),
-        _ => None,
-    })
-}
-
-/// Finds `combine(all_to_all(expert_ffn(all_to_all(dispatch(x, idx)))), idx, w)` in `class`.
-fn find_chain(egraph: &EGraph<MoeLang, Types>, class: Id) -> Option<Chain> {
-    for (op, ch) in op_nodes(egraph, class) {
-        let Op::Combine { experts, capacity } = op else {
-            continue;
-        };
-        let [b, idx, w] = ch else { continue };
-        for (op, ch) in op_nodes(egraph, *b) {
-            let Op::AllToAll {
-                axis,
-                split_dim: 1,
-                concat_dim: 0,
-            } = op
-            else {
-                continue;
-            };
-            let [h] = ch else { continue };
-            for (op, ch) in op_nodes(egraph, *h) {
-                let Op::ExpertFfn {
-                    layout: FfnLayout::Padded,
-                    act,
-                    gated,
-                } = op
-                else {
-                    continue;
-                };
-                let (a, weights) = ch.split_first()?;
-                for (op, ch) in op_nodes(egraph, *a) {
-                    let Op::AllToAll {
-                        axis: ax2,
-                        split_dim: 0,
-                        concat_dim: 1,
-                    } = op
-                    else {
-                        continue;
-                    };
-                    if ax2 != axis {
-                        continue;
-                    }
-                    let [d] = ch else { continue };
-                    for (op, ch) in op_nodes(egraph, *d) {
-                        let Op::Dispatch {
-                            experts: e2,
-                            capacity: c2,
-                        } = op
-                        else {
-                            continue;
-                        };
-                        let [x, idx2] = ch else { continue };
-                        if e2 != experts
-                            || c2 != capacity
-                            || egraph.find(*idx2) != egraph.find(*idx)
-                        {
-                            continue;
-                        }
-                        return Some(Chain {
-                            axis: axis.clone(),
-                            experts: *experts,
-                            capacity: *capacity,
-                            act: *act,
-                            gated: *gated,
-                            x: *x,
-                            idx: *idx,
-                            w: *w,
-                            weights: weights.to_vec(),
-                        });
-                    }
-                }
-            }
-        }
-    }
-    None
-}
+use moe_ir::Op;
 
 /// The all-gather / index-slicing / reduce-scatter form of an expert-parallel MoE layer.
 #[derive(Debug, Clone, Copy, Default)]
@@ -169,7 +68,8 @@ impl Applier<MoeLang, Types> for AllGatherSlicing {
         if egraph[out].data != egraph[eclass].data {
             return Vec::new();
         }
-        if egraph.union_trusted(eclass, out, rule_name) {
+        let from = instantiate(egraph, &c, c.x, c.idx, c.w);
+        if egraph.union_trusted(from, out, rule_name) {
             vec![eclass]
         } else {
             Vec::new()
@@ -177,14 +77,13 @@ impl Applier<MoeLang, Types> for AllGatherSlicing {
     }
 }
 
-fn build(egraph: &mut EGraph<MoeLang, Types>, c: &Chain) -> Option<Id> {
+fn build(egraph: &mut EGraph<MoeLang, Types>, c: &super::chain::Chain) -> Option<Id> {
     let ax = &c.axis;
-    let n = egraph.analysis.mesh.size_of(ax);
     let x_ty = egraph[c.x].data.first()?.clone();
     if x_ty.split_of(0).last() != Some(ax) {
         return None;
     }
-    let local_tokens = x_ty.local_shape(&egraph.analysis.mesh)[0];
+    let local_tokens = *x_ty.local_shape(&egraph.analysis.mesh).first()?;
     let gather = |egraph: &mut EGraph<MoeLang, Types>, v: Id| {
         add_op(
             egraph,
@@ -198,51 +97,7 @@ fn build(egraph: &mut EGraph<MoeLang, Types>, c: &Chain) -> Option<Id> {
     let xg = gather(egraph, c.x)?;
     let ig = gather(egraph, c.idx)?;
     let wg = gather(egraph, c.w)?;
-    // Dropless when a rank's buffer holds every one of its tokens for every expert.
-    let (capacity, token_groups) = if c.capacity >= local_tokens {
-        (Capacity::Dropless, 1)
-    } else {
-        (Capacity::Slots(c.capacity), n)
-    };
-    let lr = add_op(
-        egraph,
-        Op::LocalRoutes {
-            experts: c.experts,
-            axis: ax.clone(),
-            capacity,
-            token_groups,
-        },
-        vec![ig, wg],
-    )?;
-    let get = |egraph: &mut EGraph<MoeLang, Types>, index| {
-        add_checked(egraph, MoeLang::Get { index, child: [lr] })
-    };
-    let (t, s, counts) = (get(egraph, 0)?, get(egraph, 1)?, get(egraph, 2)?);
-    let xs = add_op(egraph, Op::IndexSelect, vec![xg, t])?;
-    let mut ffn_in = vec![xs, counts];
-    ffn_in.extend(&c.weights);
-    let hs = add_op(
-        egraph,
-        Op::ExpertFfn {
-            layout: FfnLayout::Grouped,
-            act: c.act,
-            gated: c.gated,
-        },
-        ffn_in,
-    )?;
-    let mut zeros_ty: TensorType = egraph[xg].data.first()?.clone();
-    zeros_ty.partial.push(ax.clone());
-    let zeros_ty = zeros_ty.canonical(&egraph.analysis.mesh);
-    let name = format!("zeros.{}", zeros_ty.to_string().replace(' ', ""));
-    let zeros = add_checked(
-        egraph,
-        MoeLang::Op {
-            op: Op::Zeros(zeros_ty),
-            leaf: Some(name),
-            children: vec![],
-        },
-    )?;
-    let y = add_op(egraph, Op::IndexAdd { scaled: true }, vec![zeros, t, hs, s])?;
+    let y = index_slicing(egraph, c, xg, ig, wg, local_tokens)?;
     add_op(
         egraph,
         Op::ReduceScatter {
