@@ -71,9 +71,14 @@ pub fn run(a: Args) -> Result<()> {
         }),
         explain: a.explain,
     };
-    let input_costs = a
-        .explain
-        .then(|| layer_costs(&g, &Roofline { cluster: cluster.clone() }));
+    let input_costs = a.explain.then(|| {
+        layer_costs(
+            &g,
+            &Roofline {
+                cluster: cluster.clone(),
+            },
+        )
+    });
     let input_mesh = g.mesh.to_string();
     let mut pipeline = Pipeline::new();
     if let Some(tp) = a.tp {

@@ -179,6 +179,8 @@ impl<'a> Emitter<'a> {
 
     fn weight_type(&self, t: &TensorType, layout: WeightLayout) -> TensorType {
         let mut t = t.clone();
+        // JSON leaves may omit the split of unsplit dims.
+        t.split.resize(t.rank(), Vec::new());
         let last = t.rank().saturating_sub(1);
         for (d, s) in t.split.iter_mut().enumerate() {
             let split = match layout {

@@ -186,7 +186,10 @@ fn why_not(g: &Graph, l: &MoeLayer, forms: &[Form]) -> Vec<String> {
                 n.name, x_ty
             ));
         } else {
-            why.push(format!("{}: tokens {} could not be sliced locally", n.name, x_ty));
+            why.push(format!(
+                "{}: tokens {} could not be sliced locally",
+                n.name, x_ty
+            ));
         }
     }
     why
@@ -214,7 +217,11 @@ pub(super) fn report(
     for l in moe_layers(g) {
         let out_c = eg.find(loaded.class_of(l.out));
         let comb_c = eg.find(loaded.class_of(l.combine));
-        let stop: Vec<Id> = l.stop.iter().map(|s| eg.find(loaded.class_of(*s))).collect();
+        let stop: Vec<Id> = l
+            .stop
+            .iter()
+            .map(|s| eg.find(loaded.class_of(*s)))
+            .collect();
         let mut costs: Vec<FormCost> = Vec::new();
         let mut push = |form: Form, seconds: f64| {
             if let Some(c) = costs.iter_mut().find(|c| c.form == form) {
@@ -246,7 +253,7 @@ pub(super) fn report(
                     Some(Op::AllGather { .. })
                         if node.children().iter().any(|c| eg.find(*c) == comb_c) =>
                     {
-                        let own = ex.own_cost(node);
+                        let own = ex.node_own_cost(node);
                         for (form, _, s) in &comb_forms {
                             push(*form, own + s);
                         }
@@ -258,25 +265,33 @@ pub(super) fn report(
                 }
             }
         }
-        costs.sort_by(|a, b| a.seconds.total_cmp(&b.seconds).then(a.form.cmp(&b.form)));
         // What extraction chose, and where it differs from the input.
-        let best_out = ex.best(out_c);
-        let (chosen, proof) = match op_of(best_out) {
+        let best_out = ex.chosen(out_c);
+        let (chosen, proof) = match best_out.and_then(op_of) {
             Some(Op::AllReduce { .. }) => (
                 Form::Ppmoe,
-                Some((loaded.class_of(l.out), best_out.clone())),
+                best_out.map(|b| (loaded.class_of(l.out), b.clone())),
             ),
             _ => {
-                let best_comb = ex.best(comb_c);
-                match op_of(best_comb) {
+                let best_comb = ex.chosen(comb_c);
+                match best_comb.and_then(op_of) {
                     Some(Op::ReduceScatter { .. }) => (
                         Form::AllGather,
-                        Some((loaded.class_of(l.combine), best_comb.clone())),
+                        best_comb.map(|b| (loaded.class_of(l.combine), b.clone())),
                     ),
                     _ => (Form::AllToAll, None),
                 }
             }
         };
+        // Cheapest first (to the nanosecond: all_reduce and reduce_scatter + all_gather price
+        // the same up to rounding); on a tie the chosen form first.
+        let ns = |s: f64| (s * 1e9).round() as i64;
+        costs.sort_by(|a, b| {
+            ns(a.seconds)
+                .cmp(&ns(b.seconds))
+                .then((a.form != chosen).cmp(&(b.form != chosen)))
+                .then(a.form.cmp(&b.form))
+        });
         let forms: Vec<Form> = costs.iter().map(|c| c.form).collect();
         let mut why = why_not(g, &l, &forms);
         if stop_reason != "saturated" && forms.len() == 1 {
@@ -308,11 +323,17 @@ pub(super) fn prove(loaded: &mut Loaded, reports: &mut [LayerReport]) {
         let Some((from, node)) = r.proof.take() else {
             continue;
         };
-        let to = loaded.egraph.add(node);
+        let to = loaded.egraph.add_uncanonical(node);
         if loaded.egraph.find(from) != loaded.egraph.find(to) {
             continue;
         }
         let expl = loaded.egraph.explain_id_equivalence(from, to);
+        if std::env::var_os("MOE_DEBUG_PROOF").is_some() {
+            eprintln!(
+                "proof {from} -> {to}: {} steps",
+                expl.explanation_trees.len()
+            );
+        }
         // Post-order over the proof trees (children's rewrites before their parent's), each
         // shared subproof once.
         let mut seen: HashSet<*const egg::TreeTerm<MoeLang>> = HashSet::new();

@@ -22,7 +22,7 @@ pub use layers::{Form, FormCost, LayerReport};
 use crate::analysis::Types;
 use crate::convert::load;
 use crate::cost::{Cluster, CostModel, Roofline};
-use crate::extract::DagExtractor;
+use crate::extract::{DagExtractor, ExtractError};
 use crate::lang::MoeLang;
 use crate::pass::{EGraphStats, Pass, PassError, PassOutput};
 use crate::rules;
@@ -103,10 +103,13 @@ impl DispatchRewrite {
     }
 
     /// Saturates, extracts and reports. `g` must be valid.
-    pub fn rewrite(&self, g: &Graph) -> Rewritten {
+    pub fn rewrite(&self, g: &Graph) -> Result<Rewritten, ExtractError> {
         let mut loaded = load(g);
         let mesh = g.mesh.clone();
-        let egraph = std::mem::replace(&mut loaded.egraph, egg::EGraph::new(Types { mesh: mesh.clone() }));
+        let egraph = std::mem::replace(
+            &mut loaded.egraph,
+            egg::EGraph::new(Types { mesh: mesh.clone() }),
+        );
         let rules = rules::all();
         let runner: Runner<MoeLang, Types, ()> = Runner::new(Types { mesh })
             .with_egraph(egraph)
@@ -134,7 +137,7 @@ impl DispatchRewrite {
         };
         loaded.egraph = runner.egraph;
         let extractor = DagExtractor::new(&loaded.egraph, self.model.as_ref());
-        let expr = extractor.best_expr(loaded.root);
+        let expr = extractor.best_expr(loaded.root)?;
         let predicted = extractor.dag_cost(loaded.root);
         let mut reports = layers::report(g, &loaded, &extractor, &stats.stop_reason);
         drop(extractor);
@@ -142,12 +145,12 @@ impl DispatchRewrite {
             layers::prove(&mut loaded, &mut reports);
         }
         let graph = loaded.to_graph(&expr);
-        Rewritten {
+        Ok(Rewritten {
             graph,
             stats,
             layers: reports,
             predicted,
-        }
+        })
     }
 }
 
@@ -165,7 +168,10 @@ impl Pass for DispatchRewrite {
     }
 
     fn run(&self, g: Graph) -> Result<PassOutput, PassError> {
-        let r = self.rewrite(&g);
+        let r = self.rewrite(&g).map_err(|e| PassError::Failed {
+            pass: Self::NAME,
+            message: e.to_string(),
+        })?;
         let mut notes: Vec<String> = r.layers.iter().map(ToString::to_string).collect();
         notes.push(format!(
             "predicted step time {:.3} ms per rank (forward, this cost model)",
