@@ -180,7 +180,12 @@ fn why_not(g: &Graph, l: &MoeLayer, forms: &[Form]) -> Vec<String> {
         ));
     }
     if !forms.contains(&Form::Ppmoe) {
-        if l.out == l.combine {
+        if x.0 != x.1 {
+            why.push(format!(
+                "{}: tokens are replicated on `{ax}` but the layer's output stays split on it (no all_gather after combine), so the reduce-scatter form is the replicated-token form here",
+                n.name
+            ));
+        } else if l.out == l.combine {
             why.push(format!(
                 "{}: tokens {} are not replicated on `{ax}` (every rank holds its own tokens); `rewrite --tp` makes them replicated",
                 n.name, x_ty
