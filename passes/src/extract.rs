@@ -332,6 +332,7 @@ impl<'a> DagExtractor<'a> {
             }
             budget -= 1;
             let mut best: Option<(f64, usize)> = None;
+            let mut best_size = u32::MAX;
             'nodes: for i in self.class_nodes[ci as usize].clone() {
                 let node = &self.nodes[i];
                 if !node.own.is_finite() {
@@ -378,8 +379,19 @@ impl<'a> DagExtractor<'a> {
                     continue;
                 }
                 scratch[(ci / 64) as usize] |= 1u64 << (ci % 64);
-                if best.is_none_or(|(bc, _)| cost < bc) {
+                // Strictly cheaper wins; within rounding (all_reduce vs reduce_scatter +
+                // all_gather), the smaller sub-DAG wins; otherwise the earlier node.
+                let size: u32 = scratch.iter().map(|w| w.count_ones()).sum();
+                let wins = match best {
+                    None => true,
+                    Some((bc, _)) => {
+                        let tol = 1e-9 * bc.abs();
+                        cost < bc - tol || (cost <= bc + tol && size < best_size)
+                    }
+                };
+                if wins {
                     best = Some((cost, i));
+                    best_size = size;
                     best_set.copy_from_slice(&scratch);
                 }
             }
