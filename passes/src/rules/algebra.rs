@@ -61,10 +61,8 @@ fn search<'a, R: PairRule>(
     eclass: Id,
     limit: usize,
 ) -> Option<SearchMatches<'a, MoeLang>> {
-    (limit > 0 && !pair_matches::<R>(egraph, eclass).is_empty()).then(|| SearchMatches {
-        eclass,
-        substs: vec![Subst::default()],
-        ast: None,
+    super::class_match(eclass, limit, || {
+        !pair_matches::<R>(egraph, eclass).is_empty()
     })
 }
 

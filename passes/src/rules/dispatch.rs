@@ -38,11 +38,7 @@ impl Searcher<MoeLang, Types> for AllGatherSlicing {
         eclass: Id,
         limit: usize,
     ) -> Option<SearchMatches<'_, MoeLang>> {
-        (limit > 0 && find_chain(egraph, eclass).is_some()).then(|| SearchMatches {
-            eclass,
-            substs: vec![Subst::default()],
-            ast: None,
-        })
+        super::class_match(eclass, limit, || find_chain(egraph, eclass).is_some())
     }
 
     fn vars(&self) -> Vec<Var> {

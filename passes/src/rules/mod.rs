@@ -67,6 +67,21 @@ where
     Rewrite::new(name, rule.clone(), rule).ok()
 }
 
+/// The search result of a rule that matches a whole e-class (no pattern variables: the applier
+/// finds the match again), or nothing when the limit is spent (without searching) or `found`
+/// says no.
+pub(crate) fn class_match<'a>(
+    eclass: Id,
+    limit: usize,
+    found: impl FnOnce() -> bool,
+) -> Option<egg::SearchMatches<'a, MoeLang>> {
+    (limit > 0 && found()).then(|| egg::SearchMatches {
+        eclass,
+        substs: vec![egg::Subst::default()],
+        ast: None,
+    })
+}
+
 /// Adds `node` if it is well-typed. The id returned stands for exactly this node (with
 /// explanations on it may not be canonical), so that a union with it explains itself by this node
 /// rather than by whichever node already led its class.

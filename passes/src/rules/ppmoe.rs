@@ -82,11 +82,7 @@ impl Searcher<MoeLang, Types> for PpmoeSlicing {
         eclass: Id,
         limit: usize,
     ) -> Option<SearchMatches<'_, MoeLang>> {
-        (limit > 0 && !find_matches(egraph, eclass).is_empty()).then(|| SearchMatches {
-            eclass,
-            substs: vec![Subst::default()],
-            ast: None,
-        })
+        super::class_match(eclass, limit, || !find_matches(egraph, eclass).is_empty())
     }
 
     fn vars(&self) -> Vec<Var> {
