@@ -693,36 +693,11 @@ impl<'a> DagExtractor<'a> {
 mod tests {
     use super::*;
     use crate::cost::{Cluster, Roofline};
+    use crate::rules::testing::small;
     use crate::rules::AllGatherSlicing;
     use crate::{load, Loaded};
     use egg::{CostFunction, Extractor, Rewrite, Runner};
     use moe_ir::{DType, Mesh, Op};
-
-    fn small(mesh: &str, extra: &[&str]) -> moe_ir::Graph {
-        let mut sets: Vec<String> = [
-            "num_hidden_layers=2",
-            "hidden_size=64",
-            "intermediate_size=96",
-            "num_attention_heads=4",
-            "num_key_value_heads=2",
-            "vocab_size=128",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        sets.extend(extra.iter().map(|s| s.to_string()));
-        let opts = moe_ir::hf::ImportOptions {
-            mesh: Some(Mesh::parse(mesh, 8).unwrap()),
-            seq: 16,
-            ..Default::default()
-        };
-        moe_ir::hf::import(
-            include_str!("../../examples/hf/mixtral-8x7b.json"),
-            &sets,
-            &opts,
-        )
-        .unwrap()
-    }
 
     /// Loads `g` and saturates with the dispatch rule; returns the e-graph and whether it grew.
     fn saturate(g: &moe_ir::Graph) -> (Loaded, bool) {

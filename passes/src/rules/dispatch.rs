@@ -109,6 +109,7 @@ fn build(egraph: &mut EGraph<MoeLang, Types>, c: &super::chain::Chain) -> Option
 mod tests {
     use super::*;
     use crate::convert::load;
+    use crate::rules::testing::small;
     use egg::{CostFunction, Extractor, Language, Rewrite, Runner};
 
     /// Prices all-to-alls out, so extraction shows the rewritten form.
@@ -125,32 +126,6 @@ mod tests {
             };
             enode.fold(own, |sum, id| sum.saturating_add(costs(id)))
         }
-    }
-
-    fn small(mesh: &str, extra: &[&str]) -> moe_ir::Graph {
-        let mut sets: Vec<String> = [
-            "num_hidden_layers=2",
-            "hidden_size=64",
-            "intermediate_size=96",
-            "num_attention_heads=4",
-            "num_key_value_heads=2",
-            "vocab_size=128",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        sets.extend(extra.iter().map(|s| s.to_string()));
-        let opts = moe_ir::hf::ImportOptions {
-            mesh: Some(moe_ir::Mesh::parse(mesh, 8).unwrap()),
-            seq: 16,
-            ..Default::default()
-        };
-        moe_ir::hf::import(
-            include_str!("../../../examples/hf/mixtral-8x7b.json"),
-            &sets,
-            &opts,
-        )
-        .unwrap()
     }
 
     fn rewrite(g: &moe_ir::Graph) -> moe_ir::Graph {

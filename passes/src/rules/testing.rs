@@ -222,3 +222,31 @@ macro_rules! rule_test {
     };
 }
 pub(crate) use rule_test;
+
+/// A small Mixtral (2 layers, hidden 64, 16-token sequences) imported on `mesh`, with extra
+/// `key=value` overrides.
+pub(crate) fn small(mesh: &str, extra: &[&str]) -> moe_ir::Graph {
+    let mut sets: Vec<String> = [
+        "num_hidden_layers=2",
+        "hidden_size=64",
+        "intermediate_size=96",
+        "num_attention_heads=4",
+        "num_key_value_heads=2",
+        "vocab_size=128",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    let opts = moe_ir::hf::ImportOptions {
+        mesh: Some(moe_ir::Mesh::parse(mesh, 8).unwrap()),
+        seq: 16,
+        ..Default::default()
+    };
+    moe_ir::hf::import(
+        include_str!("../../../examples/hf/mixtral-8x7b.json"),
+        &sets,
+        &opts,
+    )
+    .unwrap()
+}
