@@ -1,1 +1,36 @@
-//! placeholder
+//! # moe-backend: executing moe-opt graphs on burn
+//!
+//! A validated [`moe_ir::Graph`] is an SPMD program: every rank of its mesh runs it on its local
+//! blocks. [`run`] executes one with every rank simulated in this process on the CPU
+//! (burn-ndarray), collectives exact and in-process; [`verify`] runs two programs on the same
+//! weights and inputs and compares them. Weights are [`Weights::Seeded`] (a weight's full tensor
+//! depends only on the seed, its name and its global shape; each rank holds its slice) or read
+//! from a safetensors [`Checkpoint`].
+//!
+//! Computation is in f32 (or f64) whatever the declared dtype. Routing decisions are exact and
+//! deterministic: computed on the host, ties to the lower expert index.
+//!
+//! This is the only crate that depends on burn; burn types never appear in its public API.
+//!
+//! ```
+//! use moe_backend::{run, RunOptions, Weights};
+//! let g = moe_ir::json::from_json(include_str!("../../examples/moe-layer.json")).unwrap();
+//! let out = run(&g, &Weights::Seeded, &RunOptions::default()).unwrap();
+//! assert_eq!(out.outputs.len(), g.outputs.len());
+//! ```
+
+mod collective;
+mod error;
+mod exec;
+mod rank;
+mod run;
+#[cfg(test)]
+mod testing;
+mod value;
+mod verify;
+mod weights;
+
+pub use error::{ExecError, WeightError};
+pub use run::{run, Device, HostTensor, Precision, RunOptions, RunReport};
+pub use verify::{diff, verify, Diff, NodeDiff, OutputCheck, Verdict, VerifyOptions};
+pub use weights::{Checkpoint, Weights};

@@ -1,0 +1,60 @@
+//! Errors of execution, naming the node (or weight) they are about.
+
+use thiserror::Error;
+
+/// Why a weight cannot be provided.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum WeightError {
+    #[error("weight `{weight}`: no tensor in the checkpoint (tried {})", tried.join(", "))]
+    Missing { weight: String, tried: Vec<String> },
+    #[error("weight `{weight}`: checkpoint tensor `{key}` has shape {found:?}, the graph needs {expected:?}")]
+    Shape {
+        weight: String,
+        key: String,
+        expected: Vec<u64>,
+        found: Vec<usize>,
+    },
+    #[error("weight `{weight}`: checkpoint tensor `{key}` has dtype {dtype}, which is not a float type (f64, f32, bf16, f16)")]
+    DType {
+        weight: String,
+        key: String,
+        dtype: String,
+    },
+    #[error("checkpoint file {file}: {why}")]
+    File { file: String, why: String },
+    #[error("checkpoint: tensor `{key}` is in both {first} and {second}")]
+    Duplicate {
+        key: String,
+        first: String,
+        second: String,
+    },
+}
+
+/// Why a graph cannot be executed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ExecError {
+    #[error("the graph is not valid: {0}")]
+    Invalid(String),
+    #[error("node `{node}` ({op}): {why}")]
+    Node {
+        node: String,
+        op: &'static str,
+        why: String,
+    },
+    #[error("node `{node}` ({op}): {rank}-dimensional values are not supported (at most 4 dims)")]
+    Rank {
+        node: String,
+        op: &'static str,
+        rank: usize,
+    },
+    #[error("node `{node}`: recv on channel {channel} waits for a send that never runs on rank {rank} (deadlock)")]
+    Deadlock {
+        node: String,
+        channel: u32,
+        rank: u64,
+    },
+    #[error("node `{node}`: {why}")]
+    Pipeline { node: String, why: String },
+    #[error(transparent)]
+    Weight(#[from] WeightError),
+}

@@ -1,0 +1,242 @@
+//! Scaled dot-product attention on one rank's heads: GQA, MLA's shared key part, RoPE, masks
+//! (full, causal, sliding window, chunked) and per-head sinks.
+//!
+//! Conventions (documented in docs/BACKEND.md): scores are `q.k / sqrt(head_dim)`; RoPE is the
+//! "rotate half" form (Llama / Mixtral / Qwen: the rotated dims split into two halves `x1, x2`,
+//! `x * cos + (-x2, x1) * sin`) with frequencies `theta^(-2i/rope_dim)` at positions `0..seq` of
+//! each sequence, applied to the last `rope_dim` dims of each query and key head (with a shared
+//! key, the key head is its per-head part followed by the shared part); sinks add one logit per
+//! head to the softmax's denominator only.
+
+use super::OpResult;
+use crate::value::{Dense, Ints};
+use burn::tensor::activation;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use moe_ir::{AttentionAttrs, Mask};
+
+/// Which heads this rank holds: its query heads are `first_head..first_head + local heads`; its
+/// kv-head block starts at `first_kv_head` (0 when keys and values are replicated).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Heads {
+    pub first_head: usize,
+    pub first_kv_head: usize,
+}
+
+/// Logit of a masked key: finite, so that a fully masked row cannot make NaNs.
+const MASKED: f64 = -1.0e30;
+
+/// Whether the query at position `i` sees the key at position `j`.
+fn visible(mask: Mask, i: usize, j: usize) -> bool {
+    match mask {
+        Mask::Full => true,
+        Mask::Causal => j <= i,
+        Mask::Sliding(w) => j <= i && i - j < w as usize,
+        Mask::Chunked(c) => j <= i && i / c as usize == j / c as usize,
+    }
+}
+
+/// Rotates the last `rd` dims of `x` `[b, h, s, d]` by RoPE at positions `0..s`.
+fn rope<B: Backend>(x: Tensor<B, 4>, rd: usize, theta: f64) -> Tensor<B, 4> {
+    let [b, h, s, d] = x.dims();
+    if rd == 0 {
+        return x;
+    }
+    let half = rd / 2;
+    let device = x.device();
+    let mut cos = Vec::with_capacity(s * rd);
+    let mut sin = Vec::with_capacity(s * rd);
+    for p in 0..s {
+        for i in 0..rd {
+            let f = theta.powf(-2.0 * (i % half) as f64 / rd as f64);
+            cos.push((p as f64 * f).cos());
+            sin.push((p as f64 * f).sin());
+        }
+    }
+    let cos = Dense::<B>::from_host(cos, &[1, 1, s, rd], &device).t;
+    let sin = Dense::<B>::from_host(sin, &[1, 1, s, rd], &device).t;
+    let keep = (d > rd).then(|| x.clone().narrow(3, 0, d - rd));
+    let r = x.narrow(3, d - rd, rd);
+    let x1 = r.clone().narrow(3, 0, half);
+    let x2 = r.clone().narrow(3, half, half);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+    let out = r * cos + rotated * sin;
+    match keep {
+        Some(keep) => Tensor::cat(vec![keep, out], 3).reshape([b, h, s, d]),
+        None => out,
+    }
+}
+
+/// `[b * s, heads * d]` -> `[b, heads, s, d]`.
+fn split_heads<B: Backend>(x: Dense<B>, s: usize, heads: usize) -> Tensor<B, 4> {
+    let [rows, width] = x.shape()[..] else {
+        unreachable!("attention inputs are rank 2 (typing rule)")
+    };
+    x.t.reshape([rows / s, s, heads, width / heads])
+        .swap_dims(1, 2)
+}
+
+/// `attention(q, k, v[, k_shared][, sinks])` on this rank's heads.
+pub(crate) fn attention<B: Backend>(
+    a: &AttentionAttrs,
+    q: Dense<B>,
+    k: Dense<B>,
+    v: Dense<B>,
+    k_shared: Option<Dense<B>>,
+    sinks: Option<Dense<B>>,
+    heads: Heads,
+) -> OpResult<Dense<B>> {
+    let (seq, kv_seq) = (a.seq as usize, a.kv_seq as usize);
+    let hd = a.head_dim as usize;
+    let vd = a.v_head_dim as usize;
+    let rd = a.rope_dim as usize;
+    if rd % 2 != 0 {
+        return Err(format!("rope_dim {rd} must be even"));
+    }
+    let hl = q.shape()[1] / hd;
+    let kvl = v.shape()[1] / vd;
+    let group = (a.heads / a.kv_heads) as usize;
+    let device = q.t.device();
+    let q = rope(split_heads(q, seq, hl), rd, a.rope_theta.0);
+    let mut k = split_heads(k, kv_seq, kvl);
+    if let Some(ks) = k_shared {
+        let [b, _, s, _] = k.dims();
+        let ks = split_heads(ks, kv_seq, 1);
+        let sd = ks.dims()[3];
+        k = Tensor::cat(vec![k, ks.expand([b, kvl, s, sd])], 3);
+    }
+    let k = rope(k, rd, a.rope_theta.0);
+    let v = split_heads(v, kv_seq, kvl);
+    // The kv head of each local query head.
+    let mut kv_of = Vec::with_capacity(hl);
+    for h in 0..hl {
+        let kv = (heads.first_head + h) / group;
+        let local = kv
+            .checked_sub(heads.first_kv_head)
+            .filter(|&l| l < kvl)
+            .ok_or_else(|| format!("query head {} needs kv head {kv}, which this rank does not hold", heads.first_head + h))?;
+        kv_of.push(local as i64);
+    }
+    let kv_of = Ints::new(vec![hl], kv_of).to_tensor::<B>(&device);
+    let k = k.select(1, kv_of.clone());
+    let v = v.select(1, kv_of);
+    let b = q.dims()[0];
+    let mut bias = Vec::with_capacity(seq * kv_seq);
+    for i in 0..seq {
+        for j in 0..kv_seq {
+            bias.push(if visible(a.mask, i, j) { 0.0 } else { MASKED });
+        }
+    }
+    let bias = Dense::<B>::from_host(bias, &[1, 1, seq, kv_seq], &device).t;
+    let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt()) + bias;
+    let p = match sinks {
+        None => activation::softmax(scores, 3),
+        Some(s) => {
+            let sink = s.t.reshape([1, hl, 1, 1]).expand([b, hl, seq, 1]);
+            activation::softmax(Tensor::cat(vec![scores, sink], 3), 3).narrow(3, 0, kv_seq)
+        }
+    };
+    let out = p.matmul(v).swap_dims(1, 2).reshape([b * seq, hl * vd]);
+    Ok(Dense::of(out))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, dense};
+    use moe_ir::F64;
+
+    fn attrs(heads: u64, kv_heads: u64, d: u64, seq: u64, mask: Mask) -> AttentionAttrs {
+        AttentionAttrs {
+            heads,
+            kv_heads,
+            head_dim: d,
+            v_head_dim: d,
+            rope_dim: 0,
+            shared_k_dim: 0,
+            rope_theta: F64(10_000.0),
+            seq,
+            kv_seq: seq,
+            mask,
+            sinks: false,
+        }
+    }
+
+    const ALL: Heads = Heads {
+        first_head: 0,
+        first_kv_head: 0,
+    };
+
+    #[test]
+    fn causal_attention_averages_visible_values() {
+        // One head of width 1, q = k = 0: uniform weights over visible keys.
+        let a = attrs(1, 1, 1, 3, Mask::Causal);
+        let z = dense(&[0., 0., 0.], &[3, 1]);
+        let v = dense(&[3., 6., 9.], &[3, 1]);
+        let y = attention(&a, z.clone(), z.clone(), v.clone(), None, None, ALL).unwrap();
+        assert_close(&y.to_host(), &[3., 4.5, 6.], 1e-6);
+        let a = attrs(1, 1, 1, 3, Mask::Sliding(2));
+        let y = attention(&a, z.clone(), z.clone(), v.clone(), None, None, ALL).unwrap();
+        assert_close(&y.to_host(), &[3., 4.5, 7.5], 1e-6);
+        let a = attrs(1, 1, 1, 3, Mask::Chunked(2));
+        let y = attention(&a, z.clone(), z.clone(), v.clone(), None, None, ALL).unwrap();
+        assert_close(&y.to_host(), &[3., 4.5, 9.], 1e-6);
+        let a = attrs(1, 1, 1, 3, Mask::Full);
+        let y = attention(&a, z.clone(), z, v, None, None, ALL).unwrap();
+        assert_close(&y.to_host(), &[6., 6., 6.], 1e-6);
+    }
+
+    #[test]
+    fn scores_are_scaled_dot_products() {
+        // Full mask, 2 keys, head_dim 1: q=2, k=(0, ln 3 * 1 / 2) -> weights 1:3 after scaling by 1.
+        let a = attrs(1, 1, 1, 2, Mask::Full);
+        let l3 = 3f64.ln();
+        let q = dense(&[1., 1.], &[2, 1]);
+        let k = dense(&[0., l3], &[2, 1]);
+        let v = dense(&[0., 4.], &[2, 1]);
+        let y = attention(&a, q, k, v, None, None, ALL).unwrap();
+        assert_close(&y.to_host(), &[3., 3.], 1e-6);
+    }
+
+    #[test]
+    fn gqa_shares_kv_heads_and_sinks_take_mass() {
+        // 2 query heads on 1 kv head; zero scores.
+        let a = AttentionAttrs {
+            sinks: true,
+            ..attrs(2, 1, 1, 2, Mask::Full)
+        };
+        let q = dense(&[0.; 4], &[2, 2]);
+        let k = dense(&[0., 0.], &[2, 1]);
+        let v = dense(&[2., 4.], &[2, 1]);
+        // Head 0 sink logit 0 (weights 1/3 each), head 1 sink -inf-ish (weights 1/2).
+        let s = dense(&[0., -100.], &[2]);
+        let y = attention(&a, q, k, v, None, Some(s), ALL).unwrap();
+        assert_close(&y.to_host(), &[2., 3., 2., 3.], 1e-6);
+    }
+
+    #[test]
+    fn rope_rotates_by_position() {
+        // head_dim 2 rotated with theta: position 1 rotates (1, 0) by 1 radian.
+        let x = dense(&[1., 0., 1., 0.], &[1, 1, 2, 2]).t;
+        let y = Dense::of(rope(x, 2, 10_000.0)).to_host();
+        assert_close(&y, &[1., 0., 1f64.cos(), 1f64.sin()], 1e-6);
+    }
+
+    #[test]
+    fn shared_key_is_appended_to_every_head() {
+        // head_dim 2 = 1 per-head + 1 shared; 2 heads; full mask, seq 2.
+        let a = AttentionAttrs {
+            shared_k_dim: 1,
+            v_head_dim: 1,
+            ..attrs(2, 2, 2, 2, Mask::Full)
+        };
+        let q = dense(&[0., 1., 0., 0., 0., 1., 0., 0.], &[2, 4]);
+        let k = dense(&[0., 0., 0., 0.], &[2, 2]);
+        let ks = dense(&[0., 2f64.sqrt() * 3f64.ln()], &[2, 1]);
+        let v = dense(&[0., 0., 4., 8.], &[2, 2]);
+        let y = attention(&a, q, k, v, Some(ks), None, ALL).unwrap();
+        // Head 0 scores (0, ln 3): weights 1/4, 3/4 -> 3; head 1 zero scores -> 4 (both tokens).
+        assert_close(&y.to_host(), &[3., 4., 3., 4.], 1e-5);
+    }
+}

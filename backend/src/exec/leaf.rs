@@ -1,0 +1,112 @@
+//! Leaves: inputs and weights (each rank's block of the full tensor), zeros, and `recv`.
+
+use super::Exec;
+use crate::collective::Collectives;
+use crate::error::ExecError;
+use crate::rank::{self, Block};
+use crate::value::{Dense, Ints, Local};
+use crate::weights;
+use burn::tensor::backend::Backend;
+use moe_ir::{NodeId, Op, TensorType, Value};
+use std::collections::BTreeMap;
+
+impl<B: Backend, C: Collectives<B>> Exec<'_, B, C> {
+    /// The values of leaf `id` on `ranks` (one output).
+    pub(super) fn leaf(&mut self, id: NodeId, ranks: &[u64]) -> Result<Vec<Vec<Local<B>>>, ExecError> {
+        let node = self.g.node(id);
+        let ty = &node.outputs[0];
+        let local = rank::local_shape(ty, self.mesh);
+        let out = match &node.op {
+            Op::Zeros(_) => ranks
+                .iter()
+                .map(|_| zeros(ty, &local, &self.device))
+                .collect(),
+            Op::Recv { channel, .. } => {
+                let mut out = Vec::with_capacity(ranks.len());
+                for &r in ranks {
+                    let v = self.coll.recv(*channel, r).ok_or(ExecError::Deadlock {
+                        node: node.name.clone(),
+                        channel: *channel,
+                        rank: r,
+                    })?;
+                    if v.shape() != local {
+                        return Err(ExecError::Pipeline {
+                            node: node.name.clone(),
+                            why: format!(
+                                "received a value of local shape {:?} on rank {r}, the declared type {ty} needs {local:?}",
+                                v.shape()
+                            ),
+                        });
+                    }
+                    out.push(v);
+                }
+                out
+            }
+            Op::Weight(_) => {
+                let global = weights::weight(self.weights, self.seed, &node.name, ty)?;
+                self.shards(ty, &global, ranks)
+            }
+            Op::Input(_) => {
+                let bound = self.id_bound(id);
+                let global = weights::input(self.seed, &node.name, ty, bound);
+                self.shards(ty, &global, ranks)
+            }
+            _ => unreachable!("only leaves are made here"),
+        };
+        Ok(vec![out])
+    }
+
+    /// Each rank's block of the global row-major `global` of type `ty`; ranks with the same block
+    /// share one tensor. A leaf declared partial is held whole by coordinate 0 of its partial axes,
+    /// zeros elsewhere.
+    fn shards(&self, ty: &TensorType, global: &[f64], ranks: &[u64]) -> Vec<Local<B>> {
+        let shape: Vec<usize> = ty.shape.iter().map(|&n| n as usize).collect();
+        let mut made: BTreeMap<(Block, bool), Local<B>> = BTreeMap::new();
+        ranks
+            .iter()
+            .map(|&r| {
+                let coords = self.mesh.coords(r);
+                let b = rank::block(ty, self.mesh, &coords);
+                let holds = rank::holds_partial_leaf(ty, self.mesh, &coords);
+                made.entry((b.clone(), holds))
+                    .or_insert_with(|| {
+                        if !holds {
+                            return zeros(ty, &b.shape, &self.device);
+                        }
+                        let data = rank::take_block(global, &shape, &b);
+                        if ty.dtype.is_float() {
+                            Local::Float(Dense::from_host(data, &b.shape, &self.device))
+                        } else {
+                            Local::Int(Ints::new(
+                                b.shape.clone(),
+                                data.iter().map(|&v| v as i64).collect(),
+                            ))
+                        }
+                    })
+                    .clone()
+            })
+            .collect()
+    }
+
+    /// Token ids of an integer input are drawn below the smallest vocabulary of the embeddings
+    /// reading it (1 when none does).
+    fn id_bound(&self, id: NodeId) -> u64 {
+        let me = Value::from(id);
+        self.g
+            .nodes()
+            .filter(|(_, n)| matches!(n.op, Op::Embedding) && n.inputs.first() == Some(&me))
+            .filter_map(|(_, n)| n.inputs.get(1).and_then(|&t| self.g.value_type(t)))
+            .map(|t| t.shape[0])
+            .min()
+            .unwrap_or(1)
+    }
+}
+
+/// Zeros of type `ty` with local shape `shape`.
+fn zeros<B: Backend>(ty: &TensorType, shape: &[usize], device: &B::Device) -> Local<B> {
+    if ty.dtype.is_float() {
+        Local::Float(Dense::zeros(shape, device))
+    } else {
+        Local::Int(Ints::new(shape.to_vec(), vec![0; shape.iter().product()]))
+    }
+}

@@ -1,0 +1,179 @@
+//! Experts and the index ops of the PPMoE form: `expert_ffn` (padded and grouped),
+//! `index_select`, `index_add`.
+
+use super::dense::{act, gated};
+use super::OpResult;
+use crate::value::{Dense, Ints};
+use burn::tensor::backend::Backend;
+use burn::tensor::{IndexingUpdateOp, Tensor};
+use moe_ir::Activation;
+
+/// The stacked expert weights of one `expert_ffn`: `[E, H, F]`, `[E, H, F]`, `[E, F, H]`.
+#[derive(Clone, Debug)]
+pub(crate) struct ExpertWeights<B: Backend> {
+    pub up: Tensor<B, 3>,
+    pub gate: Option<Tensor<B, 3>>,
+    pub down: Tensor<B, 3>,
+    pub act: Activation,
+}
+
+impl<B: Backend> ExpertWeights<B> {
+    /// `down(act(x W_gate) * (x W_up))` or `down(act(x W_up))` for `x` `[E, C, H]` (batched over experts).
+    fn apply(&self, x: Tensor<B, 3>, up: Tensor<B, 3>, gate: Option<Tensor<B, 3>>, down: Tensor<B, 3>) -> Tensor<B, 3> {
+        let u = x.clone().matmul(up);
+        let h = match gate {
+            Some(g) => gated(self.act, x.matmul(g), u),
+            None => act(self.act, u),
+        };
+        h.matmul(down)
+    }
+}
+
+/// `expert_ffn` in the padded layout: `x` `[E, C, H]`.
+pub(crate) fn expert_ffn_padded<B: Backend>(x: Dense<B>, w: &ExpertWeights<B>) -> Dense<B> {
+    let y = w.apply(x.to::<3>(), w.up.clone(), w.gate.clone(), w.down.clone());
+    Dense::of(y)
+}
+
+/// `expert_ffn` in the grouped layout: rows `[N, H]`, the first `counts[0]` for local expert 0,
+/// the next `counts[1]` for expert 1, ...; rows past the sum are padding and give zeros.
+pub(crate) fn expert_ffn_grouped<B: Backend>(
+    x: Dense<B>,
+    counts: &Ints,
+    w: &ExpertWeights<B>,
+) -> OpResult<Dense<B>> {
+    let [n, h] = x.shape()[..] else {
+        return Err("rows must have rank 2".into());
+    };
+    let experts = w.up.dims()[0];
+    if counts.data.len() != experts {
+        return Err(format!(
+            "{} counts for {experts} local experts",
+            counts.data.len()
+        ));
+    }
+    let total: i64 = counts.data.iter().sum();
+    if counts.data.iter().any(|&c| c < 0) || total as usize > n {
+        return Err(format!(
+            "counts {:?} do not fit the {n} rows",
+            counts.data
+        ));
+    }
+    let device = x.t.device();
+    let x = x.to::<2>();
+    let mut parts = Vec::new();
+    let mut at = 0;
+    for (e, &c) in counts.data.iter().enumerate() {
+        let c = c as usize;
+        if c == 0 {
+            continue;
+        }
+        let one = |t: &Tensor<B, 3>| t.clone().narrow(0, e, 1);
+        let rows = x.clone().narrow(0, at, c).reshape([1, c, h]);
+        let y = w.apply(rows, one(&w.up), w.gate.as_ref().map(one), one(&w.down));
+        parts.push(y.reshape([c, h]));
+        at += c;
+    }
+    if at < n {
+        parts.push(Tensor::zeros([n - at, h], &device));
+    }
+    Ok(Dense::of(Tensor::cat(parts, 0)))
+}
+
+/// `index_select(x, ids)`: row `ids[i]` of `x` `[T, H]`, zero for ids `>= T`.
+pub(crate) fn index_select<B: Backend>(x: Dense<B>, ids: &Ints) -> OpResult<Dense<B>> {
+    let [t, h] = x.shape()[..] else {
+        return Err("rows must have rank 2".into());
+    };
+    if let Some(bad) = ids.data.iter().find(|&&i| i < 0) {
+        return Err(format!("negative row id {bad}"));
+    }
+    let device = x.t.device();
+    let ids: Vec<i64> = ids.data.iter().map(|&i| i.min(t as i64)).collect();
+    let ext = Tensor::cat(vec![x.to::<2>(), Tensor::zeros([1, h], &device)], 0);
+    let out = ext.select(0, Ints::new(vec![ids.len()], ids).to_tensor(&device));
+    Ok(Dense::of(out))
+}
+
+/// `index_add(buf, ids, src[, scale])`: `buf[ids[i]] += scale[i] * src[i]`, ids `>= T` skipped.
+pub(crate) fn index_add<B: Backend>(
+    buf: Dense<B>,
+    ids: &Ints,
+    src: Dense<B>,
+    scale: Option<Dense<B>>,
+) -> OpResult<Dense<B>> {
+    let [t, h] = buf.shape()[..] else {
+        return Err("the buffer must have rank 2".into());
+    };
+    if let Some(bad) = ids.data.iter().find(|&&i| i < 0) {
+        return Err(format!("negative row id {bad}"));
+    }
+    let device = buf.t.device();
+    let mut src = src.to::<2>();
+    if let Some(s) = scale {
+        let n = s.shape()[0];
+        src = src * s.t.reshape([n, 1]);
+    }
+    // Skipped rows land in an appended scratch row.
+    let ids: Vec<i64> = ids.data.iter().map(|&i| i.min(t as i64)).collect();
+    let ext = Tensor::cat(vec![buf.to::<2>(), Tensor::zeros([1, h], &device)], 0);
+    let out = ext.select_assign(
+        0,
+        Ints::new(vec![ids.len()], ids).to_tensor(&device),
+        src,
+        IndexingUpdateOp::Add,
+    );
+    Ok(Dense::of(out.narrow(0, 0, t)))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::testing::{assert_close, dense};
+
+    /// Two experts, H = 1, F = 1: expert 0 doubles then relu, expert 1 triples (up), down 1.
+    fn weights(gate: bool) -> ExpertWeights<crate::testing::Cpu> {
+        ExpertWeights {
+            up: dense(&[2., 3.], &[2, 1, 1]).to::<3>(),
+            gate: gate.then(|| dense(&[1., -1.], &[2, 1, 1]).to::<3>()),
+            down: dense(&[1., 1.], &[2, 1, 1]).to::<3>(),
+            act: Activation::Relu,
+        }
+    }
+
+    #[test]
+    fn padded_experts_run_per_expert() {
+        let x = dense(&[1., -1., 2., 5.], &[2, 2, 1]);
+        let y = expert_ffn_padded(x.clone(), &weights(false));
+        assert_eq!(y.to_host(), vec![2., 0., 6., 15.]);
+        // Gated: relu(x * g) * (x * up).
+        let y = expert_ffn_padded(x, &weights(true));
+        assert_eq!(y.to_host(), vec![2., 0., 0., 0.]);
+    }
+
+    #[test]
+    fn grouped_experts_follow_counts_and_zero_the_padding() {
+        let x = dense(&[1., 2., 3., 9.], &[4, 1]);
+        let y = expert_ffn_grouped(x.clone(), &Ints::new(vec![2], vec![1, 2]), &weights(false));
+        assert_eq!(y.unwrap().to_host(), vec![2., 6., 9., 0.]);
+        let y = expert_ffn_grouped(x.clone(), &Ints::new(vec![2], vec![0, 3]), &weights(false));
+        assert_eq!(y.unwrap().to_host(), vec![3., 6., 9., 0.]);
+        assert!(expert_ffn_grouped(x, &Ints::new(vec![2], vec![3, 3]), &weights(false)).is_err());
+    }
+
+    #[test]
+    fn index_select_and_add_skip_out_of_range_ids() {
+        let x = dense(&[1., 2., 3., 4.], &[2, 2]);
+        let ids = Ints::new(vec![3], vec![1, 2, 0]);
+        let s = index_select(x, &ids).unwrap();
+        assert_eq!(s.to_host(), vec![3., 4., 0., 0., 1., 2.]);
+        let buf = dense(&[0., 0., 10., 10.], &[2, 2]);
+        let src = dense(&[1., 1., 5., 5., 2., 2.], &[3, 2]);
+        let scale = dense(&[0.5, 7., 2.], &[3]);
+        let y = index_add(buf.clone(), &ids, src.clone(), Some(scale)).unwrap();
+        assert_close(&y.to_host(), &[4., 4., 10.5, 10.5], 0.0);
+        let y = index_add(buf, &Ints::new(vec![3], vec![1, 1, 0]), src, None).unwrap();
+        assert_eq!(y.to_host(), vec![2., 2., 16., 16.]);
+    }
+}

@@ -1,0 +1,177 @@
+//! The local ops: from an IR node and one rank's input values to that rank's outputs. Each arm
+//! reads the rank-dependent facts an op needs (which vocab rows, heads or experts the rank holds)
+//! from the input types and the rank's coordinates, then calls the op's function.
+
+use super::attention::{self, Heads};
+use super::moe::{self, ExpertWeights};
+use super::{collective, dense, routing, Exec, OpResult};
+use crate::collective::Collectives;
+use crate::rank;
+use crate::value::{Dense, Ints, Local};
+use burn::tensor::backend::Backend;
+use moe_ir::{Activation, FfnLayout, Node, Op, TensorType};
+
+fn float<B: Backend>(v: Option<Local<B>>) -> OpResult<Dense<B>> {
+    match v {
+        Some(Local::Float(d)) => Ok(d),
+        Some(Local::Int(_)) => Err("expected a float input, got integers".into()),
+        None => Err("missing input".into()),
+    }
+}
+
+fn ints<B: Backend>(v: Option<Local<B>>) -> OpResult<Ints> {
+    match v {
+        Some(Local::Int(i)) => Ok(i),
+        Some(Local::Float(_)) => Err("expected an integer input, got floats".into()),
+        None => Err("missing input".into()),
+    }
+}
+
+impl<B: Backend, C: Collectives<B>> Exec<'_, B, C> {
+    fn input_type(&self, node: &Node, i: usize) -> OpResult<&TensorType> {
+        node.inputs
+            .get(i)
+            .and_then(|&v| self.g.value_type(v))
+            .ok_or_else(|| format!("input {i} has no type"))
+    }
+
+    /// Runs local op `node` on rank `r` with the rank's `inputs`.
+    pub(super) fn local(&self, node: &Node, r: u64, inputs: Vec<Local<B>>) -> OpResult<Vec<Local<B>>> {
+        let coords = self.mesh.coords(r);
+        let mut it = inputs.into_iter();
+        let f = |d: Dense<B>| Ok(vec![Local::Float(d)]);
+        match &node.op {
+            Op::Embedding => {
+                let ids = ints(it.next())?;
+                let table = float(it.next())?;
+                let tt = self.input_type(node, 1)?;
+                let first = rank::block(tt, self.mesh, &coords).offsets[0];
+                f(dense::embedding(&ids, table, first, tt.shape[0] as usize)?)
+            }
+            Op::Matmul => f(dense::matmul(float(it.next())?, float(it.next())?)),
+            Op::Transpose => f(dense::transpose(float(it.next())?)),
+            Op::BatchMatmul => f(dense::batch_matmul(float(it.next())?, float(it.next())?)),
+            Op::Add => f(dense::add(float(it.next())?, float(it.next())?)),
+            Op::Mul => f(dense::mul(float(it.next())?, float(it.next())?)),
+            Op::Gelu => f(dense::unary(float(it.next())?, Some(Activation::Gelu))),
+            Op::Silu => f(dense::unary(float(it.next())?, Some(Activation::Silu))),
+            Op::Relu => f(dense::unary(float(it.next())?, Some(Activation::Relu))),
+            Op::Sigmoid => f(dense::unary(float(it.next())?, None)),
+            Op::Swiglu => f(dense::swiglu(float(it.next())?, float(it.next())?)),
+            Op::Softmax => f(dense::softmax(float(it.next())?)),
+            Op::RmsNorm { eps } => {
+                let (x, w) = (float(it.next())?, float(it.next())?);
+                f(dense::norm(x, w, None, eps.0, false))
+            }
+            Op::LayerNorm { eps, bias } => {
+                let (x, w) = (float(it.next())?, float(it.next())?);
+                let b = if *bias { Some(float(it.next())?) } else { None };
+                f(dense::norm(x, w, b, eps.0, true))
+            }
+            Op::Attention(a) => {
+                let (q, k, v) = (float(it.next())?, float(it.next())?, float(it.next())?);
+                let ks = if a.shared_k_dim > 0 {
+                    Some(float(it.next())?)
+                } else {
+                    None
+                };
+                let sinks = if a.sinks { Some(float(it.next())?) } else { None };
+                let (qi, qn) = rank::axis_block(self.mesh, &coords, self.input_type(node, 0)?.split_of(1));
+                let (ki, kn) = rank::axis_block(self.mesh, &coords, self.input_type(node, 1)?.split_of(1));
+                let heads = Heads {
+                    first_head: (qi * (a.heads / qn)) as usize,
+                    first_kv_head: (ki * (a.kv_heads / kn)) as usize,
+                };
+                f(attention::attention(a, q, k, v, ks, sinks, heads)?)
+            }
+            Op::Router(a) => {
+                let logits = float(it.next())?;
+                let bias = if a.select_bias {
+                    Some(float(it.next())?)
+                } else {
+                    None
+                };
+                let (idx, w) = routing::router(a, logits, bias)?;
+                Ok(vec![Local::Int(idx), Local::Float(w)])
+            }
+            Op::Dispatch { experts, capacity } => {
+                let x = float(it.next())?;
+                let idx = ints(it.next())?;
+                f(routing::dispatch(x, &idx, *experts as usize, *capacity as usize)?)
+            }
+            Op::Combine { experts, capacity } => {
+                let y = float(it.next())?;
+                let idx = ints(it.next())?;
+                let w = float(it.next())?;
+                f(routing::combine(y, &idx, w, *experts as usize, *capacity as usize)?)
+            }
+            Op::LocalRoutes {
+                experts,
+                axis,
+                capacity,
+                token_groups,
+            } => {
+                let idx = ints(it.next())?;
+                let w = float(it.next())?.to_host();
+                let (index, size) = rank::axis_block(self.mesh, &coords, &[axis]);
+                let count = (*experts / size) as usize;
+                let rows = rank::local_shape(&node.outputs[0], self.mesh)[0];
+                let le = routing::LocalExperts {
+                    experts: *experts as usize,
+                    first: index as usize * count,
+                    count,
+                    capacity: *capacity,
+                    token_groups: *token_groups as usize,
+                    rows,
+                };
+                let (ids, ws, counts) = routing::local_routes(&idx, &w, le)?;
+                Ok(vec![
+                    Local::Int(Ints::new(vec![rows], ids)),
+                    Local::Float(Dense::from_host(ws, &[rows], &self.device)),
+                    Local::Int(Ints::new(vec![count], counts)),
+                ])
+            }
+            Op::IndexSelect => {
+                let x = float(it.next())?;
+                f(moe::index_select(x, &ints(it.next())?)?)
+            }
+            Op::IndexAdd { scaled } => {
+                let buf = float(it.next())?;
+                let ids = ints(it.next())?;
+                let src = float(it.next())?;
+                let scale = if *scaled { Some(float(it.next())?) } else { None };
+                f(moe::index_add(buf, &ids, src, scale)?)
+            }
+            Op::ExpertFfn { layout, act, gated } => {
+                let x = float(it.next())?;
+                let counts = match layout {
+                    FfnLayout::Grouped => Some(ints(it.next())?),
+                    FfnLayout::Padded => None,
+                };
+                let up = float(it.next())?.to::<3>();
+                let gate = if *gated {
+                    Some(float(it.next())?.to::<3>())
+                } else {
+                    None
+                };
+                let down = float(it.next())?.to::<3>();
+                let w = ExpertWeights {
+                    up,
+                    gate,
+                    down,
+                    act: *act,
+                };
+                match counts {
+                    Some(c) => f(moe::expert_ffn_grouped(x, &c, &w)?),
+                    None => f(moe::expert_ffn_padded(x, &w)),
+                }
+            }
+            Op::Shard { axis, dim } => {
+                let x = it.next().ok_or("missing input")?;
+                let (index, size) = rank::axis_block(self.mesh, &coords, &[axis]);
+                Ok(vec![collective::shard(&x, *dim, index as usize, size as usize)])
+            }
+            op => Err(format!("`{}` is not a local op", op.name())),
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Running a graph: the public entry point over the generic executor.
+
+use crate::collective::InProcess;
+use crate::error::ExecError;
+use crate::exec::{self, Executed};
+use crate::weights::Weights;
+use burn::tensor::backend::Backend;
+use burn_ndarray::{NdArray, NdArrayDevice};
+use moe_ir::{Graph, NodeId};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+/// Where a graph runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Device {
+    /// burn-ndarray on the CPU; every rank of the mesh simulated in this process.
+    #[default]
+    Cpu,
+}
+
+/// The float type computations use. Whatever the graph's declared dtype (bf16, f16, f32), the
+/// CPU computes in this precision: bf16 graphs run in f32 (or f64), not rounded to 16 bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    #[default]
+    F32,
+    F64,
+}
+
+/// Options of a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    pub device: Device,
+    pub precision: Precision,
+    /// Seed of the inputs and of seeded weights.
+    pub seed: u64,
+}
+
+/// A global (unsharded) tensor on the host, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<u64>,
+    pub data: Vec<f64>,
+}
+
+impl HostTensor {
+    /// Sum of the elements.
+    pub fn sum(&self) -> f64 {
+        self.data.iter().sum()
+    }
+
+    /// Sum of the absolute values.
+    pub fn abs_sum(&self) -> f64 {
+        self.data.iter().map(|v| v.abs()).sum()
+    }
+}
+
+/// What a run produced.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    /// The graph outputs by name, as global tensors.
+    pub outputs: Vec<(String, HostTensor)>,
+    /// Time spent making weights and inputs (seeded or read from the checkpoint, then sharded).
+    pub setup: Duration,
+    /// Time of the whole run (setup included).
+    pub total: Duration,
+}
+
+/// Runs `g` on `opts.device` with `weights`; every rank of the mesh runs its program.
+pub fn run(g: &Graph, weights: &Weights, opts: &RunOptions) -> Result<RunReport, ExecError> {
+    let e = run_capturing(g, weights, opts, &BTreeSet::new())?;
+    Ok(RunReport {
+        outputs: e.outputs,
+        setup: e.leaves,
+        total: e.total,
+    })
+}
+
+/// Runs `g`, also rebuilding the global values of the nodes in `capture`.
+pub(crate) fn run_capturing(
+    g: &Graph,
+    weights: &Weights,
+    opts: &RunOptions,
+    capture: &BTreeSet<NodeId>,
+) -> Result<Executed, ExecError> {
+    match (opts.device, opts.precision) {
+        (Device::Cpu, Precision::F32) => on::<NdArray<f32>>(g, NdArrayDevice::Cpu, weights, opts.seed, capture),
+        (Device::Cpu, Precision::F64) => on::<NdArray<f64>>(g, NdArrayDevice::Cpu, weights, opts.seed, capture),
+    }
+}
+
+fn on<B: Backend>(
+    g: &Graph,
+    device: B::Device,
+    weights: &Weights,
+    seed: u64,
+    capture: &BTreeSet<NodeId>,
+) -> Result<Executed, ExecError> {
+    exec::execute::<B, InProcess<B>>(g, device, InProcess::default(), weights, seed, capture)
+}

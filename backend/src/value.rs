@@ -1,0 +1,231 @@
+//! A rank's local piece of one IR value: a float tensor on the burn device, or integers on the
+//! host.
+//!
+//! IR values have ranks 0 to 4 (the importer and the passes produce at most 3). Float tensors are
+//! stored as burn rank-4 tensors with leading dims of 1 (`[T, H]` is `[1, 1, T, H]`), so one Rust
+//! type holds every IR rank and burn's right-aligned broadcasting matches the IR's. Integer values
+//! (token ids, routing indices, per-expert counts) drive data-dependent control (routing, slot
+//! assignment, gathers) and live on the host, where that logic runs exactly and deterministically.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+
+/// The largest IR rank the executor handles.
+pub(crate) const MAX_RANK: usize = 4;
+
+/// `shape` left-padded with 1s to rank 4.
+pub(crate) fn pad4(shape: &[usize]) -> [usize; 4] {
+    let mut out = [1; 4];
+    out[MAX_RANK - shape.len()..].copy_from_slice(shape);
+    out
+}
+
+/// A float tensor of logical rank `rank` (0..=4), stored as burn rank 4.
+#[derive(Clone, Debug)]
+pub(crate) struct Dense<B: Backend> {
+    pub t: Tensor<B, 4>,
+    pub rank: usize,
+}
+
+impl<B: Backend> Dense<B> {
+    /// Wraps a burn tensor of rank `D` (at most 4).
+    pub fn of<const D: usize>(t: Tensor<B, D>) -> Dense<B> {
+        let shape = t.dims();
+        Dense {
+            t: t.reshape(pad4(&shape)),
+            rank: D,
+        }
+    }
+
+    /// The logical shape.
+    pub fn shape(&self) -> Vec<usize> {
+        self.t.dims()[MAX_RANK - self.rank..].to_vec()
+    }
+
+    /// The same data with logical shape `shape` (same number of elements).
+    pub fn reshape(self, shape: &[usize]) -> Dense<B> {
+        Dense {
+            t: self.t.reshape(pad4(shape)),
+            rank: shape.len(),
+        }
+    }
+
+    /// The data as a burn tensor of rank `D`: the logical shape with leading dims merged (`D` less
+    /// than the logical rank) or padded with 1s (`D` greater).
+    pub fn to<const D: usize>(self) -> Tensor<B, D> {
+        let shape = self.shape();
+        let mut dims = [1usize; D];
+        if shape.len() >= D {
+            let lead: usize = shape[..=shape.len() - D].iter().product();
+            dims[0] = lead;
+            dims[1..].copy_from_slice(&shape[shape.len() - D + 1..]);
+        } else {
+            dims[D - shape.len()..].copy_from_slice(&shape);
+        }
+        self.t.reshape(dims)
+    }
+
+    /// A tensor from host values (converted to the backend's float type).
+    pub fn from_host(data: Vec<f64>, shape: &[usize], device: &B::Device) -> Dense<B> {
+        let t = Tensor::<B, 4>::from_data(TensorData::new(data, pad4(shape)), device);
+        Dense {
+            t,
+            rank: shape.len(),
+        }
+    }
+
+    /// Zeros of `shape`.
+    pub fn zeros(shape: &[usize], device: &B::Device) -> Dense<B> {
+        Dense {
+            t: Tensor::zeros(pad4(shape), device),
+            rank: shape.len(),
+        }
+    }
+
+    /// The values on the host, in row-major order, as f64.
+    pub fn to_host(&self) -> Vec<f64> {
+        self.t
+            .to_data()
+            .convert::<f64>()
+            .into_vec::<f64>()
+            .unwrap_or_default()
+    }
+
+    /// Logical dim `d` as a burn (rank-4) dim.
+    pub fn dim(&self, d: usize) -> usize {
+        MAX_RANK - self.rank + d
+    }
+
+    /// `len` entries of logical dim `d` from `start`.
+    pub fn narrow(self, d: usize, start: usize, len: usize) -> Dense<B> {
+        let dim = self.dim(d);
+        Dense {
+            t: self.t.narrow(dim, start, len),
+            rank: self.rank,
+        }
+    }
+
+    /// Concatenation along logical dim `d` (all parts of the same rank).
+    pub fn cat(parts: Vec<Dense<B>>, d: usize) -> Dense<B> {
+        let rank = parts.first().map_or(1, |p| p.rank);
+        let t = Tensor::cat(parts.into_iter().map(|p| p.t).collect(), MAX_RANK - rank + d);
+        Dense { t, rank }
+    }
+}
+
+/// Integers held on the host (row-major).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Ints {
+    pub shape: Vec<usize>,
+    pub data: Vec<i64>,
+}
+
+impl Ints {
+    pub fn new(shape: Vec<usize>, data: Vec<i64>) -> Ints {
+        debug_assert_eq!(shape.iter().product::<usize>(), data.len());
+        Ints { shape, data }
+    }
+
+    /// (product of dims before `d`, dim `d`, product of dims after `d`).
+    fn split_at(&self, d: usize) -> (usize, usize, usize) {
+        let outer = self.shape[..d].iter().product();
+        let inner = self.shape[d + 1..].iter().product();
+        (outer, self.shape[d], inner)
+    }
+
+    /// `len` entries of dim `d` from `start`.
+    pub fn narrow(&self, d: usize, start: usize, len: usize) -> Ints {
+        let (outer, n, inner) = self.split_at(d);
+        let mut data = Vec::with_capacity(outer * len * inner);
+        for o in 0..outer {
+            let base = o * n * inner;
+            data.extend_from_slice(&self.data[base + start * inner..base + (start + len) * inner]);
+        }
+        let mut shape = self.shape.clone();
+        shape[d] = len;
+        Ints { shape, data }
+    }
+
+    /// Concatenation along dim `d`.
+    pub fn cat(parts: &[Ints], d: usize) -> Ints {
+        let Some(first) = parts.first() else {
+            return Ints::new(vec![0], vec![]);
+        };
+        let outer: usize = first.shape[..d].iter().product();
+        let mut shape = first.shape.clone();
+        shape[d] = parts.iter().map(|p| p.shape[d]).sum();
+        let mut data = Vec::with_capacity(shape.iter().product());
+        for o in 0..outer {
+            for p in parts {
+                let (_, n, inner) = p.split_at(d);
+                data.extend_from_slice(&p.data[o * n * inner..(o + 1) * n * inner]);
+            }
+        }
+        Ints { shape, data }
+    }
+
+    /// As a rank-1 burn integer tensor.
+    pub fn to_tensor<B: Backend>(&self, device: &B::Device) -> Tensor<B, 1, Int> {
+        let n = self.data.len();
+        Tensor::from_data(TensorData::new(self.data.clone(), [n]), device)
+    }
+}
+
+/// A rank's local piece of one IR value.
+#[derive(Clone, Debug)]
+pub(crate) enum Local<B: Backend> {
+    Float(Dense<B>),
+    Int(Ints),
+}
+
+impl<B: Backend> Local<B> {
+    /// The logical local shape.
+    pub fn shape(&self) -> Vec<usize> {
+        match self {
+            Local::Float(d) => d.shape(),
+            Local::Int(i) => i.shape.clone(),
+        }
+    }
+
+    /// The values on the host as f64.
+    pub fn to_host(&self) -> Vec<f64> {
+        match self {
+            Local::Float(d) => d.to_host(),
+            Local::Int(i) => i.data.iter().map(|&v| v as f64).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::testing::{dense, Cpu};
+
+    #[test]
+    fn dense_keeps_its_logical_shape() {
+        let d = dense(&[1., 2., 3., 4., 5., 6.], &[2, 3]);
+        assert_eq!(d.shape(), vec![2, 3]);
+        assert_eq!(d.t.dims(), [1, 1, 2, 3]);
+        let t3 = d.clone().reshape(&[3, 1, 2]).to::<2>();
+        assert_eq!(t3.dims(), [3, 2]);
+        let t1 = d.clone().to::<1>();
+        assert_eq!(t1.dims(), [6]);
+        let n = d.clone().narrow(1, 1, 2);
+        assert_eq!(n.to_host(), vec![2., 3., 5., 6.]);
+        let c = Dense::<Cpu>::cat(vec![d.clone(), d], 0);
+        assert_eq!(c.shape(), vec![4, 3]);
+    }
+
+    #[test]
+    fn ints_narrow_and_cat_are_inverse() {
+        let a = Ints::new(vec![2, 3], (0..6).collect());
+        let left = a.narrow(1, 0, 1);
+        let right = a.narrow(1, 1, 2);
+        assert_eq!(left.data, vec![0, 3]);
+        assert_eq!(right.data, vec![1, 2, 4, 5]);
+        assert_eq!(Ints::cat(&[left, right], 1), a);
+        let rows = Ints::cat(&[a.narrow(0, 0, 1), a.narrow(0, 1, 1)], 0);
+        assert_eq!(rows, a);
+    }
+}

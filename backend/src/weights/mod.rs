@@ -1,0 +1,199 @@
+//! Weights and inputs: seeded initialisation, or tensors from a safetensors checkpoint mapped to
+//! the graph's weight names. Both give a weight's **full** (global) tensor; the executor slices
+//! each rank's shard out of it, so the numbers never depend on the mesh.
+
+mod checkpoint;
+mod names;
+pub(crate) mod seeded;
+
+pub use checkpoint::Checkpoint;
+
+use crate::error::WeightError;
+use moe_ir::TensorType;
+use names::Source;
+use seeded::Init;
+
+/// Where a run's weights come from.
+#[derive(Debug)]
+pub enum Weights {
+    /// Seeded initialisation (the run's seed; see docs/BACKEND.md for the distributions).
+    Seeded,
+    /// Tensors of a safetensors checkpoint, by the graph's weight names or their Hugging Face
+    /// checkpoint keys.
+    Checkpoint(Checkpoint),
+}
+
+/// The global values (row-major) of weight `name` of type `ty`.
+pub(crate) fn weight(
+    w: &Weights,
+    seed: u64,
+    name: &str,
+    ty: &TensorType,
+) -> Result<Vec<f64>, WeightError> {
+    match w {
+        Weights::Seeded => Ok(seeded::values(
+            seed,
+            name,
+            &ty.shape,
+            Init::for_weight(name, ty),
+        )),
+        Weights::Checkpoint(c) => from_checkpoint(c, name, &ty.shape),
+    }
+}
+
+/// The global values of graph input `name` of type `ty`: token ids uniform in `0..bound` for
+/// integer inputs, unit-variance values for float inputs.
+pub(crate) fn input(seed: u64, name: &str, ty: &TensorType, bound: u64) -> Vec<f64> {
+    let init = if ty.dtype.is_float() {
+        Init::Uniform { std: 1.0 }
+    } else {
+        Init::Ids { bound }
+    };
+    seeded::values(seed, name, &ty.shape, init)
+}
+
+fn misshapen(name: &str, key: &str, shape: &[u64], found: &[usize]) -> WeightError {
+    WeightError::Shape {
+        weight: name.to_string(),
+        key: key.to_string(),
+        expected: shape.to_vec(),
+        found: found.to_vec(),
+    }
+}
+
+fn same(shape: &[u64], found: &[usize]) -> bool {
+    shape.len() == found.len() && shape.iter().zip(found).all(|(&a, &b)| a as usize == b)
+}
+
+/// `[rows, cols]` row-major -> `[cols, rows]`.
+fn transpose(data: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+    let mut out = vec![0.0; data.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = data[r * cols + c];
+        }
+    }
+    out
+}
+
+fn from_checkpoint(c: &Checkpoint, name: &str, shape: &[u64]) -> Result<Vec<f64>, WeightError> {
+    let sources = names::sources(name, shape);
+    let Some(src) = sources.iter().find(|s| c.contains(s.first_key())) else {
+        return Err(WeightError::Missing {
+            weight: name.to_string(),
+            tried: sources
+                .iter()
+                .map(|s| match s {
+                    Source::Experts(k) if k.len() > 1 => {
+                        format!("{} .. {}", k[0], k[k.len() - 1])
+                    }
+                    s => s.first_key().to_string(),
+                })
+                .collect(),
+        });
+    };
+    let read = |key: &str| -> Result<checkpoint::Stored, WeightError> {
+        c.read(key, name)?.ok_or_else(|| WeightError::Missing {
+            weight: name.to_string(),
+            tried: vec![key.to_string()],
+        })
+    };
+    match src {
+        Source::Direct(key) => {
+            let t = read(key)?;
+            if !same(shape, &t.shape) {
+                return Err(misshapen(name, key, shape, &t.shape));
+            }
+            Ok(t.data)
+        }
+        Source::Transposed(key) => {
+            let t = read(key)?;
+            let want = [shape[1], shape[0]];
+            if !same(&want, &t.shape) {
+                return Err(misshapen(name, key, &want, &t.shape));
+            }
+            Ok(transpose(&t.data, t.shape[0], t.shape[1]))
+        }
+        Source::Experts(keys) => {
+            let want = [shape[2], shape[1]];
+            let mut out = Vec::with_capacity(shape.iter().product::<u64>() as usize);
+            for key in keys {
+                let t = read(key)?;
+                if !same(&want, &t.shape) {
+                    return Err(misshapen(name, key, &want, &t.shape));
+                }
+                out.extend(transpose(&t.data, t.shape[0], t.shape[1]));
+            }
+            Ok(out)
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::checkpoint::tests::file;
+    use super::*;
+    use moe_ir::DType;
+
+    fn ckpt(tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> Weights {
+        let mut c = Checkpoint::new();
+        c.add_file("model.safetensors", file(tensors)).unwrap();
+        Weights::Checkpoint(c)
+    }
+
+    #[test]
+    fn hf_linear_weights_are_transposed_and_experts_stacked() {
+        let w = ckpt(&[
+            (
+                "model.layers.0.self_attn.q_proj.weight",
+                vec![3, 2],
+                vec![1., 2., 3., 4., 5., 6.],
+            ),
+            ("model.layers.0.mlp.experts.0.up_proj.weight", vec![1, 2], vec![1., 2.]),
+            ("model.layers.0.mlp.experts.1.up_proj.weight", vec![1, 2], vec![3., 4.]),
+            ("l0.direct", vec![2], vec![7., 8.]),
+        ]);
+        let ty = TensorType::new(DType::F32, [2, 3]);
+        let q = weight(&w, 0, "l0.self_attn.q_proj.weight", &ty).unwrap();
+        assert_eq!(q, vec![1., 3., 5., 2., 4., 6.]);
+        let ty = TensorType::new(DType::F32, [2, 2, 1]);
+        let up = weight(&w, 0, "l0.moe.experts.up_proj", &ty).unwrap();
+        assert_eq!(up, vec![1., 2., 3., 4.]);
+        let ty = TensorType::new(DType::F32, [2]);
+        assert_eq!(weight(&w, 0, "l0.direct", &ty).unwrap(), vec![7., 8.]);
+    }
+
+    #[test]
+    fn missing_and_misshapen_weights_are_named() {
+        let w = ckpt(&[("l0.x", vec![3], vec![1., 2., 3.])]);
+        let e = weight(&w, 0, "l0.x", &TensorType::new(DType::F32, [2])).unwrap_err();
+        assert!(
+            e.to_string().contains("weight `l0.x`") && e.to_string().contains("[3]"),
+            "{e}"
+        );
+        let e = weight(&w, 0, "l0.y.weight", &TensorType::new(DType::F32, [2, 2])).unwrap_err();
+        assert!(
+            e.to_string().contains("model.layers.0.y.weight"),
+            "{e}"
+        );
+        // Three experts needed, two present.
+        let w = ckpt(&[
+            ("model.layers.0.mlp.experts.0.up_proj.weight", vec![1, 2], vec![1., 2.]),
+            ("model.layers.0.mlp.experts.1.up_proj.weight", vec![1, 2], vec![3., 4.]),
+        ]);
+        let ty = TensorType::new(DType::F32, [3, 2, 1]);
+        let e = weight(&w, 0, "l0.moe.experts.up_proj", &ty).unwrap_err();
+        assert!(e.to_string().contains("experts.2.up_proj"), "{e}");
+    }
+
+    #[test]
+    fn seeded_weights_ignore_the_sharding() {
+        let a = TensorType::new(DType::Bf16, [4, 6]);
+        let b = a.clone().with_split(1, &["tp"]);
+        assert_eq!(
+            weight(&Weights::Seeded, 3, "w", &a).unwrap(),
+            weight(&Weights::Seeded, 3, "w", &b).unwrap()
+        );
+    }
+}
