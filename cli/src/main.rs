@@ -4,6 +4,7 @@
 //! or a failed check, 2 usage errors (clap).
 
 mod cmd;
+mod exec;
 mod io;
 mod load;
 
@@ -30,8 +31,13 @@ enum Command {
     /// Rewrite a model into the cheapest dispatch form (e-graph + cost model), optionally
     /// remapped onto a tensor-parallel group (`--tp`): the PPMoE layout.
     Rewrite(cmd::rewrite::Args),
+    /// Execute a model (every rank of its mesh) and print a checksum per output and the time.
+    Run(cmd::run::Args),
     /// Check a graph (or config); exit 1 with the first problem.
     Validate(cmd::validate::Args),
+    /// Run two programs on the same weights and inputs and compare their outputs; exit 1 when
+    /// they differ beyond --rtol, naming the first differing node they share.
+    Verify(cmd::verify::Args),
     /// Print the JSON Schema of model.json.
     Schema(cmd::schema::Args),
 }
@@ -54,7 +60,9 @@ fn main() -> ExitCode {
         Command::Import(a) => cmd::import::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Rewrite(a) => cmd::rewrite::run(a),
+        Command::Run(a) => cmd::run::run(a),
         Command::Validate(a) => cmd::validate::run(a),
+        Command::Verify(a) => cmd::verify::run(a),
         Command::Schema(a) => cmd::schema::run(a),
     };
     match result {

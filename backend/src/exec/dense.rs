@@ -89,16 +89,23 @@ pub(crate) fn mul<B: Backend>(a: Dense<B>, b: Dense<B>) -> Dense<B> {
     }
 }
 
+/// `1 / (1 + exp(-x))` in the backend's precision. (burn's own sigmoid computes in f32 whatever
+/// the backend's float type, and burn-ndarray's SIMD `recip` is an approximation whose error
+/// depends on the tensor's length, so neither is used.)
+pub(crate) fn sigmoid<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    Tensor::ones_like(&x) / (x.neg().exp() + 1.0)
+}
+
 /// The activation `act` of `x`. `oai_swiglu` needs the up projection and is handled by
 /// [`gated`]; alone it is its gate part.
 pub(crate) fn act<B: Backend, const D: usize>(act: Activation, x: Tensor<B, D>) -> Tensor<B, D> {
     match act {
-        Activation::Silu => activation::silu(x),
+        Activation::Silu => x.clone() * sigmoid(x),
         Activation::Gelu => activation::gelu(x),
         Activation::Relu => activation::relu(x),
         Activation::OaiSwiglu => {
             let g = x.clamp_max(7.0);
-            g.clone() * activation::sigmoid(g * 1.702)
+            g.clone() * sigmoid(g * 1.702)
         }
     }
 }
@@ -121,7 +128,7 @@ pub(crate) fn unary<B: Backend>(x: Dense<B>, f: Option<Activation>) -> Dense<B> 
     let r = x.rank;
     let t = match f {
         Some(a) => act(a, x.t),
-        None => activation::sigmoid(x.t),
+        None => sigmoid(x.t),
     };
     Dense { t, rank: r }
 }
@@ -163,7 +170,7 @@ pub(crate) fn norm<B: Backend>(
         t = t - mean;
     }
     let var = t.clone().square().mean_dim(2);
-    let mut y = t * (var + eps).sqrt().recip() * w.t.reshape([1, 1, g]);
+    let mut y = t / (var + eps).sqrt() * w.t.reshape([1, 1, g]);
     if let Some(b) = b {
         y = y + b.t.reshape([1, 1, g]);
     }

@@ -94,7 +94,7 @@ pub(crate) fn router<B: Backend>(
     let device = logits.t.device();
     let scores = match a.score {
         Score::Softmax => activation::softmax(logits.to::<2>(), 1),
-        Score::Sigmoid => activation::sigmoid(logits.to::<2>()),
+        Score::Sigmoid => super::dense::sigmoid(logits.to::<2>()),
     };
     let scores = Dense::of(scores).to_host();
     let bias = bias.map(|b| b.to_host());

@@ -3,8 +3,10 @@
 pub mod import;
 pub mod inspect;
 pub mod rewrite;
+pub mod run;
 pub mod schema;
 pub mod validate;
+pub mod verify;
 
 use clap::ValueEnum;
 use moe_ir::Graph;

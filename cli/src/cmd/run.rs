@@ -1,0 +1,59 @@
+//! `moe-opt run MODEL --backend cpu [--tokens N] [--weights W] [--seed S]`.
+
+use crate::exec::{load_at, ExecArgs};
+use crate::io::{read_input, write_output};
+use crate::load::ImportArgs;
+use miette::{miette, Result};
+use moe_backend::{run as execute, HostTensor};
+use std::fmt::Write as _;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// model.json or Hugging Face config.json (`-` for stdin).
+    model: String,
+    #[command(flatten)]
+    exec: ExecArgs,
+    #[command(flatten)]
+    import: ImportArgs,
+}
+
+/// `sum`, `abs-sum` and the first values of a tensor, on one line.
+pub fn checksum(t: &HostTensor) -> String {
+    let first: Vec<String> = t.data.iter().take(4).map(|v| format!("{v:.6e}")).collect();
+    format!(
+        "sum {:.9e}  abs-sum {:.9e}  first [{}]",
+        t.sum(),
+        t.abs_sum(),
+        first.join(", ")
+    )
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let opts = a.exec.options()?;
+    let text = read_input(&a.model)?;
+    let g = load_at(&a.model, &text, &a.import, a.exec.tokens)?;
+    let weights = a.exec.weights()?;
+    let r = execute(&g, &weights, &opts).map_err(|e| miette!("{}: {e}", a.model))?;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "model {} on mesh {} ({} ranks), {}, {:?} {:?}",
+        g.name,
+        g.mesh,
+        g.mesh.ranks(),
+        a.exec.weights_label(),
+        opts.device,
+        opts.precision
+    );
+    for (name, t) in &r.outputs {
+        let _ = writeln!(out, "output {name} {:?}: {}", t.shape, checksum(t));
+    }
+    let _ = writeln!(
+        out,
+        "time: {:.1} ms total ({:.1} ms weights and inputs, {:.1} ms compute)",
+        r.total.as_secs_f64() * 1e3,
+        r.setup.as_secs_f64() * 1e3,
+        r.total.saturating_sub(r.setup).as_secs_f64() * 1e3
+    );
+    write_output(None, &out)
+}

@@ -1,0 +1,88 @@
+//! `moe-opt verify A B --backend cpu [--tokens N] [--rtol R] [--seed S] [--weights W]`.
+
+use crate::exec::{load_at, ExecArgs};
+use crate::io::{read_input, write_output};
+use crate::load::ImportArgs;
+use miette::{miette, Result};
+use moe_backend::{verify as compare, VerifyOptions};
+use std::fmt::Write as _;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The reference: model.json or Hugging Face config.json (`-` for stdin).
+    a: String,
+    /// The program checked against it (model.json or config.json).
+    b: String,
+    /// Largest accepted error per output: max|a - b| / max(max|a|, max|b|).
+    #[arg(long, default_value_t = 1e-5, value_name = "R")]
+    rtol: f64,
+    #[command(flatten)]
+    exec: ExecArgs,
+    #[command(flatten)]
+    import: ImportArgs,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if !(a.rtol.is_finite() && a.rtol >= 0.0) {
+        return Err(miette!("--rtol must be a non-negative number"));
+    }
+    if a.a == "-" && a.b == "-" {
+        return Err(miette!("only one of A and B can be standard input"));
+    }
+    let opts = VerifyOptions {
+        run: a.exec.options()?,
+        rtol: a.rtol,
+    };
+    let ga = load_at(&a.a, &read_input(&a.a)?, &a.import, a.exec.tokens)?;
+    let gb = load_at(&a.b, &read_input(&a.b)?, &a.import, a.exec.tokens)?;
+    let weights = a.exec.weights()?;
+    let v = compare(&ga, &gb, &weights, &opts).map_err(|e| miette!("{e}"))?;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "a: {} on mesh {} ({:.1} ms)\nb: {} on mesh {} ({:.1} ms)\n{}, {:?} {:?}, {} nodes shared by name and type",
+        a.a,
+        ga.mesh,
+        v.times[0].as_secs_f64() * 1e3,
+        a.b,
+        gb.mesh,
+        v.times[1].as_secs_f64() * 1e3,
+        a.exec.weights_label(),
+        opts.run.device,
+        opts.run.precision,
+        v.shared_nodes
+    );
+    for o in &v.outputs {
+        let verdict = if o.passes(a.rtol) { "ok" } else { "DIFFERS" };
+        match &o.diff {
+            Ok(d) => {
+                let _ = writeln!(
+                    out,
+                    "output {}: max abs {:.3e}, max rel {:.3e} (scale {:.3e}) {verdict}",
+                    o.name, d.max_abs, d.rel, d.scale
+                );
+            }
+            Err(why) => {
+                let _ = writeln!(out, "output {}: {why} {verdict}", o.name);
+            }
+        }
+    }
+    if v.passed {
+        let _ = writeln!(out, "equivalent within rtol {:e}", a.rtol);
+        return write_output(None, &out);
+    }
+    match &v.first_differing {
+        Some(n) => {
+            let _ = writeln!(
+                out,
+                "first differing node: `{}` output {} (max abs {:.3e}, max rel {:.3e})",
+                n.node, n.output, n.diff.max_abs, n.diff.rel
+            );
+        }
+        None => {
+            let _ = writeln!(out, "no node shared by name and type differs");
+        }
+    }
+    write_output(None, &out)?;
+    Err(miette!("the programs differ beyond rtol {:e}", a.rtol))
+}

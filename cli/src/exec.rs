@@ -1,0 +1,193 @@
+//! What `run` and `verify` share: execution options, loading a model at a token count, reading
+//! weights from files.
+
+use crate::load::{json_error, ImportArgs};
+use clap::{Args as ClapArgs, ValueEnum};
+use miette::{miette, IntoDiagnostic, Result, WrapErr};
+use moe_backend::{Checkpoint, Device, Precision, RunOptions, Weights};
+use moe_ir::hf;
+use moe_ir::{DType, Graph, Op};
+use std::path::{Path, PathBuf};
+
+/// Where graphs execute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// burn-ndarray on the CPU, every rank of the mesh simulated in this process.
+    Cpu,
+    /// NVIDIA GPUs (not in this build yet).
+    Cuda,
+}
+
+/// Float precision of the computation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PrecisionArg {
+    F32,
+    F64,
+}
+
+/// Execution options (shared by `run` and `verify`).
+#[derive(Debug, Clone, ClapArgs)]
+pub struct ExecArgs {
+    /// Where to execute.
+    #[arg(long, value_enum, default_value_t = BackendArg::Cpu)]
+    pub backend: BackendArg,
+    /// Tokens of the whole batch (all ranks). For an HF config it sets the imported token count
+    /// (tokens per rank = tokens / ranks; a sequence is `--seq` or, when longer, a rank's tokens);
+    /// a model.json graph must already have this many.
+    #[arg(long, value_name = "N")]
+    pub tokens: Option<u64>,
+    /// Weights: a safetensors file, or an HF checkpoint folder (`model.safetensors.index.json`
+    /// or `model.safetensors`). Default: seeded initialisation.
+    #[arg(long, value_name = "PATH")]
+    pub weights: Option<PathBuf>,
+    /// Seed of the inputs and of seeded weights.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Float precision of the computation (any declared dtype computes in it).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    pub precision: PrecisionArg,
+}
+
+impl ExecArgs {
+    /// The backend's run options.
+    pub fn options(&self) -> Result<RunOptions> {
+        let device = match self.backend {
+            BackendArg::Cpu => Device::Cpu,
+            BackendArg::Cuda => {
+                return Err(miette!(
+                    "--backend cuda: this moe-opt has no CUDA executor yet; use --backend cpu"
+                ))
+            }
+        };
+        let precision = match self.precision {
+            PrecisionArg::F32 => Precision::F32,
+            PrecisionArg::F64 => Precision::F64,
+        };
+        Ok(RunOptions {
+            device,
+            precision,
+            seed: self.seed,
+        })
+    }
+
+    /// The weights: read from `--weights`, else seeded.
+    pub fn weights(&self) -> Result<Weights> {
+        match &self.weights {
+            None => Ok(Weights::Seeded),
+            Some(p) => read_checkpoint(p).map(Weights::Checkpoint),
+        }
+    }
+
+    /// Describes the weights for a report line.
+    pub fn weights_label(&self) -> String {
+        match &self.weights {
+            None => format!("seeded weights (seed {})", self.seed),
+            Some(p) => format!("weights {}", p.display()),
+        }
+    }
+}
+
+/// Token-id inputs of a graph: integer inputs of rank 1.
+fn token_inputs(g: &Graph) -> impl Iterator<Item = (&str, u64)> {
+    g.nodes().filter_map(|(_, n)| match &n.op {
+        Op::Input(t) if t.dtype == DType::I32 && t.rank() == 1 => Some((n.name.as_str(), t.shape[0])),
+        _ => None,
+    })
+}
+
+/// Loads `text` (named `name`): an HF config imported with `tokens` tokens when given, or a
+/// model.json graph (which must have `tokens` tokens when given).
+pub fn load_at(name: &str, text: &str, import: &ImportArgs, tokens: Option<u64>) -> Result<Graph> {
+    let Some(tokens) = tokens else {
+        return crate::load::load(name, text, import);
+    };
+    let value: Option<serde_json::Value> = serde_json::from_str(text).ok();
+    if !value.as_ref().is_some_and(hf::looks_like_hf_config) {
+        if !import.sets.is_empty() {
+            return Err(miette!(
+                "{name}: --set applies to Hugging Face configs, and this is a model.json graph"
+            ));
+        }
+        let g = moe_ir::json::from_json(text).map_err(|e| json_error(name, text, e))?;
+        if let Some((input, n)) = token_inputs(&g).find(|&(_, n)| n != tokens) {
+            return Err(miette!(
+                "{name}: this model.json graph has {n} tokens (input `{input}`), not --tokens {tokens}; \
+                 a graph's token count is fixed at import: re-import the config with --tokens {tokens} \
+                 (or --seq/--micro-batch) and rewrite it again"
+            ));
+        }
+        return Ok(g);
+    }
+    let mut config = value.unwrap_or_default();
+    for s in &import.sets {
+        hf::apply_set(&mut config, s).map_err(|e| miette!("{name}: {e}"))?;
+    }
+    let spec = hf::parse_spec(&config).map_err(|e| miette!("{name}: {e}"))?;
+    let mut opts = import.options()?;
+    let mesh = opts
+        .mesh
+        .clone()
+        .unwrap_or_else(|| hf::default_mesh(&spec, opts.gpus_per_node));
+    let ranks = mesh.ranks();
+    if tokens == 0 || tokens % ranks != 0 {
+        return Err(miette!(
+            "--tokens {tokens}: must be a positive multiple of the {ranks} ranks of the mesh ({mesh})"
+        ));
+    }
+    let local = tokens / ranks;
+    if opts.seq >= local {
+        opts.seq = local;
+        opts.micro_batch = 1;
+    } else if local % opts.seq == 0 {
+        opts.micro_batch = local / opts.seq;
+    } else {
+        return Err(miette!(
+            "--tokens {tokens}: {local} tokens per rank are not a whole number of --seq {} sequences",
+            opts.seq
+        ));
+    }
+    opts.mesh = Some(mesh);
+    hf::lower(&spec, &opts).map_err(|e| miette!("{name}: {e}"))
+}
+
+/// Reads a safetensors file, or the files of an HF checkpoint folder.
+fn read_checkpoint(path: &Path) -> Result<Checkpoint> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    if path.is_dir() {
+        let index = path.join("model.safetensors.index.json");
+        if index.is_file() {
+            let text = std::fs::read_to_string(&index)
+                .into_diagnostic()
+                .wrap_err_with(|| format!("cannot read `{}`", index.display()))?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .into_diagnostic()
+                .wrap_err_with(|| format!("`{}` is not JSON", index.display()))?;
+            let map = v
+                .get("weight_map")
+                .and_then(serde_json::Value::as_object)
+                .ok_or_else(|| miette!("`{}` has no `weight_map` object", index.display()))?;
+            let mut names: Vec<&str> = map.values().filter_map(serde_json::Value::as_str).collect();
+            names.sort_unstable();
+            names.dedup();
+            files.extend(names.into_iter().map(|n| path.join(n)));
+        } else if path.join("model.safetensors").is_file() {
+            files.push(path.join("model.safetensors"));
+        } else {
+            return Err(miette!(
+                "`{}` has neither model.safetensors.index.json nor model.safetensors",
+                path.display()
+            ));
+        }
+    } else {
+        files.push(path.to_path_buf());
+    }
+    let mut c = Checkpoint::new();
+    for f in files {
+        let bytes = std::fs::read(&f)
+            .into_diagnostic()
+            .wrap_err_with(|| format!("cannot read `{}`", f.display()))?;
+        c.add_file(f.display().to_string(), bytes)
+            .map_err(|e| miette!("{e}"))?;
+    }
+    Ok(c)
+}
