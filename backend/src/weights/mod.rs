@@ -78,20 +78,37 @@ fn transpose(data: &[f64], rows: usize, cols: usize) -> Vec<f64> {
 
 fn from_checkpoint(c: &Checkpoint, name: &str, shape: &[u64]) -> Result<Vec<f64>, WeightError> {
     let sources = names::sources(name, shape);
-    let Some(src) = sources.iter().find(|s| c.contains(s.first_key())) else {
-        return Err(WeightError::Missing {
-            weight: name.to_string(),
-            tried: sources
-                .iter()
-                .map(|s| match s {
-                    Source::Experts(k) if k.len() > 1 => {
-                        format!("{} .. {}", k[0], k[k.len() - 1])
-                    }
-                    s => s.first_key().to_string(),
-                })
-                .collect(),
-        });
-    };
+    // The first source present with the right shape wins; a present one of the wrong shape is
+    // reported when no other fits (`lm_head.weight` is both the graph's name and HF's key of the
+    // transposed matrix).
+    let mut misfit = None;
+    for src in sources.iter().filter(|s| c.contains(s.first_key())) {
+        match read_source(c, name, shape, src) {
+            Err(e @ WeightError::Shape { .. }) => {
+                misfit.get_or_insert(e);
+            }
+            r => return r,
+        }
+    }
+    Err(misfit.unwrap_or_else(|| WeightError::Missing {
+        weight: name.to_string(),
+        tried: sources
+            .iter()
+            .map(|s| match s {
+                Source::Experts(k) if k.len() > 1 => format!("{} .. {}", k[0], k[k.len() - 1]),
+                s => s.first_key().to_string(),
+            })
+            .collect(),
+    }))
+}
+
+/// Reads weight `name` of `shape` from `src`.
+fn read_source(
+    c: &Checkpoint,
+    name: &str,
+    shape: &[u64],
+    src: &Source,
+) -> Result<Vec<f64>, WeightError> {
     let read = |key: &str| -> Result<checkpoint::Stored, WeightError> {
         c.read(key, name)?.ok_or_else(|| WeightError::Missing {
             weight: name.to_string(),
