@@ -64,6 +64,8 @@ pub struct RunReport {
     pub setup: Duration,
     /// Time of the whole run (setup included).
     pub total: Duration,
+    /// Time per op kind (every rank's share added), by op name.
+    pub op_times: Vec<(&'static str, Duration)>,
 }
 
 /// Runs `g` on `opts.device` with `weights`; every rank of the mesh runs its program.
@@ -73,6 +75,7 @@ pub fn run(g: &Graph, weights: &Weights, opts: &RunOptions) -> Result<RunReport,
         outputs: e.outputs,
         setup: e.leaves,
         total: e.total,
+        op_times: e.op_times.into_iter().collect(),
     })
 }
 

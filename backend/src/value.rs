@@ -74,6 +74,15 @@ impl<B: Backend> Dense<B> {
         }
     }
 
+    /// A tensor from f32 host values.
+    pub fn from_f32(data: Vec<f32>, shape: &[usize], device: &B::Device) -> Dense<B> {
+        let t = Tensor::<B, 4>::from_data(TensorData::new(data, pad4(shape)), device);
+        Dense {
+            t,
+            rank: shape.len(),
+        }
+    }
+
     /// Zeros of `shape`.
     pub fn zeros(shape: &[usize], device: &B::Device) -> Dense<B> {
         Dense {
@@ -84,11 +93,14 @@ impl<B: Backend> Dense<B> {
 
     /// The values on the host, in row-major order, as f64.
     pub fn to_host(&self) -> Vec<f64> {
-        self.t
-            .to_data()
-            .convert::<f64>()
-            .into_vec::<f64>()
-            .unwrap_or_default()
+        let data = self.t.to_data();
+        if let Ok(v) = data.as_slice::<f32>() {
+            return v.iter().map(|&x| f64::from(x)).collect();
+        }
+        if let Ok(v) = data.as_slice::<f64>() {
+            return v.to_vec();
+        }
+        data.iter::<f64>().collect()
     }
 
     /// Logical dim `d` as a burn (rank-4) dim.

@@ -6,7 +6,7 @@ use clap::{Args as ClapArgs, ValueEnum};
 use miette::{miette, IntoDiagnostic, Result, WrapErr};
 use moe_backend::{Checkpoint, Device, Precision, RunOptions, Weights};
 use moe_ir::hf;
-use moe_ir::{DType, Graph, Op};
+use moe_ir::{Graph, Op};
 use std::path::{Path, PathBuf};
 
 /// Where graphs execute.
@@ -87,10 +87,10 @@ impl ExecArgs {
     }
 }
 
-/// Token-id inputs of a graph: integer inputs of rank 1.
+/// The token count of each graph input: its first dim (token ids `[T]`, activations `[T, H]`).
 fn token_inputs(g: &Graph) -> impl Iterator<Item = (&str, u64)> {
     g.nodes().filter_map(|(_, n)| match &n.op {
-        Op::Input(t) if t.dtype == DType::I32 && t.rank() == 1 => Some((n.name.as_str(), t.shape[0])),
+        Op::Input(t) if t.rank() >= 1 => Some((n.name.as_str(), t.shape[0])),
         _ => None,
     })
 }

@@ -216,3 +216,125 @@ fn schema_prints_json_schema() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("schema is JSON");
     assert!(v.get("$schema").is_some());
 }
+
+/// `--set`s of a small Mixtral (2 layers, hidden 64, 4 experts).
+const SMALL: &[&str] = &[
+    "--set",
+    "num_hidden_layers=2",
+    "--set",
+    "hidden_size=64",
+    "--set",
+    "intermediate_size=64",
+    "--set",
+    "num_attention_heads=4",
+    "--set",
+    "num_key_value_heads=2",
+    "--set",
+    "vocab_size=64",
+    "--set",
+    "num_local_experts=4",
+];
+
+/// Imports the small Mixtral on ep=4 and rewrites it with --tp 2: (original, rewritten) paths.
+fn small_pair(dir: &std::path::Path) -> (String, String) {
+    let a = dir.join("a.json").to_string_lossy().to_string();
+    let b = dir.join("b.json").to_string_lossy().to_string();
+    let mut args = vec![
+        "import",
+        "examples/hf/mixtral-8x7b.json",
+        "--mesh",
+        "ep=4",
+        "--seq",
+        "8",
+        "-o",
+        &a,
+    ];
+    args.extend_from_slice(SMALL);
+    let o = moe_opt(&args, None);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = moe_opt(&["rewrite", &a, "--tp", "2", "-o", &b], None);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    (a, b)
+}
+
+#[test]
+fn run_prints_a_checksum_per_output_and_is_deterministic() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (a, _) = small_pair(dir.path());
+    let o = moe_opt(&["run", &a, "--backend", "cpu", "--seed", "3"], None);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(out.contains("output logits [32, 64]: sum"), "{out}");
+    assert!(out.contains("time:"), "{out}");
+    let sums = |s: &str| -> String { s.lines().filter(|l| l.starts_with("output")).collect() };
+    let again = moe_opt(&["run", &a, "--seed", "3"], None);
+    assert_eq!(sums(&out), sums(&String::from_utf8_lossy(&again.stdout)));
+    let other = moe_opt(&["run", &a, "--seed", "4"], None);
+    assert_ne!(sums(&out), sums(&String::from_utf8_lossy(&other.stdout)));
+}
+
+#[test]
+fn run_imports_a_config_at_a_token_count() {
+    let mut args = vec![
+        "run",
+        "examples/hf/mixtral-8x7b.json",
+        "--mesh",
+        "ep=2",
+        "--tokens",
+        "24",
+        "--seq",
+        "4",
+    ];
+    args.extend_from_slice(SMALL);
+    let o = moe_opt(&args, None);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("output logits [24, 64]"));
+    args[5] = "25";
+    let o = moe_opt(&args, None);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("multiple of the 2 ranks"), "{}", stderr(&o));
+}
+
+#[test]
+fn verify_accepts_a_rewrite_and_catches_a_planted_bug() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (a, b) = small_pair(dir.path());
+    let o = moe_opt(&["verify", &a, &b, "--backend", "cpu"], None);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(out.contains("output logits: max abs") && out.contains("equivalent"), "{out}");
+    // The PPMoE graph with layer 1's expert outputs added unweighted.
+    let mut g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&b).expect("rewritten graph")).expect("json");
+    let nodes = g["nodes"].as_array_mut().expect("nodes");
+    let n = nodes
+        .iter_mut()
+        .find(|n| n["name"] == "l1.index_add")
+        .expect("an index_add in layer 1");
+    n["op"] = serde_json::json!({"index_add": {"scaled": false}});
+    n["inputs"].as_array_mut().expect("inputs").pop();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, g.to_string()).expect("write");
+    let bad = bad.to_string_lossy().to_string();
+    let o = moe_opt(&["verify", &a, &bad], None);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(out.contains("DIFFERS") && out.contains("first differing node: `l1."), "{out}");
+    let o = moe_opt(&["verify", &b, &bad], None);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("first differing node: `l1.index_add`"));
+}
+
+#[test]
+fn run_refuses_what_it_cannot_do_with_exit_1() {
+    let o = moe_opt(&["run", LAYER, "--backend", "cuda"], None);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no CUDA executor"), "{}", stderr(&o));
+    let o = moe_opt(&["run", LAYER, "--tokens", "7"], None);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not --tokens 7"), "{}", stderr(&o));
+    let o = moe_opt(&["run", LAYER, "--weights", "no/such.safetensors"], None);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no/such.safetensors"), "{}", stderr(&o));
+    let o = moe_opt(&["verify", LAYER, LAYER, "--rtol", "-1"], None);
+    assert_eq!(o.status.code(), Some(1));
+}

@@ -24,7 +24,7 @@ pub(crate) struct Heads {
 }
 
 /// Logit of a masked key: finite, so that a fully masked row cannot make NaNs.
-const MASKED: f64 = -1.0e30;
+const MASKED: f32 = -1.0e30;
 
 /// Whether the query at position `i` sees the key at position `j`.
 fn visible(mask: Mask, i: usize, j: usize) -> bool {
@@ -121,14 +121,16 @@ pub(crate) fn attention<B: Backend>(
     let k = k.select(1, kv_of.clone());
     let v = v.select(1, kv_of);
     let b = q.dims()[0];
-    let mut bias = Vec::with_capacity(seq * kv_seq);
-    for i in 0..seq {
-        for j in 0..kv_seq {
-            bias.push(if visible(a.mask, i, j) { 0.0 } else { MASKED });
+    let mut scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
+    if a.mask != Mask::Full {
+        let mut bias = Vec::with_capacity(seq * kv_seq);
+        for i in 0..seq {
+            for j in 0..kv_seq {
+                bias.push(if visible(a.mask, i, j) { 0.0 } else { MASKED });
+            }
         }
+        scores = scores + Dense::<B>::from_f32(bias, &[1, 1, seq, kv_seq], &device).t;
     }
-    let bias = Dense::<B>::from_host(bias, &[1, 1, seq, kv_seq], &device).t;
-    let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt()) + bias;
     let p = match sinks {
         None => activation::softmax(scores, 3),
         Some(s) => {

@@ -8,7 +8,7 @@ use crate::value::Local;
 use burn::tensor::backend::Backend;
 use moe_ir::{NodeId, Op};
 
-impl<B: Backend, C: Collectives<B>> Exec<'_, B, C> {
+impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
     /// Runs collective `id` on `ranks`, group by group.
     pub(super) fn collective(
         &mut self,

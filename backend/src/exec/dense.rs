@@ -18,31 +18,28 @@ pub(crate) fn embedding<B: Backend>(
     first: usize,
     vocab: usize,
 ) -> OpResult<Dense<B>> {
-    let [rows, width] = table.shape()[..] else {
+    let [rows, _] = table.shape()[..] else {
         return Err("the table must have rank 2".into());
     };
     if let Some(&bad) = ids.data.iter().find(|&&i| i < 0 || i as usize >= vocab) {
         return Err(format!("token id {bad} is outside the vocabulary of {vocab}"));
     }
     let device = table.t.device();
-    // Ids of other ranks' rows read an appended zero row.
+    // Rows of other ranks (a vocab-parallel table) read row 0 and are then zeroed.
+    let mine = |i: i64| (first..first + rows).contains(&(i as usize));
     let local: Vec<i64> = ids
         .data
         .iter()
-        .map(|&i| {
-            let i = i as usize;
-            if (first..first + rows).contains(&i) {
-                (i - first) as i64
-            } else {
-                rows as i64
-            }
-        })
+        .map(|&i| if mine(i) { i - first as i64 } else { 0 })
         .collect();
-    let ext = Tensor::cat(
-        vec![table.to::<2>(), Tensor::zeros([1, width], &device)],
-        0,
-    );
-    let out = ext.select(0, Ints::new(vec![local.len()], local).to_tensor(&device));
+    let n = local.len();
+    let mut out = table
+        .to::<2>()
+        .select(0, Ints::new(vec![n], local).to_tensor(&device));
+    if !ids.data.iter().all(|&i| mine(i)) {
+        let keep: Vec<f64> = ids.data.iter().map(|&i| f64::from(u8::from(mine(i)))).collect();
+        out = out * Dense::<B>::from_host(keep, &[n, 1], &device).to::<2>();
+    }
     Ok(Dense::of(out))
 }
 
@@ -100,7 +97,7 @@ pub(crate) fn sigmoid<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, 
 /// [`gated`]; alone it is its gate part.
 pub(crate) fn act<B: Backend, const D: usize>(act: Activation, x: Tensor<B, D>) -> Tensor<B, D> {
     match act {
-        Activation::Silu => x.clone() * sigmoid(x),
+        Activation::Silu => x.clone() / (x.neg().exp() + 1.0),
         Activation::Gelu => activation::gelu(x),
         Activation::Relu => activation::relu(x),
         Activation::OaiSwiglu => {

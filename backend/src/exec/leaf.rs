@@ -5,12 +5,13 @@ use crate::collective::Collectives;
 use crate::error::ExecError;
 use crate::rank::{self, Block};
 use crate::value::{Dense, Ints, Local};
-use crate::weights;
+use crate::weights::seeded::{self, Init};
+use crate::weights::{self, Global, Weights};
 use burn::tensor::backend::Backend;
 use moe_ir::{NodeId, Op, TensorType, Value};
 use std::collections::BTreeMap;
 
-impl<B: Backend, C: Collectives<B>> Exec<'_, B, C> {
+impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
     /// The values of leaf `id` on `ranks` (one output).
     pub(super) fn leaf(&mut self, id: NodeId, ranks: &[u64]) -> Result<Vec<Vec<Local<B>>>, ExecError> {
         let node = self.g.node(id);
@@ -42,25 +43,45 @@ impl<B: Backend, C: Collectives<B>> Exec<'_, B, C> {
                 }
                 out
             }
-            Op::Weight(_) => {
-                let global = weights::weight(self.weights, self.seed, &node.name, ty)?;
-                self.shards(ty, &global, ranks)
-            }
+            Op::Weight(_) => match self.weights {
+                // Each rank's block is made directly, the same numbers as slicing the full tensor.
+                Weights::Seeded => {
+                    let init = Init::for_weight(&node.name, ty);
+                    self.shards(ty, ranks, |b| {
+                        Global::Float(seeded::block_values(
+                            self.seed, &node.name, &ty.shape, init, &b.offsets, &b.shape,
+                        ))
+                    })
+                }
+                Weights::Checkpoint(_) => {
+                    let global = weights::weight(self.weights, self.seed, &node.name, ty)?;
+                    let shape = global_shape(ty);
+                    self.shards(ty, ranks, |b| Global::Float(rank::take_block(&global, &shape, b)))
+                }
+            },
             Op::Input(_) => {
                 let bound = self.id_bound(id);
                 let global = weights::input(self.seed, &node.name, ty, bound);
-                self.shards(ty, &global, ranks)
+                let shape = global_shape(ty);
+                self.shards(ty, ranks, |b| match &global {
+                    Global::Float(g) => Global::Float(rank::take_block(g, &shape, b)),
+                    Global::Int(g) => Global::Int(rank::take_block(g, &shape, b)),
+                })
             }
             _ => unreachable!("only leaves are made here"),
         };
         Ok(vec![out])
     }
 
-    /// Each rank's block of the global row-major `global` of type `ty`; ranks with the same block
-    /// share one tensor. A leaf declared partial is held whole by coordinate 0 of its partial axes,
-    /// zeros elsewhere.
-    fn shards(&self, ty: &TensorType, global: &[f64], ranks: &[u64]) -> Vec<Local<B>> {
-        let shape: Vec<usize> = ty.shape.iter().map(|&n| n as usize).collect();
+    /// Each rank's block of a value of type `ty`, made by `block` (row-major values of a block);
+    /// ranks with the same block share one tensor. A leaf declared partial is held whole by
+    /// coordinate 0 of its partial axes, zeros elsewhere.
+    fn shards(
+        &self,
+        ty: &TensorType,
+        ranks: &[u64],
+        block: impl Fn(&Block) -> Global,
+    ) -> Vec<Local<B>> {
         let mut made: BTreeMap<(Block, bool), Local<B>> = BTreeMap::new();
         ranks
             .iter()
@@ -73,14 +94,11 @@ impl<B: Backend, C: Collectives<B>> Exec<'_, B, C> {
                         if !holds {
                             return zeros(ty, &b.shape, &self.device);
                         }
-                        let data = rank::take_block(global, &shape, &b);
-                        if ty.dtype.is_float() {
-                            Local::Float(Dense::from_host(data, &b.shape, &self.device))
-                        } else {
-                            Local::Int(Ints::new(
-                                b.shape.clone(),
-                                data.iter().map(|&v| v as i64).collect(),
-                            ))
+                        match block(&b) {
+                            Global::Float(v) => {
+                                Local::Float(Dense::from_f32(v, &b.shape, &self.device))
+                            }
+                            Global::Int(v) => Local::Int(Ints::new(b.shape.clone(), v)),
                         }
                     })
                     .clone()
@@ -100,6 +118,11 @@ impl<B: Backend, C: Collectives<B>> Exec<'_, B, C> {
             .min()
             .unwrap_or(1)
     }
+}
+
+/// The global shape of `ty` as sizes.
+fn global_shape(ty: &TensorType) -> Vec<usize> {
+    ty.shape.iter().map(|&n| n as usize).collect()
 }
 
 /// Zeros of type `ty` with local shape `shape`.

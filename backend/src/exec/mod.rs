@@ -43,6 +43,8 @@ pub(crate) struct Executed {
     pub leaves: Duration,
     /// Time of the whole execution.
     pub total: Duration,
+    /// Time per op kind (all ranks together), by op name.
+    pub op_times: BTreeMap<&'static str, Duration>,
 }
 
 /// One stage's program: the ranks that run it and its nodes in arena order.
@@ -54,7 +56,7 @@ struct Program {
 }
 
 /// The executor's state over one run.
-pub(crate) struct Exec<'a, B: Backend, C: Collectives<B>> {
+pub(crate) struct Exec<'a, B: Backend, C: Collectives<B> + Sync> {
     g: &'a Graph,
     mesh: &'a Mesh,
     device: B::Device,
@@ -75,16 +77,17 @@ pub(crate) struct Exec<'a, B: Backend, C: Collectives<B>> {
     /// The ranks that ran each node.
     ran_on: Vec<Vec<u64>>,
     leaves: Duration,
+    op_times: BTreeMap<&'static str, Duration>,
 }
 
-impl<B: Backend, C: Collectives<B>> std::fmt::Debug for Exec<'_, B, C> {
+impl<B: Backend, C: Collectives<B> + Sync> std::fmt::Debug for Exec<'_, B, C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Exec").field("graph", &self.g.name).finish()
     }
 }
 
 /// Runs `g` with every rank simulated on `device`, collectives through `coll`.
-pub(crate) fn execute<B: Backend, C: Collectives<B>>(
+pub(crate) fn execute<B: Backend, C: Collectives<B> + Sync>(
     g: &Graph,
     device: B::Device,
     coll: C,
@@ -136,6 +139,7 @@ pub(crate) fn execute<B: Backend, C: Collectives<B>>(
         captured: BTreeMap::new(),
         ran_on: vec![Vec::new(); g.len()],
         leaves: Duration::ZERO,
+        op_times: BTreeMap::new(),
     };
     let mut programs = ex.programs()?;
     ex.run(&mut programs)?;
@@ -148,10 +152,11 @@ pub(crate) fn execute<B: Backend, C: Collectives<B>>(
         captured: std::mem::take(&mut ex.captured),
         leaves: ex.leaves,
         total: start.elapsed(),
+        op_times: std::mem::take(&mut ex.op_times),
     })
 }
 
-impl<B: Backend, C: Collectives<B>> Exec<'_, B, C> {
+impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
     fn node_err(&self, id: NodeId, why: impl Into<String>) -> ExecError {
         let n = self.g.node(id);
         ExecError::Node {
@@ -271,24 +276,9 @@ impl<B: Backend, C: Collectives<B>> Exec<'_, B, C> {
                 Vec::new()
             }
             op if op.collective_axis().is_some() => self.collective(id, ranks)?,
-            _ => {
-                let mut outs: Vec<Vec<Local<B>>> = vec![Vec::new(); node.outputs.len()];
-                for &r in ranks {
-                    let inputs = node
-                        .inputs
-                        .iter()
-                        .map(|&v| self.get(id, v, r))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    let res = self
-                        .local(node, r, inputs)
-                        .map_err(|why| self.node_err(id, why))?;
-                    for (o, v) in outs.iter_mut().zip(res) {
-                        o.push(v);
-                    }
-                }
-                outs
-            }
+            _ => self.local_on(id, ranks)?,
         };
+        *self.op_times.entry(node.op.name()).or_default() += started.elapsed();
         self.ran_on[id.index()] = ranks.to_vec();
         for (k, per_rank) in outs.into_iter().enumerate() {
             let slot = self.slot0[id.index()] + k;
@@ -310,6 +300,50 @@ impl<B: Backend, C: Collectives<B>> Exec<'_, B, C> {
             }
         }
         Ok(())
+    }
+
+    /// Runs local op `id` on each of `ranks` (on several threads: the ranks are independent), and
+    /// returns per output the ranks' values in `ranks` order.
+    fn local_on(&self, id: NodeId, ranks: &[u64]) -> Result<Vec<Vec<Local<B>>>, ExecError> {
+        let node = self.g.node(id);
+        let one = |r: u64| -> Result<Vec<Local<B>>, ExecError> {
+            let inputs = node
+                .inputs
+                .iter()
+                .map(|&v| self.get(id, v, r))
+                .collect::<Result<Vec<_>, _>>()?;
+            self.local(node, r, inputs)
+                .map_err(|why| self.node_err(id, why))
+        };
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(ranks.len());
+        let per_rank: Vec<Result<Vec<Local<B>>, ExecError>> = if threads > 1 {
+            let chunk = ranks.len().div_ceil(threads);
+            std::thread::scope(|s| {
+                let handles: Vec<_> = ranks
+                    .chunks(chunk)
+                    .map(|part| s.spawn(move || part.iter().map(|&r| one(r)).collect::<Vec<_>>()))
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            vec![Err(self.node_err(id, "a rank's thread panicked"))]
+                        })
+                    })
+                    .collect()
+            })
+        } else {
+            ranks.iter().map(|&r| one(r)).collect()
+        };
+        let mut outs: Vec<Vec<Local<B>>> = vec![Vec::with_capacity(ranks.len()); node.outputs.len()];
+        for res in per_rank {
+            for (o, v) in outs.iter_mut().zip(res?) {
+                o.push(v);
+            }
+        }
+        Ok(outs)
     }
 
     /// The global value of `v`, rebuilt from the ranks that computed it: splits concatenated,

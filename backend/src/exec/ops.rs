@@ -27,7 +27,7 @@ fn ints<B: Backend>(v: Option<Local<B>>) -> OpResult<Ints> {
     }
 }
 
-impl<B: Backend, C: Collectives<B>> Exec<'_, B, C> {
+impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
     fn input_type(&self, node: &Node, i: usize) -> OpResult<&TensorType> {
         node.inputs
             .get(i)
@@ -163,7 +163,7 @@ impl<B: Backend, C: Collectives<B>> Exec<'_, B, C> {
                 };
                 match counts {
                     Some(c) => f(moe::expert_ffn_grouped(x, &c, &w)?),
-                    None => f(moe::expert_ffn_padded(x, &w)),
+                    None => f(moe::expert_ffn_padded(x, &w)?),
                 }
             }
             Op::Shard { axis, dim } => {

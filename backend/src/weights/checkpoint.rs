@@ -6,11 +6,11 @@ use safetensors::tensor::TensorInfo;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::BTreeMap;
 
-/// One tensor read from a checkpoint, converted to f64.
+/// One tensor read from a checkpoint, converted to f32.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Stored {
     pub shape: Vec<usize>,
-    pub data: Vec<f64>,
+    pub data: Vec<f32>,
 }
 
 #[derive(Debug)]
@@ -82,7 +82,7 @@ impl Checkpoint {
         self.index.contains_key(key)
     }
 
-    /// Reads tensor `key` (for weight `weight`, named in errors) as f64.
+    /// Reads tensor `key` (for weight `weight`, named in errors) as f32.
     pub(crate) fn read(&self, key: &str, weight: &str) -> Result<Option<Stored>, WeightError> {
         let Some((f, info)) = self.index.get(key) else {
             return Ok(None);
@@ -96,22 +96,24 @@ impl Checkpoint {
                 file: file.name.clone(),
                 why: format!("tensor `{key}` lies outside the file"),
             })?;
-        let data: Vec<f64> = match info.dtype {
+        let data: Vec<f32> = match info.dtype {
             Dtype::F64 => bytes
                 .chunks_exact(8)
-                .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .map(|c| {
+                    f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+                })
                 .collect(),
             Dtype::F32 => bytes
                 .chunks_exact(4)
-                .map(|c| f64::from(f32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect(),
             Dtype::BF16 => bytes
                 .chunks_exact(2)
-                .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f64())
+                .map(|c| bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
                 .collect(),
             Dtype::F16 => bytes
                 .chunks_exact(2)
-                .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f64())
+                .map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
                 .collect(),
             other => {
                 return Err(WeightError::DType {

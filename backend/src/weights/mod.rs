@@ -23,13 +23,21 @@ pub enum Weights {
     Checkpoint(Checkpoint),
 }
 
+/// A global tensor's values, row-major. Weights are held as f32 (checkpoint tensors of other
+/// float types are converted), token ids as integers.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum Global {
+    Float(Vec<f32>),
+    Int(Vec<i64>),
+}
+
 /// The global values (row-major) of weight `name` of type `ty`.
 pub(crate) fn weight(
     w: &Weights,
     seed: u64,
     name: &str,
     ty: &TensorType,
-) -> Result<Vec<f64>, WeightError> {
+) -> Result<Vec<f32>, WeightError> {
     match w {
         Weights::Seeded => Ok(seeded::values(
             seed,
@@ -43,13 +51,17 @@ pub(crate) fn weight(
 
 /// The global values of graph input `name` of type `ty`: token ids uniform in `0..bound` for
 /// integer inputs, unit-variance values for float inputs.
-pub(crate) fn input(seed: u64, name: &str, ty: &TensorType, bound: u64) -> Vec<f64> {
-    let init = if ty.dtype.is_float() {
-        Init::Uniform { std: 1.0 }
+pub(crate) fn input(seed: u64, name: &str, ty: &TensorType, bound: u64) -> Global {
+    if ty.dtype.is_float() {
+        Global::Float(seeded::values(
+            seed,
+            name,
+            &ty.shape,
+            Init::Uniform { std: 1.0 },
+        ))
     } else {
-        Init::Ids { bound }
-    };
-    seeded::values(seed, name, &ty.shape, init)
+        Global::Int(seeded::ids(seed, name, &ty.shape, bound))
+    }
 }
 
 fn misshapen(name: &str, key: &str, shape: &[u64], found: &[usize]) -> WeightError {
@@ -66,7 +78,7 @@ fn same(shape: &[u64], found: &[usize]) -> bool {
 }
 
 /// `[rows, cols]` row-major -> `[cols, rows]`.
-fn transpose(data: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0.0; data.len()];
     for r in 0..rows {
         for c in 0..cols {
@@ -76,7 +88,7 @@ fn transpose(data: &[f64], rows: usize, cols: usize) -> Vec<f64> {
     out
 }
 
-fn from_checkpoint(c: &Checkpoint, name: &str, shape: &[u64]) -> Result<Vec<f64>, WeightError> {
+fn from_checkpoint(c: &Checkpoint, name: &str, shape: &[u64]) -> Result<Vec<f32>, WeightError> {
     let sources = names::sources(name, shape);
     // The first source present with the right shape wins; a present one of the wrong shape is
     // reported when no other fits (`lm_head.weight` is both the graph's name and HF's key of the
@@ -108,7 +120,7 @@ fn read_source(
     name: &str,
     shape: &[u64],
     src: &Source,
-) -> Result<Vec<f64>, WeightError> {
+) -> Result<Vec<f32>, WeightError> {
     let read = |key: &str| -> Result<checkpoint::Stored, WeightError> {
         c.read(key, name)?.ok_or_else(|| WeightError::Missing {
             weight: name.to_string(),

@@ -4,7 +4,7 @@
 //! numbers are the same on every platform.
 //!
 //! Distribution: uniform with unit variance (`[-sqrt 3, sqrt 3)`), times a scale chosen from the
-//! name and shape so that activations stay of order 1 through many layers (see [`Init::for_weight`]).
+//! name and shape, rounded to f32 so that activations stay of order 1 through many layers (see [`Init::for_weight`]).
 
 use moe_ir::TensorType;
 
@@ -35,15 +35,13 @@ fn bits(k: u64, i: u64) -> u64 {
     mix(k ^ mix(i.wrapping_mul(GOLDEN).wrapping_add(1)))
 }
 
-/// How a tensor is initialized.
+/// How a float tensor is initialized.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Init {
     /// Every element 1 (norm weights).
     Ones,
     /// Uniform with standard deviation `std`, mean 0.
     Uniform { std: f64 },
-    /// Integers uniform in `0..bound` (token ids).
-    Ids { bound: u64 },
 }
 
 impl Init {
@@ -71,23 +69,87 @@ impl Init {
     }
 }
 
-/// The values of the tensor `name` of global `shape`, row-major, rounded to f32 (so that every
-/// precision computes on the same numbers).
-pub(crate) fn values(seed: u64, name: &str, shape: &[u64], init: Init) -> Vec<f64> {
+/// Fills `out[i] = f(offset + i)`, on several threads for large tensors (element `i` depends on
+/// `i` alone, so the result does not depend on the split).
+fn fill<T: Send>(out: &mut [T], f: impl Fn(u64) -> T + Sync) {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if out.len() < 1 << 16 || threads == 1 {
+        out.iter_mut().enumerate().for_each(|(i, v)| *v = f(i as u64));
+        return;
+    }
+    let chunk = out.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        for (c, part) in out.chunks_mut(chunk).enumerate() {
+            let f = &f;
+            s.spawn(move || {
+                let base = (c * chunk) as u64;
+                part.iter_mut()
+                    .enumerate()
+                    .for_each(|(i, v)| *v = f(base + i as u64));
+            });
+        }
+    });
+}
+
+/// The values of the float tensor `name` of global `shape`, row-major, as f32.
+pub(crate) fn values(seed: u64, name: &str, shape: &[u64], init: Init) -> Vec<f32> {
+    let full: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+    block_values(seed, name, shape, init, &vec![0; shape.len()], &full)
+}
+
+/// The block at `offsets` of shape `block` of the tensor of [`values`], row-major: the same numbers
+/// as slicing the full tensor, without making it.
+pub(crate) fn block_values(
+    seed: u64,
+    name: &str,
+    shape: &[u64],
+    init: Init,
+    offsets: &[usize],
+    block: &[usize],
+) -> Vec<f32> {
+    let n: usize = block.iter().product();
+    let mut out = vec![0f32; n];
+    let std = match init {
+        Init::Ones => {
+            out.fill(1.0);
+            return out;
+        }
+        Init::Uniform { std } => std,
+    };
+    let k = key(seed, name, shape);
+    let scale = 3f64.sqrt() * std;
+    let rank = shape.len();
+    let inner = block.last().copied().unwrap_or(1).max(1);
+    // Global flat index of the first element of each block row.
+    let mut strides = vec![1u64; rank];
+    for d in (0..rank.saturating_sub(1)).rev() {
+        strides[d] = strides[d + 1] * shape[d + 1];
+    }
+    let rows: Vec<u64> = (0..n / inner)
+        .map(|row| {
+            let mut rest = row;
+            let mut at = offsets.last().copied().unwrap_or(0) as u64;
+            for d in (0..rank.saturating_sub(1)).rev() {
+                at += (offsets[d] + rest % block[d]) as u64 * strides[d];
+                rest /= block[d];
+            }
+            at
+        })
+        .collect();
+    fill(&mut out, |i| {
+        let g = rows[i as usize / inner] + i % inner as u64;
+        // 53 random bits -> [0, 1) -> [-sqrt 3, sqrt 3) * std.
+        let u = (bits(k, g) >> 11) as f64 / (1u64 << 53) as f64;
+        ((2.0 * u - 1.0) * scale) as f32
+    });
+    out
+}
+
+/// Integers uniform in `0..bound` for the tensor `name` of global `shape` (token ids).
+pub(crate) fn ids(seed: u64, name: &str, shape: &[u64], bound: u64) -> Vec<i64> {
     let n: u64 = shape.iter().product();
     let k = key(seed, name, shape);
-    let sqrt3 = 3f64.sqrt();
-    (0..n)
-        .map(|i| match init {
-            Init::Ones => 1.0,
-            Init::Uniform { std } => {
-                // 53 random bits -> [0, 1) -> [-sqrt 3, sqrt 3).
-                let u = (bits(k, i) >> 11) as f64 / (1u64 << 53) as f64;
-                f64::from(((2.0 * u - 1.0) * sqrt3 * std) as f32)
-            }
-            Init::Ids { bound } => (bits(k, i) % bound.max(1)) as f64,
-        })
-        .collect()
+    (0..n).map(|i| (bits(k, i) % bound.max(1)) as i64).collect()
 }
 
 #[cfg(test)]
@@ -104,19 +166,31 @@ mod tests {
         assert_ne!(a, values(1, "v", &[4, 4], u));
         assert_ne!(a, values(1, "w", &[2, 8], u));
         // Every value lies inside the distribution's support.
-        assert!(a.iter().all(|v| v.abs() < 3f64.sqrt()));
+        assert!(a.iter().all(|v| v.abs() < 3f32.sqrt()));
+        // A block is the slice of the full tensor.
+        let full = values(1, "w", &[4, 6], u);
+        let b = block_values(1, "w", &[4, 6], u, &[1, 2], &[2, 3]);
+        assert_eq!(b, vec![full[8], full[9], full[10], full[14], full[15], full[16]]);
+        // Large tensors are filled on several threads, with the same numbers.
+        let big = values(1, "w", &[300, 400], u);
+        let k = key(1, "w", &[300, 400]);
+        let u7 = (bits(k, 70_001) >> 11) as f64 / (1u64 << 53) as f64;
+        assert_eq!(big[70_001], ((2.0 * u7 - 1.0) * 3f64.sqrt()) as f32);
     }
 
     #[test]
     fn uniform_values_have_the_asked_spread() {
-        let v = values(7, "big", &[20_000], Init::Uniform { std: 0.5 });
+        let v: Vec<f64> = values(7, "big", &[20_000], Init::Uniform { std: 0.5 })
+            .into_iter()
+            .map(f64::from)
+            .collect();
         let mean = v.iter().sum::<f64>() / v.len() as f64;
         let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64;
         assert!(mean.abs() < 0.02, "{mean}");
         assert!((var.sqrt() - 0.5).abs() < 0.02, "{}", var.sqrt());
-        let ids = values(7, "ids", &[1000], Init::Ids { bound: 10 });
-        assert!(ids.iter().all(|&i| (0.0..10.0).contains(&i) && i.fract() == 0.0));
-        assert!((0..10).all(|k| ids.contains(&f64::from(k))));
+        let ids = ids(7, "ids", &[1000], 10);
+        assert!(ids.iter().all(|&i| (0..10).contains(&i)));
+        assert!((0..10).all(|k| ids.contains(&k)));
     }
 
     #[test]

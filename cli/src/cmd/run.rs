@@ -11,6 +11,9 @@ use std::fmt::Write as _;
 pub struct Args {
     /// model.json or Hugging Face config.json (`-` for stdin).
     model: String,
+    /// Also print the time spent per op kind (all ranks together), largest first.
+    #[arg(long)]
+    profile: bool,
     #[command(flatten)]
     exec: ExecArgs,
     #[command(flatten)]
@@ -55,5 +58,12 @@ pub fn run(a: Args) -> Result<()> {
         r.setup.as_secs_f64() * 1e3,
         r.total.saturating_sub(r.setup).as_secs_f64() * 1e3
     );
+    if a.profile {
+        let mut ops = r.op_times.clone();
+        ops.sort_by(|x, y| y.1.cmp(&x.1).then(x.0.cmp(y.0)));
+        for (op, t) in ops {
+            let _ = writeln!(out, "  {op:<16} {:9.1} ms", t.as_secs_f64() * 1e3);
+        }
+    }
     write_output(None, &out)
 }
