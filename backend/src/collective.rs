@@ -191,7 +191,10 @@ mod tests {
     fn all_to_all_transposes_blocks() {
         // Member i receives block i of dim 0 from everyone, concatenated along dim 1.
         let out = InProcess::default().all_to_all(parts(), 0, 1);
-        assert_eq!(host(&out), vec![vec![1., 2., 10., 20.], vec![3., 4., 30., 40.]]);
+        assert_eq!(
+            host(&out),
+            vec![vec![1., 2., 10., 20.], vec![3., 4., 30., 40.]]
+        );
         let ints = vec![
             Local::<Cpu>::Int(Ints::new(vec![2], vec![1, 2])),
             Local::Int(Ints::new(vec![2], vec![3, 4])),

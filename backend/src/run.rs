@@ -87,8 +87,12 @@ pub(crate) fn run_capturing(
     capture: &BTreeSet<NodeId>,
 ) -> Result<Executed, ExecError> {
     match (opts.device, opts.precision) {
-        (Device::Cpu, Precision::F32) => on::<NdArray<f32>>(g, NdArrayDevice::Cpu, weights, opts.seed, capture),
-        (Device::Cpu, Precision::F64) => on::<NdArray<f64>>(g, NdArrayDevice::Cpu, weights, opts.seed, capture),
+        (Device::Cpu, Precision::F32) => {
+            on::<NdArray<f32>>(g, NdArrayDevice::Cpu, weights, opts.seed, capture)
+        }
+        (Device::Cpu, Precision::F64) => {
+            on::<NdArray<f64>>(g, NdArrayDevice::Cpu, weights, opts.seed, capture)
+        }
     }
 }
 

@@ -16,6 +16,9 @@ pub(crate) fn dense(values: &[f64], shape: &[usize]) -> Dense<Cpu> {
 pub(crate) fn assert_close(got: &[f64], want: &[f64], tol: f64) {
     assert_eq!(got.len(), want.len(), "{got:?} vs {want:?}");
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= tol, "element {i}: {g} vs {w} ({got:?} vs {want:?})");
+        assert!(
+            (g - w).abs() <= tol,
+            "element {i}: {g} vs {w} ({got:?} vs {want:?})"
+        );
     }
 }

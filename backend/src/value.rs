@@ -120,7 +120,10 @@ impl<B: Backend> Dense<B> {
     /// Concatenation along logical dim `d` (all parts of the same rank).
     pub fn cat(parts: Vec<Dense<B>>, d: usize) -> Dense<B> {
         let rank = parts.first().map_or(1, |p| p.rank);
-        let t = Tensor::cat(parts.into_iter().map(|p| p.t).collect(), MAX_RANK - rank + d);
+        let t = Tensor::cat(
+            parts.into_iter().map(|p| p.t).collect(),
+            MAX_RANK - rank + d,
+        );
         Dense { t, rank }
     }
 }

@@ -3,6 +3,8 @@
 //! the same numbers written under the graph's own names; it shards like seeded weights (the
 //! expert-parallel original equals its PPMoE rewrite); a missing tensor is named.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{import, ppmoe};
@@ -32,7 +34,9 @@ fn values(name: &str, shape: &[u64]) -> Vec<f32> {
     let n: u64 = shape.iter().product();
     let salt = name.bytes().map(u64::from).sum::<u64>() as f32;
     let scale = if shape.len() == 1 && name.contains("norm") {
-        return (0..n).map(|i| 1.0 + 0.01 * (i as f32 + salt).sin()).collect();
+        return (0..n)
+            .map(|i| 1.0 + 0.01 * (i as f32 + salt).sin())
+            .collect();
     } else if shape.len() >= 2 {
         1.0 / (shape[shape.len() - 2] as f32).sqrt()
     } else {
@@ -98,7 +102,11 @@ fn tensors(g: &Graph, hf: bool) -> Vec<(String, Vec<usize>, Vec<f32>)> {
                 } else {
                     layer(&name[1..])
                 };
-                out.push((key, vec![shape[1], shape[0]], transpose(&v, shape[0], shape[1])));
+                out.push((
+                    key,
+                    vec![shape[1], shape[0]],
+                    transpose(&v, shape[0], shape[1]),
+                ));
             }
             (name, _) => out.push((layer(&name[1..]), shape, v)),
         }
@@ -114,7 +122,12 @@ fn checkpoint(t: &[(String, Vec<usize>, Vec<f32>)]) -> Weights {
     let views: Vec<(String, TensorView<'_>)> = t
         .iter()
         .zip(&bytes)
-        .map(|((n, s, _), b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).unwrap()))
+        .map(|((n, s, _), b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
     let file = safetensors::serialize(views, None).unwrap();
     let mut c = Checkpoint::new();
@@ -126,7 +139,9 @@ fn checkpoint(t: &[(String, Vec<usize>, Vec<f32>)]) -> Weights {
 fn hf_names_and_graph_names_give_the_same_run() {
     let g = small();
     let hf = tensors(&g, true);
-    assert!(hf.iter().any(|(n, _, _)| n == "model.layers.1.block_sparse_moe.experts.3.w2.weight"));
+    assert!(hf
+        .iter()
+        .any(|(n, _, _)| n == "model.layers.1.block_sparse_moe.experts.3.w2.weight"));
     let opts = RunOptions::default();
     let a = run(&g, &checkpoint(&tensors(&g, false)), &opts).unwrap();
     let b = run(&g, &checkpoint(&hf), &opts).unwrap();
@@ -160,5 +175,8 @@ fn a_missing_tensor_is_named() {
     let i = t.iter().position(|x| x.1.len() == 2).unwrap();
     t[i].1 = vec![t[i].2.len()];
     let e = run(&g, &checkpoint(&t), &RunOptions::default()).unwrap_err();
-    assert!(e.to_string().contains(&format!("weight `{}`", t[i].0)), "{e}");
+    assert!(
+        e.to_string().contains(&format!("weight `{}`", t[i].0)),
+        "{e}"
+    );
 }

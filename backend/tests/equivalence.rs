@@ -12,6 +12,8 @@
 //! forms (partial sums added in another order) can flip the choice between two experts whose
 //! scores differ by less than them, which is not a rewrite bug.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{check_forms, describe, forms, import_batched, with_capacity};
@@ -74,13 +76,19 @@ fn build(
     };
     // Mostly meshes of several ranks; one rank when the experts have no other divisor or one
     // time in eight.
-    let eps: Vec<u64> = divisors(experts, 8).into_iter().filter(|&d| d > 1).collect();
+    let eps: Vec<u64> = divisors(experts, 8)
+        .into_iter()
+        .filter(|&d| d > 1)
+        .collect();
     let ep = if ep_i == 0 || eps.is_empty() {
         1
     } else {
         eps[ep_i % eps.len()]
     };
-    let tps: Vec<u64> = divisors(ep, 8).into_iter().filter(|&d| d > 1 || ep == 1).collect();
+    let tps: Vec<u64> = divisors(ep, 8)
+        .into_iter()
+        .filter(|&d| d > 1 || ep == 1)
+        .collect();
     let tp = tps[tp_i % tps.len()];
     let mut groups = None;
     if template == Template::DeepSeek && (grouped || tg_i % 2 == 0) {
@@ -154,7 +162,11 @@ impl Moe {
                     Some((g, tg, top2)) => s.extend([
                         format!(
                             "topk_method={}",
-                            if top2 { "noaux_tc" } else { "group_limited_greedy" }
+                            if top2 {
+                                "noaux_tc"
+                            } else {
+                                "group_limited_greedy"
+                            }
                         ),
                         format!("n_group={g}"),
                         format!("topk_group={tg}"),

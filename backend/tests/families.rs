@@ -2,6 +2,8 @@
 //! the same function in its imported expert-parallel form and in its PPMoE rewrite: what
 //! `moe-opt verify CONFIG REWRITTEN --backend cpu` checks, in f32 with the default tolerance.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{check_forms, describe, forms, import, is_ppmoe, root};
@@ -54,7 +56,10 @@ fn every_example_family_has_a_case() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "json") {
             let stem = p.file_stem().unwrap().to_string_lossy().to_string();
-            assert!(names.contains(&stem), "examples/hf/{stem}.json has no case in backend/tests/families");
+            assert!(
+                names.contains(&stem),
+                "examples/hf/{stem}.json has no case in backend/tests/families"
+            );
         }
     }
 }
@@ -67,7 +72,11 @@ fn every_family_equals_its_ppmoe_rewrite() {
         let g = import(&c.config, &c.sets, &c.mesh, c.seq);
         let forms = forms(&g, c.tp);
         for (form, rewritten) in &forms {
-            assert!(is_ppmoe(rewritten), "{}: the {form} form has no index slicing", c.name);
+            assert!(
+                is_ppmoe(rewritten),
+                "{}: the {form} form has no index slicing",
+                c.name
+            );
         }
         for (form, v) in check_forms(&g, &forms, &opts) {
             println!("{} vs {form}: {}", c.name, describe(&v));

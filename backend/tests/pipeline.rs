@@ -2,6 +2,8 @@
 //! axis, `send`/`recv` between stages) computes what the unstaged graph computes, whatever the
 //! arena order of the stages; a `recv` whose `send` can never run is a deadlock error.
 
+#![allow(clippy::unwrap_used)]
+
 use moe_backend::{run, verify, ExecError, RunOptions, VerifyOptions, Weights};
 use moe_ir::{DType, Graph, Mesh, NodeId, Op, Scope, TensorType, Value};
 
@@ -75,7 +77,12 @@ fn mlp(pp: bool, stage1_first: bool) -> Graph {
         s0,
     );
     let p = b.add("l0.down", Op::Matmul, &[h, w2], s0);
-    let r = b.add("l0.all_reduce", Op::AllReduce { axis: "tp".into() }, &[p], s0);
+    let r = b.add(
+        "l0.all_reduce",
+        Op::AllReduce { axis: "tp".into() },
+        &[p],
+        s0,
+    );
     if pp {
         b.add("l0.send", Op::Send { channel: 0 }, &[r], s0);
         if !stage1_first {

@@ -2,6 +2,8 @@
 //! expert outputs by their routing weights (`scaled: false`), and one whose routes ignore
 //! capacity, both differ from the original, and verify names the first node that differs.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{import, map_ops, ppmoe, with_capacity};

@@ -95,6 +95,11 @@ fn token_inputs(g: &Graph) -> impl Iterator<Item = (&str, u64)> {
     })
 }
 
+/// Whether `text` is a Hugging Face config (rather than a model.json graph).
+pub fn is_hf_config(text: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| hf::looks_like_hf_config(&v))
+}
+
 /// Loads `text` (named `name`): an HF config imported with `tokens` tokens when given, or a
 /// model.json graph (which must have `tokens` tokens when given).
 pub fn load_at(name: &str, text: &str, import: &ImportArgs, tokens: Option<u64>) -> Result<Graph> {

@@ -114,7 +114,12 @@ pub(crate) fn attention<B: Backend>(
         let local = kv
             .checked_sub(heads.first_kv_head)
             .filter(|&l| l < kvl)
-            .ok_or_else(|| format!("query head {} needs kv head {kv}, which this rank does not hold", heads.first_head + h))?;
+            .ok_or_else(|| {
+                format!(
+                    "query head {} needs kv head {kv}, which this rank does not hold",
+                    heads.first_head + h
+                )
+            })?;
         kv_of.push(local as i64);
     }
     let kv_of = Ints::new(vec![hl], kv_of).to_tensor::<B>(&device);

@@ -33,7 +33,12 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
             let mut at = Vec::with_capacity(group.len());
             for m in &group {
                 let pos = ranks.iter().position(|x| x == m).ok_or_else(|| {
-                    self.node_err(id, format!("rank {m} of the `{axis}` group of rank {r} does not run this node"))
+                    self.node_err(
+                        id,
+                        format!(
+                            "rank {m} of the `{axis}` group of rank {r} does not run this node"
+                        ),
+                    )
                 })?;
                 at.push(pos);
             }

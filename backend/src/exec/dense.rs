@@ -22,7 +22,9 @@ pub(crate) fn embedding<B: Backend>(
         return Err("the table must have rank 2".into());
     };
     if let Some(&bad) = ids.data.iter().find(|&&i| i < 0 || i as usize >= vocab) {
-        return Err(format!("token id {bad} is outside the vocabulary of {vocab}"));
+        return Err(format!(
+            "token id {bad} is outside the vocabulary of {vocab}"
+        ));
     }
     let device = table.t.device();
     // Rows of other ranks (a vocab-parallel table) read row 0 and are then zeroed.
@@ -37,7 +39,11 @@ pub(crate) fn embedding<B: Backend>(
         .to::<2>()
         .select(0, Ints::new(vec![n], local).to_tensor(&device));
     if !ids.data.iter().all(|&i| mine(i)) {
-        let keep: Vec<f64> = ids.data.iter().map(|&i| f64::from(u8::from(mine(i)))).collect();
+        let keep: Vec<f64> = ids
+            .data
+            .iter()
+            .map(|&i| f64::from(u8::from(mine(i))))
+            .collect();
         out = out * Dense::<B>::from_host(keep, &[n, 1], &device).to::<2>();
     }
     Ok(Dense::of(out))
@@ -71,19 +77,13 @@ pub(crate) fn batch_matmul<B: Backend>(a: Dense<B>, b: Dense<B>) -> Dense<B> {
 /// `add(a, b)` with right-aligned broadcasting.
 pub(crate) fn add<B: Backend>(a: Dense<B>, b: Dense<B>) -> Dense<B> {
     let rank = a.rank.max(b.rank);
-    Dense {
-        t: a.t + b.t,
-        rank,
-    }
+    Dense { t: a.t + b.t, rank }
 }
 
 /// `mul(a, b)` with right-aligned broadcasting.
 pub(crate) fn mul<B: Backend>(a: Dense<B>, b: Dense<B>) -> Dense<B> {
     let rank = a.rank.max(b.rank);
-    Dense {
-        t: a.t * b.t,
-        rank,
-    }
+    Dense { t: a.t * b.t, rank }
 }
 
 /// `1 / (1 + exp(-x))` in the backend's precision. (burn's own sigmoid computes in f32 whatever
@@ -230,7 +230,11 @@ mod tests {
         let x = dense(&[-1., 0.5, 2.], &[3]);
         let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
         let silu: Vec<f64> = [-1., 0.5, 2.].iter().map(|&v| v * sig(v)).collect();
-        assert_close(&unary(x.clone(), Some(Activation::Silu)).to_host(), &silu, 1e-6);
+        assert_close(
+            &unary(x.clone(), Some(Activation::Silu)).to_host(),
+            &silu,
+            1e-6,
+        );
         assert_eq!(
             unary(x.clone(), Some(Activation::Relu)).to_host(),
             vec![0., 0.5, 2.]

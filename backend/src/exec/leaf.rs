@@ -13,7 +13,11 @@ use std::collections::BTreeMap;
 
 impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
     /// The values of leaf `id` on `ranks` (one output).
-    pub(super) fn leaf(&mut self, id: NodeId, ranks: &[u64]) -> Result<Vec<Vec<Local<B>>>, ExecError> {
+    pub(super) fn leaf(
+        &mut self,
+        id: NodeId,
+        ranks: &[u64],
+    ) -> Result<Vec<Vec<Local<B>>>, ExecError> {
         let node = self.g.node(id);
         let ty = &node.outputs[0];
         let local = rank::local_shape(ty, self.mesh);
@@ -56,7 +60,9 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                 Weights::Checkpoint(_) => {
                     let global = weights::weight(self.weights, self.seed, &node.name, ty)?;
                     let shape = global_shape(ty);
-                    self.shards(ty, ranks, |b| Global::Float(rank::take_block(&global, &shape, b)))
+                    self.shards(ty, ranks, |b| {
+                        Global::Float(rank::take_block(&global, &shape, b))
+                    })
                 }
             },
             Op::Input(_) => {

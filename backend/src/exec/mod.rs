@@ -219,7 +219,9 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                     progressed = true;
                 }
             }
-            let blocked = programs.iter().find_map(|p| p.nodes.get(p.next).map(|&id| (id, p)));
+            let blocked = programs
+                .iter()
+                .find_map(|p| p.nodes.get(p.next).map(|&id| (id, p)));
             let Some((id, p)) = blocked else {
                 return Ok(());
             };
@@ -337,7 +339,8 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
         } else {
             ranks.iter().map(|&r| one(r)).collect()
         };
-        let mut outs: Vec<Vec<Local<B>>> = vec![Vec::with_capacity(ranks.len()); node.outputs.len()];
+        let mut outs: Vec<Vec<Local<B>>> =
+            vec![Vec::with_capacity(ranks.len()); node.outputs.len()];
         for res in per_rank {
             for (o, v) in outs.iter_mut().zip(res?) {
                 o.push(v);

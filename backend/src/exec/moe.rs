@@ -19,7 +19,13 @@ pub(crate) struct ExpertWeights<B: Backend> {
 
 impl<B: Backend> ExpertWeights<B> {
     /// `down(act(x W_gate) * (x W_up))` or `down(act(x W_up))` for `x` `[E, C, H]` (batched over experts).
-    fn apply(&self, x: Tensor<B, 3>, up: Tensor<B, 3>, gate: Option<Tensor<B, 3>>, down: Tensor<B, 3>) -> Tensor<B, 3> {
+    fn apply(
+        &self,
+        x: Tensor<B, 3>,
+        up: Tensor<B, 3>,
+        gate: Option<Tensor<B, 3>>,
+        down: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
         let u = x.clone().matmul(up);
         let h = match gate {
             Some(g) => gated(self.act, x.matmul(g), u),
@@ -35,7 +41,10 @@ impl<B: Backend> ExpertWeights<B> {
 /// 0), and most slots of a dropless capacity buffer are empty: when fewer than 3/4 of the rows hold
 /// data, only those rows are computed (gathered per expert, run as the grouped layout, scattered
 /// back), which gives the same numbers as the batched computation.
-pub(crate) fn expert_ffn_padded<B: Backend>(x: Dense<B>, w: &ExpertWeights<B>) -> OpResult<Dense<B>> {
+pub(crate) fn expert_ffn_padded<B: Backend>(
+    x: Dense<B>,
+    w: &ExpertWeights<B>,
+) -> OpResult<Dense<B>> {
     let [e, c, h] = x.shape()[..] else {
         return Err("slots must have rank 3".into());
     };
@@ -46,6 +55,9 @@ pub(crate) fn expert_ffn_padded<B: Backend>(x: Dense<B>, w: &ExpertWeights<B>) -
         return Ok(Dense::of(y));
     }
     let device = x.t.device();
+    if filled.is_empty() {
+        return Ok(Dense::zeros(&[e, c, h], &device));
+    }
     let mut counts = vec![0i64; e];
     for &r in &filled {
         counts[r / c] += 1;
@@ -80,10 +92,7 @@ pub(crate) fn expert_ffn_grouped<B: Backend>(
     }
     let total: i64 = counts.data.iter().sum();
     if counts.data.iter().any(|&c| c < 0) || total as usize > n {
-        return Err(format!(
-            "counts {:?} do not fit the {n} rows",
-            counts.data
-        ));
+        return Err(format!("counts {:?} do not fit the {n} rows", counts.data));
     }
     let device = x.t.device();
     let x = x.to::<2>();
@@ -176,6 +185,9 @@ mod tests {
         // Gated: relu(x * g) * (x * up).
         let y = expert_ffn_padded(x, &weights(true)).unwrap();
         assert_eq!(y.to_host(), vec![2., 0., 0., 0.]);
+        // No filled slot at all: zeros.
+        let z = expert_ffn_padded(dense(&[0.; 4], &[2, 2, 1]), &weights(true)).unwrap();
+        assert_eq!(z.to_host(), vec![0.; 4]);
         // Mostly empty slots: only the filled rows are computed, with the same results.
         let x = dense(&[0., 0., 3., 0., 0., 0., 0., 2.], &[2, 4, 1]);
         let y = expert_ffn_padded(x, &weights(false)).unwrap();

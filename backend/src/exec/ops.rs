@@ -36,7 +36,12 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
     }
 
     /// Runs local op `node` on rank `r` with the rank's `inputs`.
-    pub(super) fn local(&self, node: &Node, r: u64, inputs: Vec<Local<B>>) -> OpResult<Vec<Local<B>>> {
+    pub(super) fn local(
+        &self,
+        node: &Node,
+        r: u64,
+        inputs: Vec<Local<B>>,
+    ) -> OpResult<Vec<Local<B>>> {
         let coords = self.mesh.coords(r);
         let mut it = inputs.into_iter();
         let f = |d: Dense<B>| Ok(vec![Local::Float(d)]);
@@ -75,9 +80,15 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                 } else {
                     None
                 };
-                let sinks = if a.sinks { Some(float(it.next())?) } else { None };
-                let (qi, qn) = rank::axis_block(self.mesh, &coords, self.input_type(node, 0)?.split_of(1));
-                let (ki, kn) = rank::axis_block(self.mesh, &coords, self.input_type(node, 1)?.split_of(1));
+                let sinks = if a.sinks {
+                    Some(float(it.next())?)
+                } else {
+                    None
+                };
+                let (qi, qn) =
+                    rank::axis_block(self.mesh, &coords, self.input_type(node, 0)?.split_of(1));
+                let (ki, kn) =
+                    rank::axis_block(self.mesh, &coords, self.input_type(node, 1)?.split_of(1));
                 let heads = Heads {
                     first_head: (qi * (a.heads / qn)) as usize,
                     first_kv_head: (ki * (a.kv_heads / kn)) as usize,
@@ -97,13 +108,24 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
             Op::Dispatch { experts, capacity } => {
                 let x = float(it.next())?;
                 let idx = ints(it.next())?;
-                f(routing::dispatch(x, &idx, *experts as usize, *capacity as usize)?)
+                f(routing::dispatch(
+                    x,
+                    &idx,
+                    *experts as usize,
+                    *capacity as usize,
+                )?)
             }
             Op::Combine { experts, capacity } => {
                 let y = float(it.next())?;
                 let idx = ints(it.next())?;
                 let w = float(it.next())?;
-                f(routing::combine(y, &idx, w, *experts as usize, *capacity as usize)?)
+                f(routing::combine(
+                    y,
+                    &idx,
+                    w,
+                    *experts as usize,
+                    *capacity as usize,
+                )?)
             }
             Op::LocalRoutes {
                 experts,
@@ -139,7 +161,11 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                 let buf = float(it.next())?;
                 let ids = ints(it.next())?;
                 let src = float(it.next())?;
-                let scale = if *scaled { Some(float(it.next())?) } else { None };
+                let scale = if *scaled {
+                    Some(float(it.next())?)
+                } else {
+                    None
+                };
                 f(moe::index_add(buf, &ids, src, scale)?)
             }
             Op::ExpertFfn { layout, act, gated } => {
@@ -169,7 +195,12 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
             Op::Shard { axis, dim } => {
                 let x = it.next().ok_or("missing input")?;
                 let (index, size) = rank::axis_block(self.mesh, &coords, &[axis]);
-                Ok(vec![collective::shard(&x, *dim, index as usize, size as usize)])
+                Ok(vec![collective::shard(
+                    &x,
+                    *dim,
+                    index as usize,
+                    size as usize,
+                )])
             }
             op => Err(format!("`{}` is not a local op", op.name())),
         }

@@ -119,7 +119,12 @@ pub(crate) fn check_experts(idx: &Ints, experts: usize) -> OpResult<()> {
 /// For each (token, choice) pair of `idx` `[t, k]` (row-major): its slot in its expert's buffer,
 /// or `None` when dropped. At most `cap` pairs per expert (`None`: unbounded), filled in
 /// choice-major priority.
-pub(crate) fn slots(idx: &[i64], k: usize, experts: usize, cap: Option<usize>) -> Vec<Option<usize>> {
+pub(crate) fn slots(
+    idx: &[i64],
+    k: usize,
+    experts: usize,
+    cap: Option<usize>,
+) -> Vec<Option<usize>> {
     let t = idx.len() / k.max(1);
     let mut fill = vec![0usize; experts];
     let mut out = vec![None; idx.len()];
@@ -188,7 +193,9 @@ pub(crate) fn combine<B: Backend>(
                 None => dropped,
             })
             .collect();
-        let g = ext.clone().select(0, Ints::new(vec![t], rows).to_tensor(&device));
+        let g = ext
+            .clone()
+            .select(0, Ints::new(vec![t], rows).to_tensor(&device));
         out = out + g * w.clone().narrow(1, j, 1);
     }
     Ok(Dense::of(out))

@@ -179,8 +179,16 @@ mod tests {
                 vec![3, 2],
                 vec![1., 2., 3., 4., 5., 6.],
             ),
-            ("model.layers.0.mlp.experts.0.up_proj.weight", vec![1, 2], vec![1., 2.]),
-            ("model.layers.0.mlp.experts.1.up_proj.weight", vec![1, 2], vec![3., 4.]),
+            (
+                "model.layers.0.mlp.experts.0.up_proj.weight",
+                vec![1, 2],
+                vec![1., 2.],
+            ),
+            (
+                "model.layers.0.mlp.experts.1.up_proj.weight",
+                vec![1, 2],
+                vec![3., 4.],
+            ),
             ("l0.direct", vec![2], vec![7., 8.]),
         ]);
         let ty = TensorType::new(DType::F32, [2, 3]);
@@ -202,14 +210,19 @@ mod tests {
             "{e}"
         );
         let e = weight(&w, 0, "l0.y.weight", &TensorType::new(DType::F32, [2, 2])).unwrap_err();
-        assert!(
-            e.to_string().contains("model.layers.0.y.weight"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("model.layers.0.y.weight"), "{e}");
         // Three experts needed, two present.
         let w = ckpt(&[
-            ("model.layers.0.mlp.experts.0.up_proj.weight", vec![1, 2], vec![1., 2.]),
-            ("model.layers.0.mlp.experts.1.up_proj.weight", vec![1, 2], vec![3., 4.]),
+            (
+                "model.layers.0.mlp.experts.0.up_proj.weight",
+                vec![1, 2],
+                vec![1., 2.],
+            ),
+            (
+                "model.layers.0.mlp.experts.1.up_proj.weight",
+                vec![1, 2],
+                vec![3., 4.],
+            ),
         ]);
         let ty = TensorType::new(DType::F32, [3, 2, 1]);
         let e = weight(&w, 0, "l0.moe.experts.up_proj", &ty).unwrap_err();

@@ -74,7 +74,9 @@ impl Init {
 fn fill<T: Send>(out: &mut [T], f: impl Fn(u64) -> T + Sync) {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     if out.len() < 1 << 16 || threads == 1 {
-        out.iter_mut().enumerate().for_each(|(i, v)| *v = f(i as u64));
+        out.iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = f(i as u64));
         return;
     }
     let chunk = out.len().div_ceil(threads);
@@ -170,7 +172,10 @@ mod tests {
         // A block is the slice of the full tensor.
         let full = values(1, "w", &[4, 6], u);
         let b = block_values(1, "w", &[4, 6], u, &[1, 2], &[2, 3]);
-        assert_eq!(b, vec![full[8], full[9], full[10], full[14], full[15], full[16]]);
+        assert_eq!(
+            b,
+            vec![full[8], full[9], full[10], full[14], full[15], full[16]]
+        );
         // Large tensors are filled on several threads, with the same numbers.
         let big = values(1, "w", &[300, 400], u);
         let k = key(1, "w", &[300, 400]);

@@ -35,7 +35,13 @@ pub fn import_text(text: &str, sets: &[String], mesh: &str, seq: u64) -> Graph {
 }
 
 /// Imports config text with `micro_batch` sequences per rank.
-pub fn import_batched(text: &str, sets: &[String], mesh: &str, seq: u64, micro_batch: u64) -> Graph {
+pub fn import_batched(
+    text: &str,
+    sets: &[String],
+    mesh: &str,
+    seq: u64,
+    micro_batch: u64,
+) -> Graph {
     let opts = ImportOptions {
         mesh: Some(Mesh::parse(mesh, 8).unwrap()),
         seq,
@@ -93,7 +99,12 @@ pub fn describe(v: &Verdict) -> String {
     let first = v
         .first_differing
         .as_ref()
-        .map(|n| format!("; first differing node `{}` (rel {:.2e})", n.node, n.diff.rel))
+        .map(|n| {
+            format!(
+                "; first differing node `{}` (rel {:.2e})",
+                n.node, n.diff.rel
+            )
+        })
         .unwrap_or_default();
     format!("{}{first}", outs.join(", "))
 }
@@ -147,5 +158,6 @@ pub fn has_capacity(g: &Graph) -> bool {
 
 /// Whether `g` holds the PPMoE form (index slicing) of some MoE layer.
 pub fn is_ppmoe(g: &Graph) -> bool {
-    g.nodes().any(|(_, n)| matches!(n.op, Op::LocalRoutes { .. }))
+    g.nodes()
+        .any(|(_, n)| matches!(n.op, Op::LocalRoutes { .. }))
 }

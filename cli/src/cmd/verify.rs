@@ -1,6 +1,6 @@
 //! `moe-opt verify A B --backend cpu [--tokens N] [--rtol R] [--seed S] [--weights W]`.
 
-use crate::exec::{load_at, ExecArgs};
+use crate::exec::{is_hf_config, load_at, ExecArgs};
 use crate::io::{read_input, write_output};
 use crate::load::ImportArgs;
 use miette::{miette, Result};
@@ -33,8 +33,17 @@ pub fn run(a: Args) -> Result<()> {
         run: a.exec.options()?,
         rtol: a.rtol,
     };
-    let ga = load_at(&a.a, &read_input(&a.a)?, &a.import, a.exec.tokens)?;
-    let gb = load_at(&a.b, &read_input(&a.b)?, &a.import, a.exec.tokens)?;
+    // Import options (`--set`, `--mesh`, ...) apply to whichever of A and B is an HF config.
+    let load = |name: &str| -> Result<moe_ir::Graph> {
+        let text = read_input(name)?;
+        let mut import = a.import.clone();
+        if !is_hf_config(&text) {
+            import.sets.clear();
+        }
+        load_at(name, &text, &import, a.exec.tokens)
+    };
+    let ga = load(&a.a)?;
+    let gb = load(&a.b)?;
     let weights = a.exec.weights()?;
     let v = compare(&ga, &gb, &weights, &opts).map_err(|e| miette!("{e}"))?;
     let mut out = String::new();
