@@ -361,3 +361,66 @@ fn run_refuses_what_it_cannot_do_with_exit_1() {
     let o = moe_opt(&["verify", LAYER, LAYER, "--rtol=-1"], None);
     assert_eq!(o.status.code(), Some(1));
 }
+
+/// A safetensors file of f32 tensors, written by hand (8-byte header length, JSON header, data).
+fn safetensors(tensors: &[(&str, &[usize], &[f32])]) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, shape, values) in tensors {
+        let start = data.len();
+        data.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}),
+        );
+    }
+    let h = serde_json::Value::Object(header).to_string();
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend(h.as_bytes());
+    out.extend(data);
+    out
+}
+
+#[test]
+fn run_reads_weights_from_a_file_or_a_checkpoint_folder() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let model = dir.path().join("model.json");
+    std::fs::write(
+        &model,
+        r#"{"format": "moe-ir/1", "name": "tiny", "mesh": {"axes": [{"name": "tp", "size": 2, "level": "intra_node"}]},
+        "nodes": [
+          {"name": "x", "op": {"input": {"dtype": "f32", "shape": [2, 2]}}, "scope": "embed"},
+          {"name": "w", "op": {"weight": {"dtype": "f32", "shape": [2, 2], "split": [[], ["tp"]]}}, "scope": "embed"},
+          {"name": "y", "op": "matmul", "inputs": ["x", "w"], "scope": "embed"}
+        ],
+        "outputs": [{"name": "y", "value": "y"}]}"#,
+    )
+    .expect("write model");
+    let model = model.to_string_lossy().to_string();
+    let file = dir.path().join("w.safetensors");
+    std::fs::write(&file, safetensors(&[("w", &[2, 2], &[1.0, 0.0, 0.0, 2.0])])).expect("write");
+    let out = |args: &[&str]| {
+        let o = moe_opt(args, None);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let s = String::from_utf8_lossy(&o.stdout).to_string();
+        s.lines().find(|l| l.starts_with("output y")).unwrap_or_default().to_string()
+    };
+    let from_file = out(&["run", &model, "--weights", &file.to_string_lossy()]);
+    let seeded = out(&["run", &model]);
+    assert_ne!(from_file, seeded);
+    // A checkpoint folder: the index names the file holding each tensor.
+    let ckpt = dir.path().join("ckpt");
+    std::fs::create_dir(&ckpt).expect("mkdir");
+    std::fs::copy(&file, ckpt.join("model-00001-of-00001.safetensors")).expect("copy");
+    std::fs::write(
+        ckpt.join("model.safetensors.index.json"),
+        r#"{"metadata": {}, "weight_map": {"w": "model-00001-of-00001.safetensors"}}"#,
+    )
+    .expect("write index");
+    assert_eq!(out(&["run", &model, "--weights", &ckpt.to_string_lossy()]), from_file);
+    // A checkpoint without the weight: exit 1 naming it.
+    std::fs::write(&file, safetensors(&[("v", &[2, 2], &[1.0; 4])])).expect("write");
+    let o = moe_opt(&["run", &model, "--weights", &file.to_string_lossy()], None);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("weight `w`"), "{}", stderr(&o));
+}
