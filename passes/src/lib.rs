@@ -24,7 +24,7 @@ pub mod rules;
 pub use analysis::{try_make, Types};
 pub use convert::{load, Loaded, NodeInfo};
 pub use cost::{Cluster, CostModel, OpCost, Roofline};
-pub use extract::{DagExtractor, ExtractError};
+pub use extract::{CostSplit, DagExtractor, ExtractError};
 pub use lang::{Discriminant, MoeLang};
 pub use pass::{DeadCode, EGraphStats, Pass, PassError, PassOutput, PassStats, Pipeline};
 pub use remap::{RemapError, TensorParallel};
