@@ -18,6 +18,7 @@ pub mod extract;
 mod lang;
 mod pass;
 pub mod remap;
+pub mod pipeline;
 pub mod rewrite;
 pub mod rules;
 
