@@ -38,11 +38,11 @@ pub use dtype::DType;
 pub use graph::{BuildError, Graph, GraphOutput, Node, NodeId, Scope, Value};
 pub use infer::{check_type, infer, local_route_rows, TypeError};
 pub use mesh::{is_identifier, Level, Mesh, MeshAxis, MeshError, DEFAULT_GPUS_PER_NODE};
-pub use pipeline::{PipelineSpec, Schedule};
 pub use op::{
     Activation, AttentionAttrs, Capacity, FfnLayout, GroupScore, Groups, Mask, Op, RouterAttrs,
     Score,
 };
+pub use pipeline::{PipelineSpec, Schedule};
 pub use scalar::F64;
 pub use stages::{check_stages, stage_program, StageError};
 pub use summary::{human, Collectives, Summary};

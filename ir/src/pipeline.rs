@@ -93,6 +93,16 @@ impl PipelineSpec {
     }
 }
 
+/// The checkpoint key of a weight node: its name without the `@stageS` suffix the partitioner gives
+/// a leaf copied onto another stage (tied embeddings read on the first and the last stage).
+/// Copies hold the same tensor: loaders and initialisers must key weights by this.
+pub fn checkpoint_key(name: &str) -> &str {
+    match name.rsplit_once("@stage") {
+        Some((base, s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => base,
+        _ => name,
+    }
+}
+
 /// Forward or backward.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Phase {
@@ -276,18 +286,16 @@ pub fn simulate(
             *slot = true;
         }
     }
-    for (ph, phase) in [Phase::Forward, Phase::Backward].into_iter().enumerate() {
-        for v in 0..vs {
-            for i in 0..m {
-                if !seen[ph][v][i] {
-                    return Err(ScheduleError::Missing {
-                        step: Step {
-                            phase,
-                            micro: i as u32,
-                            vstage: v as u32,
-                        },
-                    });
-                }
+    for (phase, per_v) in [Phase::Forward, Phase::Backward].into_iter().zip(&seen) {
+        for (v, per_m) in per_v.iter().enumerate() {
+            if let Some(i) = per_m.iter().position(|s| !s) {
+                return Err(ScheduleError::Missing {
+                    step: Step {
+                        phase,
+                        micro: i as u32,
+                        vstage: v as u32,
+                    },
+                });
             }
         }
     }
@@ -321,7 +329,8 @@ pub fn simulate(
     let mut pos = vec![0usize; steps.len()];
     let mut free = vec![0f64; steps.len()];
     let mut busy = vec![0f64; steps.len()];
-    let mut runs: Vec<Vec<(Step, f64, f64)>> = steps.iter().map(|l| Vec::with_capacity(l.len())).collect();
+    let mut runs: Vec<Vec<(Step, f64, f64)>> =
+        steps.iter().map(|l| Vec::with_capacity(l.len())).collect();
     let total: usize = steps.iter().map(Vec::len).sum();
     let mut done = 0usize;
     while done < total {
@@ -330,10 +339,9 @@ pub fn simulate(
             while let Some(&st) = steps[d].get(pos[d]) {
                 let ready = match dep(st) {
                     None => Some(0.0),
-                    Some((need, t)) => {
-                        end[need.phase as usize][need.vstage as usize][need.micro as usize]
-                            .map(|e| e + t)
-                    }
+                    Some((need, t)) => end[need.phase as usize][need.vstage as usize]
+                        [need.micro as usize]
+                        .map(|e| e + t),
                 };
                 let Some(ready) = ready else { break };
                 let start = free[d].max(ready);
@@ -446,6 +454,14 @@ mod tests {
     }
 
     #[test]
+    fn copies_share_their_checkpoint_key() {
+        assert_eq!(checkpoint_key("shared.weight@stage3"), "shared.weight");
+        assert_eq!(checkpoint_key("shared.weight"), "shared.weight");
+        assert_eq!(checkpoint_key("odd@stagex"), "odd@stagex");
+        assert_eq!(checkpoint_key("odd@stage"), "odd@stage");
+    }
+
+    #[test]
     fn equal_stages_have_the_textbook_bubble() {
         for p in 1..=8u32 {
             for m in 1..=16u32 {
@@ -453,7 +469,10 @@ mod tests {
                 for s in [Schedule::Gpipe, Schedule::OneFOneB] {
                     for tb in [1.0, 2.0] {
                         let got = bubble(s, p, m, tb);
-                        assert!((got - want).abs() < 1e-12, "{s} P={p} M={m}: {got} vs {want}");
+                        assert!(
+                            (got - want).abs() < 1e-12,
+                            "{s} P={p} M={m}: {got} vs {want}"
+                        );
                     }
                 }
             }
@@ -467,7 +486,10 @@ mod tests {
             let sch = Schedule::Interleaved { chunks: c };
             let got = bubble(sch, p, m, 2.0);
             let want = f64::from(p - 1) / f64::from(c * m + p - 1);
-            assert!((got - want).abs() < 1e-9, "P={p} M={m} c={c}: {got} vs {want}");
+            assert!(
+                (got - want).abs() < 1e-9,
+                "P={p} M={m} c={c}: {got} vs {want}"
+            );
         }
     }
 
@@ -484,8 +506,16 @@ mod tests {
     fn a_cyclic_order_is_a_cycle_of_waits() {
         // Stage 1 insists on micro-batch 1 first; stage 0 sends it only after the backward of
         // micro-batch 0, which needs stage 1.
-        let f = |micro, vstage| Step { phase: Phase::Forward, micro, vstage };
-        let b = |micro, vstage| Step { phase: Phase::Backward, micro, vstage };
+        let f = |micro, vstage| Step {
+            phase: Phase::Forward,
+            micro,
+            vstage,
+        };
+        let b = |micro, vstage| Step {
+            phase: Phase::Backward,
+            micro,
+            vstage,
+        };
         let s = vec![
             vec![f(0, 0), b(0, 0), f(1, 0), b(1, 0)],
             vec![f(1, 1), f(0, 1), b(0, 1), b(1, 1)],
@@ -495,20 +525,36 @@ mod tests {
             panic!("{e}")
         };
         assert_eq!(waits.len(), 2, "{e}");
-        assert!(e.to_string().contains("stage 1 waits at F1 on virtual stage 1"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("stage 1 waits at F1 on virtual stage 1"),
+            "{e}"
+        );
     }
 
     #[test]
     fn missing_duplicate_and_misplaced_steps_are_refused() {
         let mut s = steps(Schedule::OneFOneB, 2, 2).unwrap();
         let last = s[1].pop().unwrap();
-        assert!(matches!(check_schedule(&s, 2, 2), Err(ScheduleError::Missing { step }) if step == last));
+        assert!(
+            matches!(check_schedule(&s, 2, 2), Err(ScheduleError::Missing { step }) if step == last)
+        );
         s[1].push(last);
         s[1].push(last);
-        assert!(matches!(check_schedule(&s, 2, 2), Err(ScheduleError::Duplicate { .. })));
+        assert!(matches!(
+            check_schedule(&s, 2, 2),
+            Err(ScheduleError::Duplicate { .. })
+        ));
         s[1].pop();
-        s[0].push(Step { phase: Phase::Forward, micro: 0, vstage: 1 });
-        assert!(matches!(check_schedule(&s, 2, 2), Err(ScheduleError::WrongDevice { device: 0, .. })));
+        s[0].push(Step {
+            phase: Phase::Forward,
+            micro: 0,
+            vstage: 1,
+        });
+        assert!(matches!(
+            check_schedule(&s, 2, 2),
+            Err(ScheduleError::WrongDevice { device: 0, .. })
+        ));
     }
 
     #[test]

@@ -57,7 +57,9 @@ pub enum StageError {
         axis: String,
         stages: u64,
     },
-    #[error("node {id} `{name}` ({scope}) is on stage {stage}; the layout puts it on stage {want}")]
+    #[error(
+        "node {id} `{name}` ({scope}) is on stage {stage}; the layout puts it on stage {want}"
+    )]
     StageOfScope {
         id: NodeId,
         name: String,
@@ -375,7 +377,9 @@ fn check_transfers(g: &Graph, whole: bool) -> Result<(), StageError> {
     let mut next: BTreeMap<u32, Vec<(u32, NodeId, NodeId)>> = BTreeMap::new();
     for evs in per_stage.values() {
         for w in evs.windows(2) {
-            next.entry(w[0].0).or_default().push((w[1].0, w[0].1, w[1].1));
+            next.entry(w[0].0)
+                .or_default()
+                .push((w[1].0, w[0].1, w[1].1));
         }
     }
     // Iterative DFS with colours over channels.

@@ -125,7 +125,11 @@ pub fn validate(g: &Graph) -> Result<(), ValidationError> {
         }
     }
     // A pipeline stage whose results leave by `send` has no outputs of its own.
-    if g.outputs.is_empty() && !g.nodes().any(|(_, n)| matches!(n.op, crate::Op::Send { .. })) {
+    if g.outputs.is_empty()
+        && !g
+            .nodes()
+            .any(|(_, n)| matches!(n.op, crate::Op::Send { .. }))
+    {
         return Err(ValidationError::NoOutputs);
     }
     let mut out_names = HashSet::new();

@@ -17,8 +17,8 @@ pub mod cost;
 pub mod extract;
 mod lang;
 mod pass;
-pub mod remap;
 pub mod pipeline;
+pub mod remap;
 pub mod rewrite;
 pub mod rules;
 

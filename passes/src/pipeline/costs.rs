@@ -31,11 +31,7 @@ pub fn scope_costs(g: &Graph, model: &dyn CostModel) -> BTreeMap<Scope, ScopeCos
     let mut fills: Vec<Vec<f64>> = Vec::with_capacity(g.len());
     let mut out: BTreeMap<Scope, ScopeCost> = BTreeMap::new();
     for (_, n) in g.nodes() {
-        let tys: Vec<_> = n
-            .inputs
-            .iter()
-            .filter_map(|v| g.value_type(*v))
-            .collect();
+        let tys: Vec<_> = n.inputs.iter().filter_map(|v| g.value_type(*v)).collect();
         let fill: Vec<f64> = n
             .inputs
             .iter()

@@ -4,7 +4,9 @@
 //! - Ops go to the stage their scope's virtual stage lives on (`v % P`).
 //! - A leaf (`input`, `weight`, `zeros`) goes to every stage that reads it: the copy on any stage
 //!   but the first is named `name@stageS` (a weight copy loads the checkpoint key `name`: tied
-//!   embeddings, as Megatron keeps them on the first and the last stage).
+//!   embeddings, as Megatron keeps them on the first and the last stage) and takes the scope of its
+//!   first reader there, so its cost counts where it lives (the rewrite shares one `zeros` buffer
+//!   between layers).
 //! - A value read on another stage gets one `send` on its producer's stage right after the
 //!   producer and one `recv` on each reading stage, declaring the value's exact type. Channels are
 //!   numbered in the order of the producers, and every stage runs its transfers in channel order,
@@ -67,8 +69,13 @@ pub fn emit(
         .map(|(_, n)| stage_of(&spec, stages, n.scope))
         .collect();
     let mut readers: HashMap<Value, BTreeSet<u32>> = HashMap::new();
+    // (leaf, stage) -> the scope of its first reader there (a copy's scope).
+    let mut first_reader: HashMap<(NodeId, u32), Scope> = HashMap::new();
     for (id, n) in g.nodes() {
         let (v_user, s_user) = op_stage[id.index()];
+        for v in &n.inputs {
+            first_reader.entry((v.node, s_user)).or_insert(n.scope);
+        }
         for &v in &n.inputs {
             let p = g.node(v.node);
             if !is_leaf(&p.op) && op_stage[v.node.index()].0 > v_user {
@@ -115,13 +122,15 @@ pub fn emit(
     let mut pending: BTreeMap<u32, Vec<Pending>> = BTreeMap::new();
     let mut channel = 0u32;
     let add = |out: &mut Graph,
-                   name: String,
-                   op: Op,
-                   inputs: &[Value],
-                   scope: Scope,
-                   stage: u32|
+               name: String,
+               op: Op,
+               inputs: &[Value],
+               scope: Scope,
+               stage: u32|
      -> Result<NodeId, PipelineError> {
-        let id = out.add(name, op, inputs, scope).map_err(PipelineError::Build)?;
+        let id = out
+            .add(name, op, inputs, scope)
+            .map_err(PipelineError::Build)?;
         out.node_mut(id).stage = Some(stage);
         Ok(id)
     };
@@ -140,7 +149,13 @@ pub fn emit(
                 } else {
                     format!("{}@stage{s}", n.name)
                 };
-                let new = add(&mut out, name, n.op.clone(), &[], n.scope, s)?;
+                // A copy is costed with the layer that reads it first on its stage.
+                let scope = if i == 0 {
+                    n.scope
+                } else {
+                    first_reader.get(&(id, s)).copied().unwrap_or(n.scope)
+                };
+                let new = add(&mut out, name, n.op.clone(), &[], scope, s)?;
                 avail.insert((Value::from(id), s), Value::from(new));
             }
             continue;

@@ -255,10 +255,7 @@ impl Pass for PipelinePartition {
         Ok(PassOutput {
             graph: p.graph,
             egraph: None,
-            notes: vec![
-                format!("{sends} send/recv pairs"),
-                p.report.to_string(),
-            ],
+            notes: vec![format!("{sends} send/recv pairs"), p.report.to_string()],
         })
     }
 }

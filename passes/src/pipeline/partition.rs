@@ -119,7 +119,10 @@ mod tests {
         assert_eq!(balanced(3, 0, sum_cost(&w), |_, _, _| true), None);
         // Nothing longer than one layer fits, so 3 layers need 3 stages.
         assert_eq!(balanced(3, 2, sum_cost(&w), |_, a, b| b - a <= 1), None);
-        assert_eq!(balanced(3, 3, sum_cost(&w), |_, a, b| b - a <= 1), Some(vec![1, 1, 1]));
+        assert_eq!(
+            balanced(3, 3, sum_cost(&w), |_, a, b| b - a <= 1),
+            Some(vec![1, 1, 1])
+        );
     }
 
     #[test]

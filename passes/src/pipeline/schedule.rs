@@ -214,7 +214,13 @@ impl fmt::Display for ScheduleReport {
             let mut layers = s
                 .layers
                 .iter()
-                .map(|[a, b]| if a == b { format!("{a}") } else { format!("{a}-{b}") })
+                .map(|[a, b]| {
+                    if a == b {
+                        format!("{a}")
+                    } else {
+                        format!("{a}-{b}")
+                    }
+                })
                 .collect::<Vec<_>>()
                 .join("+");
             if s.embed {

@@ -37,8 +37,14 @@ fn pass(stages: u32, m: u32) -> PipelinePartition {
 }
 
 fn sends_recvs(g: &Graph) -> (usize, usize) {
-    let s = g.nodes().filter(|(_, n)| matches!(n.op, Op::Send { .. })).count();
-    let r = g.nodes().filter(|(_, n)| matches!(n.op, Op::Recv { .. })).count();
+    let s = g
+        .nodes()
+        .filter(|(_, n)| matches!(n.op, Op::Send { .. }))
+        .count();
+    let r = g
+        .nodes()
+        .filter(|(_, n)| matches!(n.op, Op::Recv { .. }))
+        .count();
     (s, r)
 }
 
@@ -77,19 +83,34 @@ fn layouts_are_checked() {
     let g = ppmoe(4, 2);
     let mut p = pass(2, 2);
     p.layout = Layout::Explicit(vec![3, 2]);
-    assert!(matches!(p.partition(&g), Err(PipelineError::LayoutSum { sum: 5, .. })));
+    assert!(matches!(
+        p.partition(&g),
+        Err(PipelineError::LayoutSum { sum: 5, .. })
+    ));
     p.layout = Layout::Explicit(vec![4]);
-    assert!(matches!(p.partition(&g), Err(PipelineError::LayoutLength { got: 1, .. })));
+    assert!(matches!(
+        p.partition(&g),
+        Err(PipelineError::LayoutLength { got: 1, .. })
+    ));
     p.layout = Layout::Explicit(vec![4, 0]);
-    assert!(matches!(p.partition(&g), Err(PipelineError::EmptyStage { index: 1, .. })));
+    assert!(matches!(
+        p.partition(&g),
+        Err(PipelineError::EmptyStage { index: 1, .. })
+    ));
     p.layout = Layout::Explicit(vec![1, 3]);
     let out = p.partition(&g).unwrap();
     assert_eq!(out.report.layout, vec![1, 3]);
     assert!(matches!(
         pass(5, 2).partition(&g),
-        Err(PipelineError::TooManyStages { vstages: 5, layers: 4 })
+        Err(PipelineError::TooManyStages {
+            vstages: 5,
+            layers: 4
+        })
     ));
-    assert!(matches!(pass(0, 2).partition(&g), Err(PipelineError::ZeroStages)));
+    assert!(matches!(
+        pass(0, 2).partition(&g),
+        Err(PipelineError::ZeroStages)
+    ));
     assert!(matches!(
         pass(2, 2).partition(&out.graph),
         Err(PipelineError::AlreadyPartitioned)
@@ -106,7 +127,10 @@ fn memory_that_does_not_fit_is_refused_and_more_stages_fix_it() {
     let mut p = pass(1, 1);
     p.gpu_memory_bytes = Some(cap);
     let e = p.partition(&g).unwrap_err();
-    assert!(matches!(e, PipelineError::DoesNotFit { vstages: 1, .. }), "{e}");
+    assert!(
+        matches!(e, PipelineError::DoesNotFit { vstages: 1, .. }),
+        "{e}"
+    );
     let mut p = pass(4, 1);
     p.gpu_memory_bytes = Some(cap);
     let out = p.partition(&g).unwrap();
@@ -121,9 +145,8 @@ fn balanced_is_never_slower_than_equal_layers() {
         let mut eq = pass(stages, 8);
         eq.layout = Layout::Equal;
         let eq = eq.partition(&g).unwrap();
-        let slowest = |r: &ScheduleReport| {
-            r.per_stage.iter().map(|s| s.forward_s).fold(0.0, f64::max)
-        };
+        let slowest =
+            |r: &ScheduleReport| r.per_stage.iter().map(|s| s.forward_s).fold(0.0, f64::max);
         assert!(
             slowest(&bal.report) <= slowest(&eq.report) * (1.0 + 1e-12),
             "P={stages}: {} vs {}",
@@ -143,9 +166,10 @@ fn interleaving_gives_each_device_non_adjacent_chunks() {
     assert_eq!(out.report.layout.len(), 4);
     assert_eq!(out.report.per_stage[0].layers.len(), 2);
     // Device 1 sends back to device 0 for its second chunk.
-    let back = out.graph.nodes().any(|(_, n)| {
-        matches!(n.op, Op::Send { .. }) && n.stage == Some(1)
-    });
+    let back = out
+        .graph
+        .nodes()
+        .any(|(_, n)| matches!(n.op, Op::Send { .. }) && n.stage == Some(1));
     assert!(back);
     assert!(out.report.bubble < pass(2, 4).partition(&g).unwrap().report.bubble);
 }
@@ -174,8 +198,22 @@ fn two_transfers(swap_recvs: bool) -> Graph {
     let x = add(&mut g, "x", Op::Input(t.clone()), &[], l0, 0);
     let a = add(&mut g, "a", Op::Relu, &[x.into()], l0, 0);
     let b = add(&mut g, "b", Op::Silu, &[x.into()], l0, 0);
-    add(&mut g, "a.send", Op::Send { channel: 0 }, &[a.into()], l0, 0);
-    add(&mut g, "b.send", Op::Send { channel: 1 }, &[b.into()], l0, 0);
+    add(
+        &mut g,
+        "a.send",
+        Op::Send { channel: 0 },
+        &[a.into()],
+        l0,
+        0,
+    );
+    add(
+        &mut g,
+        "b.send",
+        Op::Send { channel: 1 },
+        &[b.into()],
+        l0,
+        0,
+    );
     let order = if swap_recvs { [1, 0] } else { [0, 1] };
     let mut got = Vec::new();
     for c in order {
@@ -214,8 +252,14 @@ fn planted_recv_order_swap_is_a_cycle_of_waits() {
     let e = stage_error(&two_transfers(true));
     assert!(matches!(e, StageError::TransferCycle(_)), "{e}");
     let msg = e.to_string();
-    assert!(msg.contains("stage 0 runs send `a.send` before send `b.send`"), "{msg}");
-    assert!(msg.contains("stage 1 runs recv `r1` before recv `r0`"), "{msg}");
+    assert!(
+        msg.contains("stage 0 runs send `a.send` before send `b.send`"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("stage 1 runs recv `r1` before recv `r0`"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -230,7 +274,10 @@ fn planted_mismatched_recv_is_caught() {
         .position(|n| matches!(n.op, Op::Send { .. }))
         .unwrap();
     let sent = doc.nodes[si].inputs[0].clone();
-    let sent_ty = out.value_type(out.find(&sent).unwrap().into()).unwrap().clone();
+    let sent_ty = out
+        .value_type(out.find(&sent).unwrap().into())
+        .unwrap()
+        .clone();
     let other = out
         .nodes()
         .find(|(_, n)| {
@@ -243,7 +290,10 @@ fn planted_mismatched_recv_is_caught() {
         .unwrap();
     doc.nodes[si].inputs = vec![other];
     let e = from_doc(doc).unwrap_err().to_string();
-    assert!(e.contains("sends") && e.contains(&format!("declares {sent_ty}")), "{e}");
+    assert!(
+        e.contains("sends") && e.contains(&format!("declares {sent_ty}")),
+        "{e}"
+    );
 
     // A recv on a channel nobody sends on.
     let mut doc = to_doc(&out);
@@ -266,7 +316,12 @@ fn planted_collective_across_stages_is_caught() {
     let t = TensorType::new(DType::F32, [4, 8]).with_partial(&["pp"]);
     let x = g.add("x", Op::Zeros(t), &[], Scope::Layer(0)).unwrap();
     let y = g
-        .add("y", Op::AllReduce { axis: "pp".into() }, &[x.into()], Scope::Layer(0))
+        .add(
+            "y",
+            Op::AllReduce { axis: "pp".into() },
+            &[x.into()],
+            Scope::Layer(0),
+        )
         .unwrap();
     let z = g.add("z", Op::Relu, &[y.into()], Scope::Layer(1)).unwrap();
     g.node_mut(x).stage = Some(0);
@@ -281,10 +336,19 @@ fn planted_collective_across_stages_is_caught() {
         only_stage: None,
     });
     let e = stage_error(&g);
-    assert!(matches!(e, StageError::CollectiveAcrossStages { .. }), "{e}");
+    assert!(
+        matches!(e, StageError::CollectiveAcrossStages { .. }),
+        "{e}"
+    );
     let msg = e.to_string();
-    assert!(msg.contains("`y` (all_reduce over `pp`) runs on stage 0"), "{msg}");
-    assert!(msg.contains("group [0, 2]") && msg.contains("ranks [2] are on stages [1]"), "{msg}");
+    assert!(
+        msg.contains("`y` (all_reduce over `pp`) runs on stage 0"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("group [0, 2]") && msg.contains("ranks [2] are on stages [1]"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -301,10 +365,16 @@ fn planted_empty_stage_and_stray_stage_are_caught() {
     }
     doc.pipeline.as_mut().unwrap().layout = vec![1, 1, 1];
     let e = from_doc(doc).unwrap_err().to_string();
-    assert!(e.contains("stage 1 has no nodes (ranks 2..=3 would idle)"), "{e}");
+    assert!(
+        e.contains("stage 1 has no nodes (ranks 2..=3 would idle)"),
+        "{e}"
+    );
     // A virtual stage without layers.
     g.pipeline.as_mut().unwrap().layout = vec![2, 0];
-    assert!(matches!(stage_error(&g), StageError::EmptyVirtualStage { vstage: 1, .. }));
+    assert!(matches!(
+        stage_error(&g),
+        StageError::EmptyVirtualStage { vstage: 1, .. }
+    ));
     // An op on a stage its layer is not on.
     let mut g = two_transfers(false);
     let y = g.find("y").unwrap();
