@@ -68,6 +68,11 @@ pub struct PipelineSpec {
     pub schedule: Schedule,
     /// Micro-batches per step; the graph is the program of one micro-batch.
     pub micro_batches: u32,
+    /// Activation recomputation (Megatron's `--recompute-granularity full`): each stage keeps only
+    /// the values entering its layers between a micro-batch's forward and backward, and runs the
+    /// forward again during the backward.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recompute: bool,
     /// Set when the graph holds the program of this one stage only (`rewrite --emit-stage`): its
     /// transfers' peers are in other files.
     #[serde(default, skip_serializing_if = "Option::is_none")]

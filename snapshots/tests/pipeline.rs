@@ -47,6 +47,7 @@ fn partition(g: &Graph, opts: &common::CaseOptions, layout: Layout) -> Partition
         micro_batches: opts.micro_batches.unwrap_or(4 * pp),
         gpus_per_node: cluster.gpus_per_node,
         gpu_memory_bytes: Some(cluster.gpu.memory_gb * 1e9),
+        recompute: opts.recompute.unwrap_or(false),
         model: Arc::new(Roofline { cluster }),
     }
     .partition(&g)

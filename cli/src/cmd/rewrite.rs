@@ -40,6 +40,10 @@ pub struct Args {
     /// Micro-batches per step (default: 4 x P). The graph is one micro-batch's program.
     #[arg(long, value_name = "M", requires = "pp")]
     micro_batches: Option<u32>,
+    /// Recompute activations in the backward (keep only each layer's inputs between forward and
+    /// backward): less memory, one more forward per backward.
+    #[arg(long, requires = "pp")]
+    recompute: bool,
     /// Write only this stage's program (its nodes, recvs as inputs, sends as sinks).
     #[arg(long, value_name = "K", requires = "pp")]
     emit_stage: Option<u32>,
@@ -166,6 +170,7 @@ pub fn run(a: Args) -> Result<()> {
                 a.import.gpus_per_node
             },
             gpu_memory_bytes: Some(cluster.gpu.memory_gb * 1e9),
+            recompute: a.recompute,
         });
     }
     let (out, stats) = pipeline.run(g).map_err(|e| miette!("{}: {e}", a.model))?;

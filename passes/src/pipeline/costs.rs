@@ -10,11 +10,26 @@ use std::collections::BTreeMap;
 pub struct ScopeCost {
     /// Forward seconds of its ops (transfers between stages excluded).
     pub seconds: f64,
-    /// Local bytes of its weights.
+    /// Local bytes of its weights (at full size).
     pub weight_bytes: f64,
-    /// Local bytes of the values its ops produce: what a training step keeps for the backward (an
-    /// upper bound: recomputation or freeing would keep less).
+    /// Local bytes of the values its ops produce, routed buffers at their expected fill: what a
+    /// training step keeps for the backward (an upper bound: recomputation or freeing would keep
+    /// less).
     pub activation_bytes: f64,
+    /// Local bytes of the values it reads from other scopes (what a stage keeps per micro-batch
+    /// when it recomputes its activations in the backward).
+    pub input_bytes: f64,
+}
+
+impl ScopeCost {
+    /// What a micro-batch leaves on the device from its forward to its backward.
+    pub fn kept_bytes(&self, recompute: bool) -> f64 {
+        if recompute {
+            self.input_bytes
+        } else {
+            self.activation_bytes
+        }
+    }
 }
 
 impl std::ops::AddAssign for ScopeCost {
@@ -22,6 +37,7 @@ impl std::ops::AddAssign for ScopeCost {
         self.seconds += o.seconds;
         self.weight_bytes += o.weight_bytes;
         self.activation_bytes += o.activation_bytes;
+        self.input_bytes += o.input_bytes;
     }
 }
 
@@ -30,7 +46,19 @@ impl std::ops::AddAssign for ScopeCost {
 pub fn scope_costs(g: &Graph, model: &dyn CostModel) -> BTreeMap<Scope, ScopeCost> {
     let mut fills: Vec<Vec<f64>> = Vec::with_capacity(g.len());
     let mut out: BTreeMap<Scope, ScopeCost> = BTreeMap::new();
+    let mut read_in: std::collections::HashSet<(Scope, moe_ir::Value)> = Default::default();
     for (_, n) in g.nodes() {
+        for &v in &n.inputs {
+            let p = g.node(v.node);
+            let leaf = matches!(p.op, Op::Weight(_) | Op::Input(_) | Op::Zeros(_));
+            // A value from another layer, or received from another stage.
+            let outside = p.scope != n.scope || matches!(p.op, Op::Recv { .. });
+            if !leaf && outside && read_in.insert((n.scope, v)) {
+                if let Some(t) = g.value_type(v) {
+                    out.entry(n.scope).or_default().input_bytes += t.local_bytes(&g.mesh) as f64;
+                }
+            }
+        }
         let tys: Vec<_> = n.inputs.iter().filter_map(|v| g.value_type(*v)).collect();
         let fill: Vec<f64> = n
             .inputs
@@ -43,13 +71,16 @@ pub fn scope_costs(g: &Graph, model: &dyn CostModel) -> BTreeMap<Scope, ScopeCos
                     .unwrap_or(1.0)
             })
             .collect();
-        fills.push(model.output_fill(&n.op, &tys, &fill, &n.outputs, &g.mesh));
+        let out_fill = model.output_fill(&n.op, &tys, &fill, &n.outputs, &g.mesh);
         let c = out.entry(n.scope).or_default();
+        // Routed buffers hold their expected rows (a dropless runtime sizes them by the counts).
         let bytes: f64 = n
             .outputs
             .iter()
-            .map(|t| t.local_bytes(&g.mesh) as f64)
+            .enumerate()
+            .map(|(k, t)| t.local_bytes(&g.mesh) as f64 * out_fill.get(k).copied().unwrap_or(1.0))
             .sum();
+        fills.push(out_fill);
         match n.op {
             Op::Weight(_) => c.weight_bytes += bytes,
             Op::Input(_) | Op::Send { .. } | Op::Recv { .. } => {}

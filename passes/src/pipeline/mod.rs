@@ -57,7 +57,7 @@ pub enum PipelineError {
     AlreadyPartitioned,
     #[error("the mesh has an axis named `{0}` already")]
     AxisTaken(String),
-    #[error("no cut into {vstages} stages fits in {gpu_gib:.1} GiB per GPU (weights and peak activations; the smallest stage needs {need_gib:.1} GiB even alone): use more stages or tensor parallelism")]
+    #[error("no cut into {vstages} stages fits in {gpu_gib:.1} GiB per GPU (weights and peak activations; the first stage needs {need_gib:.1} GiB with one layer): use more stages, --recompute, or shorter micro-batches")]
     DoesNotFit {
         vstages: u32,
         gpu_gib: f64,
@@ -103,6 +103,8 @@ pub struct PipelinePartition {
     pub gpus_per_node: u64,
     /// Device memory; `None` skips the memory constraint.
     pub gpu_memory_bytes: Option<f64>,
+    /// Recompute activations in the backward (keep only each layer's inputs).
+    pub recompute: bool,
 }
 
 impl std::fmt::Debug for PipelinePartition {
@@ -114,6 +116,7 @@ impl std::fmt::Debug for PipelinePartition {
             .field("micro_batches", &self.micro_batches)
             .field("gpus_per_node", &self.gpus_per_node)
             .field("gpu_memory_bytes", &self.gpu_memory_bytes)
+            .field("recompute", &self.recompute)
             .finish_non_exhaustive()
     }
 }
@@ -123,6 +126,8 @@ impl std::fmt::Debug for PipelinePartition {
 pub struct Partitioned {
     pub graph: Graph,
     pub report: ScheduleReport,
+    /// What the user should know (a memory limit no cut meets).
+    pub warnings: Vec<String>,
 }
 
 impl PipelinePartition {
@@ -139,6 +144,7 @@ impl PipelinePartition {
             micro_batches,
             gpus_per_node: r.cluster.gpus_per_node,
             gpu_memory_bytes: Some(r.cluster.gpu.memory_gb * 1e9),
+            recompute: false,
             model: Arc::new(r),
         }
     }
@@ -172,9 +178,10 @@ impl PipelinePartition {
         let cap = self.gpu_memory_bytes.map(|m| m / f64::from(chunks));
         let memory = |v: usize, a: usize, b: usize| {
             let c = costs.range(a, b, v, vs);
-            c.weight_bytes + in_flight[v] * c.activation_bytes
+            c.weight_bytes + in_flight[v] * c.kept_bytes(self.recompute)
         };
         let fits = |v: usize, a: usize, b: usize| cap.is_none_or(|m| memory(v, a, b) <= m);
+        let mut warnings = Vec::new();
         let layout = match &self.layout {
             Layout::Explicit(l) => {
                 if l.len() != vs {
@@ -211,15 +218,19 @@ impl PipelinePartition {
             Layout::Balanced => match partition::balanced(n, vs, cost, fits) {
                 Some(l) => l,
                 None => {
-                    // Say how far off: the smallest single layer's footprint.
+                    // Nothing fits: say so, and balance time alone (the report marks the stages
+                    // over the limit) rather than refuse to show the schedule.
                     let need = (0..n)
                         .map(|i| memory(0, i, i + 1))
                         .fold(f64::INFINITY, f64::min);
-                    return Err(PipelineError::DoesNotFit {
+                    let e = PipelineError::DoesNotFit {
                         vstages,
                         gpu_gib: cap.unwrap_or(0.0) / (1u64 << 30) as f64,
                         need_gib: need / (1u64 << 30) as f64,
-                    });
+                    };
+                    tracing::warn!("{e}; balancing time alone");
+                    warnings.push(e.to_string());
+                    partition::balanced(n, vs, cost, |_, _, _| true).ok_or(e)?
                 }
             },
         };
@@ -228,12 +239,17 @@ impl PipelinePartition {
             layout,
             schedule: self.schedule,
             micro_batches: self.micro_batches,
+            recompute: self.recompute,
             only_stage: None,
         };
         let graph = emit::emit(g, spec, self.stages, self.gpus_per_node)?;
         let report = ScheduleReport::of(&graph, self.model.as_ref(), self.gpu_memory_bytes)
             .ok_or_else(|| PipelineError::Internal("the staged graph has no pipeline".into()))??;
-        Ok(Partitioned { graph, report })
+        Ok(Partitioned {
+            graph,
+            report,
+            warnings,
+        })
     }
 }
 

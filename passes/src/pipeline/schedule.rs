@@ -2,8 +2,10 @@
 //! bubble, from the cost model and a replay of the schedule ([`moe_ir::pipeline::simulate`]).
 //!
 //! Assumptions, stated where the numbers are shown: the graph is one micro-batch's forward; a
-//! backward costs [`BACKWARD_RATIO`] times its forward (two matmuls per forward matmul); a stage's
-//! activations are every value its ops produce, kept from a micro-batch's forward to its backward;
+//! backward costs [`BACKWARD_RATIO`] times its forward (two matmuls per forward matmul), plus one
+//! forward with recomputation; a stage keeps every value its ops produce (routed buffers at their
+//! expected fill) from a micro-batch's forward to its backward, or only its layers' inputs with
+//! recomputation;
 //! the transfer into a virtual stage is the sum of its `recv`s, and the backward sends the same
 //! bytes back.
 
@@ -15,8 +17,13 @@ use moe_ir::{Graph, Op};
 use serde::Serialize;
 use std::fmt;
 
-/// Backward seconds per forward second.
+/// Backward seconds per forward second (without recomputation).
 pub const BACKWARD_RATIO: f64 = 2.0;
+
+/// Backward seconds per forward second, one more forward with recomputation.
+pub fn backward_ratio(recompute: bool) -> f64 {
+    BACKWARD_RATIO + f64::from(u8::from(recompute))
+}
 
 /// One device's share of the pipeline.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -49,6 +56,8 @@ pub struct StageReport {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ScheduleReport {
     pub schedule: String,
+    /// Activations recomputed in the backward.
+    pub recompute: bool,
     pub stages: u32,
     pub micro_batches: u32,
     /// Layers per virtual stage.
@@ -117,13 +126,14 @@ fn report(
     }
     let order = steps(spec.schedule, p, spec.micro_batches)?;
     let fwd = |v: u32| per_v.get(v as usize).map_or(0.0, |c| c.seconds);
+    let bwd_ratio = backward_ratio(spec.recompute);
     let timeline = simulate(
         &order,
         vs as u32,
         spec.micro_batches,
         |st| match st.phase {
             Phase::Forward => fwd(st.vstage),
-            Phase::Backward => BACKWARD_RATIO * fwd(st.vstage),
+            Phase::Backward => bwd_ratio * fwd(st.vstage),
         },
         |from, to| {
             if from % p == to % p {
@@ -135,14 +145,21 @@ fn report(
             }
         },
     )?;
-    let act = |v: u32| per_v.get(v as usize).map_or(0.0, |c| c.activation_bytes);
+    let act = |v: u32| {
+        per_v
+            .get(v as usize)
+            .map_or(0.0, |c| c.kept_bytes(spec.recompute))
+    };
     let peaks = peak_activations(&order, act);
     let mut per_stage = Vec::with_capacity(p as usize);
     for s in 0..p {
         let mine: Vec<usize> = (0..vs).filter(|v| *v as u32 % p == s).collect();
         let forward_s: f64 = mine.iter().map(|&v| per_v[v].seconds).sum();
         let weight_bytes: f64 = mine.iter().map(|&v| per_v[v].weight_bytes).sum();
-        let activation_bytes: f64 = mine.iter().map(|&v| per_v[v].activation_bytes).sum();
+        let activation_bytes: f64 = mine
+            .iter()
+            .map(|&v| per_v[v].kept_bytes(spec.recompute))
+            .sum();
         let peak = peaks[s as usize];
         per_stage.push(StageReport {
             stage: s,
@@ -177,6 +194,7 @@ fn report(
     let (pf, mf) = (f64::from(p), f64::from(spec.micro_batches));
     Ok(ScheduleReport {
         schedule: spec.schedule.to_string(),
+        recompute: spec.recompute,
         stages: p,
         micro_batches: spec.micro_batches,
         layout: spec.layout.clone(),
@@ -196,9 +214,14 @@ impl fmt::Display for ScheduleReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "pipeline: {} stages, {}, {} micro-batches, layout {}",
+            "pipeline: {} stages, {}{}, {} micro-batches, layout {}",
             self.stages,
             self.schedule,
+            if self.recompute {
+                ", full recompute"
+            } else {
+                ""
+            },
             self.micro_batches,
             self.layout
                 .iter()
@@ -250,9 +273,10 @@ impl fmt::Display for ScheduleReport {
         }
         writeln!(
             f,
-            "  predicted step {:.3} ms (forward + backward of {} micro-batches; backward = {BACKWARD_RATIO}x forward), bubble {:.1}% (equal stages: {:.1}%)",
+            "  predicted step {:.3} ms (forward + backward of {} micro-batches; backward = {}x forward), bubble {:.1}% (equal stages: {:.1}%)",
             self.step_s * 1e3,
             self.micro_batches,
+            backward_ratio(self.recompute),
             self.bubble * 100.0,
             self.ideal_bubble * 100.0
         )

@@ -32,6 +32,8 @@ pub struct CaseOptions {
     pub schedule: Option<String>,
     /// `rewrite --chunks`.
     pub chunks: Option<u32>,
+    /// `rewrite --recompute`.
+    pub recompute: Option<bool>,
     /// `rewrite --micro-batches`.
     pub micro_batches: Option<u32>,
     /// Also print the output: `text` or `dot`.
