@@ -408,3 +408,73 @@ fn planted_empty_stage_and_stray_stage_are_caught() {
     let e = stage_error(&g);
     assert!(matches!(e, StageError::StageOfScope { .. }), "{e}");
 }
+
+/// On real small models (dense and MoE layers of different cost, embedding and head), the pass's
+/// slowest stage equals the brute-force optimum over every contiguous cut, and is never slower
+/// than equal layers.
+#[test]
+fn the_cut_is_optimal_on_small_models() {
+    let llama4 = include_str!("../../../examples/hf/llama4-scout.json");
+    let dsv2 = include_str!("../../../examples/hf/deepseek-v2-lite.json");
+    let cases: [(&str, Vec<String>); 2] = [
+        (
+            llama4,
+            vec![
+                "num_hidden_layers=7".into(),
+                "interleave_moe_layer_step=2".into(),
+                "moe_layers=[1,3,5]".into(),
+                "no_rope_layers=[1,1,1,0,1,1,1]".into(),
+            ],
+        ),
+        (
+            dsv2,
+            vec![
+                "num_hidden_layers=7".into(),
+                "first_k_dense_replace=2".into(),
+            ],
+        ),
+    ];
+    for (cfg, set) in cases {
+        let opts = ImportOptions {
+            mesh: Some(Mesh::parse("ep=2", 8).unwrap()),
+            seq: 256,
+            ..Default::default()
+        };
+        let g = import(cfg, &set, &opts).unwrap();
+        let g = TensorParallel {
+            tp: 2,
+            gpus_per_node: 8,
+        }
+        .remap(&g)
+        .unwrap();
+        let g = DispatchRewrite::default().rewrite(&g).unwrap().graph;
+        let m = Roofline::default();
+        let costs = costs::LayerCosts::of(&g, &m);
+        let n = costs.layers.len();
+        assert_eq!(n, 7);
+        for stages in 1..=4u32 {
+            let p = pass(stages, 8).partition(&g).unwrap();
+            let vs = stages as usize;
+            let cost = |k: usize, a: usize, b: usize| costs.range(a, b, k, vs).seconds;
+            let dp = partition::slowest(&p.report.layout, cost);
+            let mut brute = f64::INFINITY;
+            let mut stack = vec![(Vec::<u32>::new(), 0usize)];
+            while let Some((lens, used)) = stack.pop() {
+                if lens.len() == vs {
+                    if used == n {
+                        brute = brute.min(partition::slowest(&lens, cost));
+                    }
+                    continue;
+                }
+                for l in 1..=(n - used) {
+                    let mut next = lens.clone();
+                    next.push(l as u32);
+                    stack.push((next, used + l));
+                }
+            }
+            assert!(dp <= brute * 1.01, "P={stages}: dp {dp} brute {brute}");
+            let eq = partition::slowest(&partition::equal_split(n, vs), cost);
+            assert!(dp <= eq * (1.0 + 1e-12), "P={stages}: dp {dp} equal {eq}");
+        }
+    }
+}
