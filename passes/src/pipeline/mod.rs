@@ -57,10 +57,11 @@ pub enum PipelineError {
     AlreadyPartitioned,
     #[error("the mesh has an axis named `{0}` already")]
     AxisTaken(String),
-    #[error("no cut into {vstages} stages fits in {gpu_gib:.1} GiB per GPU (weights and peak activations; the first stage needs {need_gib:.1} GiB with one layer): use more stages, --recompute, or shorter micro-batches")]
+    #[error("no cut into {vstages} stages fits in {gpu_gib:.1} GiB per GPU (weights plus the schedule's peak activations; the time-balanced cut needs {need_gib:.1} GiB on stage {vstage}): use more stages, --recompute, or shorter micro-batches")]
     DoesNotFit {
         vstages: u32,
         gpu_gib: f64,
+        vstage: u32,
         need_gib: f64,
     },
     #[error("node `{node}` ({scope}) reads `{input}` of a later part of the model ({input_scope}): scopes are not in layer order")]
@@ -218,19 +219,32 @@ impl PipelinePartition {
             Layout::Balanced => match partition::balanced(n, vs, cost, fits) {
                 Some(l) => l,
                 None => {
-                    // Nothing fits: say so, and balance time alone (the report marks the stages
-                    // over the limit) rather than refuse to show the schedule.
-                    let need = (0..n)
-                        .map(|i| memory(0, i, i + 1))
-                        .fold(f64::INFINITY, f64::min);
+                    // Nothing fits: balance time alone (the report marks the stages over the
+                    // limit) rather than refuse to show the schedule, and say how far off it is.
+                    let lens = partition::balanced(n, vs, cost, |_, _, _| true).ok_or(
+                        PipelineError::TooManyStages {
+                            vstages,
+                            layers: n as u32,
+                        },
+                    )?;
+                    let (mut a, mut worst) = (0usize, (0usize, 0f64));
+                    for (v, &l) in lens.iter().enumerate() {
+                        let b = a + l as usize;
+                        let m = memory(v, a, b);
+                        if m > worst.1 {
+                            worst = (v, m);
+                        }
+                        a = b;
+                    }
                     let e = PipelineError::DoesNotFit {
                         vstages,
                         gpu_gib: cap.unwrap_or(0.0) / (1u64 << 30) as f64,
-                        need_gib: need / (1u64 << 30) as f64,
+                        vstage: worst.0 as u32,
+                        need_gib: worst.1 / (1u64 << 30) as f64,
                     };
                     tracing::warn!("{e}; balancing time alone");
                     warnings.push(e.to_string());
-                    partition::balanced(n, vs, cost, |_, _, _| true).ok_or(e)?
+                    lens
                 }
             },
         };
