@@ -243,10 +243,12 @@ pub fn emit(
         }
     }
     for o in &g.outputs {
+        // An op's output is read where it runs; a leaf's from its first copy.
         let s = op_stage[o.value.node.index()].1;
         let v = avail
             .get(&(o.value, s))
             .copied()
+            .or_else(|| (0..stages).find_map(|t| avail.get(&(o.value, t)).copied()))
             .ok_or_else(|| PipelineError::Internal(format!("output `{}` lost", o.name)))?;
         out.add_output(o.name.clone(), v);
     }
