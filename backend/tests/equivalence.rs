@@ -1,5 +1,6 @@
 //! Property: random small MoE models compute the same function in their imported expert-parallel
-//! form and in every rewritten form ([`common::forms`]: the PPMoE rewrite).
+//! form and in every rewritten form ([`common::forms`]: the PPMoE rewrite, and the PPMoE rewrite
+//! cut into 1 to 4 pipeline stages).
 //!
 //! Models are Hugging Face configs of four shapes cut small: DeepSeek-V3 (softmax or sigmoid
 //! scores, optional group-limited routing scored by the best or the two best members, selection
@@ -44,6 +45,8 @@ struct Moe {
     slots: Option<u64>,
     ep: u64,
     tp: u64,
+    /// Pipeline stages of the pipelined form (the model has at least as many layers, and 2).
+    pp: u32,
 }
 
 fn divisors(n: u64, max: u64) -> Vec<u64> {
@@ -62,6 +65,7 @@ fn build(
     grouped: bool,
     top2: bool,
     slots: u64,
+    pp: u32,
 ) -> Moe {
     let template = [
         Template::DeepSeek,
@@ -111,6 +115,7 @@ fn build(
         slots: (1..SEQ).contains(&slots).then_some(slots),
         ep,
         tp,
+        pp,
     }
 }
 
@@ -124,20 +129,31 @@ fn moe() -> impl Strategy<Value = Moe> {
         (0usize..8, 0usize..8, 0usize..8, 0u64..8),
         any::<bool>(),
         any::<bool>(),
-        0u64..12,
+        (0u64..12, 1u32..=4),
     )
-        .prop_map(|(t, e, k, sh, sg, ix, gr, t2, sl)| build(t, e, k, sh, sg, ix, gr, t2, sl))
+        .prop_map(|(t, e, k, sh, sg, ix, gr, t2, (sl, pp))| {
+            build(t, e, k, sh, sg, ix, gr, t2, sl, pp)
+        })
 }
 
 impl Moe {
+    /// Decoder layers (encoder and decoder layers each for Switch): enough for the stages.
+    fn layers(&self) -> u32 {
+        match self.template {
+            Template::Switch => self.pp.div_ceil(2),
+            _ => self.pp.max(2),
+        }
+    }
+
     /// The config file and its `--set`s.
     fn config(&self) -> (&'static str, Vec<String>) {
         let (e, k) = (self.experts, self.k);
+        let layers = self.layers();
         let mut s: Vec<String> = Vec::new();
         let file = match self.template {
             Template::DeepSeek => {
                 s.extend([
-                    "num_hidden_layers=2".into(),
+                    format!("num_hidden_layers={layers}"),
                     "first_k_dense_replace=0".into(),
                     "hidden_size=32".into(),
                     "intermediate_size=32".into(),
@@ -177,7 +193,7 @@ impl Moe {
             }
             Template::Mixtral => {
                 s.extend([
-                    "num_hidden_layers=2".into(),
+                    format!("num_hidden_layers={layers}"),
                     "hidden_size=32".into(),
                     "intermediate_size=16".into(),
                     "num_attention_heads=8".into(),
@@ -190,7 +206,7 @@ impl Moe {
             }
             Template::Qwen2 => {
                 s.extend([
-                    "num_hidden_layers=2".into(),
+                    format!("num_hidden_layers={layers}"),
                     "hidden_size=32".into(),
                     "intermediate_size=32".into(),
                     "moe_intermediate_size=16".into(),
@@ -205,10 +221,10 @@ impl Moe {
             }
             Template::Switch => {
                 s.extend([
-                    "num_layers=1".into(),
-                    "num_decoder_layers=1".into(),
-                    "num_sparse_encoder_layers=1".into(),
-                    "num_sparse_decoder_layers=1".into(),
+                    format!("num_layers={layers}"),
+                    format!("num_decoder_layers={layers}"),
+                    format!("num_sparse_encoder_layers={layers}"),
+                    format!("num_sparse_decoder_layers={layers}"),
                     "encoder_sparse_step=1".into(),
                     "decoder_sparse_step=1".into(),
                     "d_model=32".into(),
@@ -261,7 +277,7 @@ proptest! {
     #[test]
     fn rewritten_forms_compute_the_original_function(m in moe()) {
         let g = m.graph();
-        let forms = forms(&g, m.tp);
+        let forms = forms(&g, m.tp, (m.tp, m.pp));
         for (form, v) in check_forms(&g, &forms, &exact()) {
             prop_assert!(v.passed, "{m:?} vs {form}: {}", describe(&v));
         }
@@ -270,7 +286,7 @@ proptest! {
 
 #[test]
 fn seeded_models_do_not_depend_on_the_mesh() {
-    let m = build(0, 8, 2, true, true, (0, 0, 0, 1), true, true, 0);
+    let m = build(0, 8, 2, true, true, (0, 0, 0, 1), true, true, 0, 1);
     // 64 tokens in all, whatever the mesh.
     let on = |ep: u64| Moe { ep, ..m.clone() }.graph_batched(8 / ep);
     let one = on(1);
@@ -283,7 +299,7 @@ fn seeded_models_do_not_depend_on_the_mesh() {
 #[test]
 fn dropping_changes_the_function() {
     // The capacity cases are not vacuous: with few slots, tokens are dropped.
-    let m = build(1, 4, 2, false, false, (2, 0, 0, 0), false, false, 0);
+    let m = build(1, 4, 2, false, false, (2, 0, 0, 0), false, false, 0, 1);
     let dropless = m.graph();
     let capped = Moe {
         slots: Some(1),

@@ -1,5 +1,6 @@
 //! Every bundled model family, cut small (`tests/families/*.toml`: 2 layers, hidden 128), computes
-//! the same function in its imported expert-parallel form and in its PPMoE rewrite: what
+//! the same function in its imported expert-parallel form, in its PPMoE rewrite (`rewrite --tp 4`)
+//! and in its PPMoE rewrite cut into two pipeline stages (`rewrite --tp 2 --pp 2`): what
 //! `moe-opt verify CONFIG REWRITTEN --backend cpu` checks, in f32 with the default tolerance.
 
 #![allow(clippy::unwrap_used)]
@@ -65,12 +66,12 @@ fn every_example_family_has_a_case() {
 }
 
 #[test]
-fn every_family_equals_its_ppmoe_rewrite() {
+fn every_family_equals_its_ppmoe_and_pipelined_rewrites() {
     let opts = VerifyOptions::default();
     let mut failures = Vec::new();
     for c in cases() {
         let g = import(&c.config, &c.sets, &c.mesh, c.seq);
-        let forms = forms(&g, c.tp);
+        let forms = forms(&g, c.tp, (2, 2));
         for (form, rewritten) in &forms {
             assert!(
                 is_ppmoe(rewritten),

@@ -1,11 +1,13 @@
-//! Pipeline stages: a graph cut into stages (nodes carrying `stage`, mesh with an outermost `pp`
-//! axis, `send`/`recv` between stages) computes what the unstaged graph computes, whatever the
-//! arena order of the stages; a `recv` whose `send` can never run is a deadlock error.
+//! Pipeline stages built by hand: a graph cut into stages (a `pipeline` spec, nodes carrying
+//! `stage`, mesh with an outermost `pp` axis, `send`/`recv` between stages) computes what the
+//! unstaged graph computes, whatever the arena order of the stages; transfers that could never
+//! complete are refused. (Graphs cut by the pipeline pass are compared in `families.rs` and
+//! `equivalence.rs`.)
 
 #![allow(clippy::unwrap_used)]
 
 use moe_backend::{run, verify, ExecError, RunOptions, VerifyOptions, Weights};
-use moe_ir::{DType, Graph, Mesh, NodeId, Op, Scope, TensorType, Value};
+use moe_ir::{DType, Graph, Mesh, NodeId, Op, PipelineSpec, Schedule, Scope, TensorType, Value};
 
 fn f32t(shape: &[u64]) -> TensorType {
     TensorType::new(DType::F32, shape.to_vec())
@@ -18,9 +20,18 @@ struct B {
 
 impl B {
     fn new(mesh: &str) -> B {
-        B {
-            g: Graph::new("mlp", Mesh::parse(mesh, 8).unwrap()),
+        let mut g = Graph::new("mlp", Mesh::parse(mesh, 8).unwrap());
+        if mesh.starts_with("pp=") {
+            g.pipeline = Some(PipelineSpec {
+                axis: "pp".into(),
+                layout: vec![1, 1],
+                schedule: Schedule::OneFOneB,
+                micro_batches: 2,
+                recompute: false,
+                only_stage: None,
+            });
         }
+        B { g }
     }
 
     fn add(&mut self, name: &str, op: Op, inputs: &[NodeId], stage: Option<u32>) -> NodeId {
@@ -113,9 +124,10 @@ fn stages_compute_what_the_unstaged_graph_computes() {
 }
 
 #[test]
-fn a_recv_that_can_never_be_fed_is_a_deadlock() {
+fn transfers_that_could_never_complete_are_refused() {
     // Stage 0 waits for channel 1 before sending channel 0; stage 1 waits for channel 0 before
-    // sending channel 1.
+    // sending channel 1: the validator sees the cycle (the executor's own deadlock check is a
+    // unit test of the executor).
     let mut b = B::new("pp=2");
     let t = f32t(&[2, 2]);
     let r1 = b.add(
@@ -132,14 +144,8 @@ fn a_recv_that_can_never_be_fed_is_a_deadlock() {
     b.add("s1.send", Op::Send { channel: 1 }, &[r0], Some(1));
     b.g.add_output("y", r0);
     let e = run(&b.g, &Weights::Seeded, &RunOptions::default()).unwrap_err();
-    assert!(
-        matches!(&e, ExecError::Deadlock { node, channel: 1, .. } if node == "s0.recv"),
-        "{e}"
-    );
-}
-
-#[test]
-fn a_send_without_its_recv_is_refused() {
+    assert!(matches!(e, ExecError::Invalid(_)), "{e}");
+    // A send without its recv.
     let mut b = B::new("pp=2");
     let x = b.add("x", Op::Input(f32t(&[2, 2])), &[], Some(0));
     b.add("send", Op::Send { channel: 3 }, &[x], Some(0));

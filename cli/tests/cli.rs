@@ -403,7 +403,10 @@ fn run_reads_weights_from_a_file_or_a_checkpoint_folder() {
         let o = moe_opt(args, None);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         let s = String::from_utf8_lossy(&o.stdout).to_string();
-        s.lines().find(|l| l.starts_with("output y")).unwrap_or_default().to_string()
+        s.lines()
+            .find(|l| l.starts_with("output y"))
+            .unwrap_or_default()
+            .to_string()
     };
     let from_file = out(&["run", &model, "--weights", &file.to_string_lossy()]);
     let seeded = out(&["run", &model]);
@@ -417,10 +420,96 @@ fn run_reads_weights_from_a_file_or_a_checkpoint_folder() {
         r#"{"metadata": {}, "weight_map": {"w": "model-00001-of-00001.safetensors"}}"#,
     )
     .expect("write index");
-    assert_eq!(out(&["run", &model, "--weights", &ckpt.to_string_lossy()]), from_file);
+    assert_eq!(
+        out(&["run", &model, "--weights", &ckpt.to_string_lossy()]),
+        from_file
+    );
     // A checkpoint without the weight: exit 1 naming it.
     std::fs::write(&file, safetensors(&[("v", &[2, 2], &[1.0; 4])])).expect("write");
     let o = moe_opt(&["run", &model, "--weights", &file.to_string_lossy()], None);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("weight `w`"), "{}", stderr(&o));
+}
+
+const MIXTRAL: &str = "examples/hf/mixtral-8x7b.json";
+
+/// stderr with miette's wrapping undone: words joined by single spaces.
+fn flat(o: &Output) -> String {
+    stderr(o)
+        .replace(['│', '×', '╰', '─', '▶'], " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `rewrite --pp`: bad requests exit 1 with the reason; `--emit-stage` writes one stage's program.
+#[test]
+fn pipeline_flags() {
+    let cut = [
+        "--mesh",
+        "ep=2",
+        "--set",
+        "num_hidden_layers=4",
+        "--set",
+        "hidden_size=256",
+        "--set",
+        "intermediate_size=512",
+        "--seq",
+        "64",
+    ];
+    let run = |extra: &[&str]| {
+        let mut args = vec!["rewrite", MIXTRAL];
+        args.extend_from_slice(&cut);
+        args.extend_from_slice(extra);
+        moe_opt(&args, None)
+    };
+    let o = run(&["--tp", "2", "--pp", "5"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        flat(&o).contains("5 pipeline stages (stages x chunks) for 4 layers"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["--pp", "2", "--pp-layout", "3,2"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        flat(&o).contains("adds up to 5 layers; the model has 4"),
+        "{}",
+        stderr(&o)
+    );
+    let o = run(&["--pp", "2", "--pp-layout", "3,x"]);
+    assert_eq!(o.status.code(), Some(1));
+    let o = run(&[
+        "--pp",
+        "3",
+        "--schedule",
+        "interleaved",
+        "--micro-batches",
+        "4",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        flat(&o).contains("multiple of the stages"),
+        "{}",
+        stderr(&o)
+    );
+    // --pp-layout without --pp is a usage error.
+    assert_eq!(run(&["--pp-layout", "2,2"]).status.code(), Some(2));
+
+    let o = run(&["--tp", "2", "--pp", "2", "--emit-stage", "1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = moe_opt(&["inspect", "-", "--json"], Some(&o.stdout));
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(j["stages"], 1, "one stage's program");
+    assert_eq!(j["collectives"]["send"], 0);
+    assert_eq!(j["collectives"]["recv"], 1);
+
+    let o = run(&["--tp", "2", "--pp", "2", "--micro-batches", "6"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = moe_opt(&["inspect", "-", "--json"], Some(&o.stdout));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(j["stages"], 2);
+    assert_eq!(j["schedule"]["micro_batches"], 6);
+    assert_eq!(j["schedule"]["per_stage"].as_array().map(Vec::len), Some(2));
 }

@@ -6,7 +6,7 @@
 //! - node names are unique and non-empty and contain no `:` (which separates an output index);
 //! - `outputs` of a node are exactly what [`crate::infer`] computes from its op and input types.
 
-use crate::{infer, Mesh, Op, TensorType, TypeError};
+use crate::{infer, Mesh, Op, PipelineSpec, TensorType, TypeError};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -107,6 +107,8 @@ pub struct Graph {
     pub mesh: Mesh,
     /// Free-form facts about the model (family, sizes), kept in JSON under `meta`.
     pub meta: BTreeMap<String, serde_json::Value>,
+    /// How the stages run, once partitioned (see [`crate::pipeline`]).
+    pub pipeline: Option<PipelineSpec>,
     nodes: Vec<Node>,
     names: HashMap<String, NodeId>,
     pub outputs: Vec<GraphOutput>,
@@ -146,6 +148,7 @@ impl Graph {
             name: name.into(),
             mesh,
             meta: BTreeMap::new(),
+            pipeline: None,
             nodes: Vec::new(),
             names: HashMap::new(),
             outputs: Vec::new(),

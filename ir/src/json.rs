@@ -6,7 +6,9 @@
 //! A node's `out` types are optional on input; when present they must equal the inferred ones.
 //! `docs/FORMAT.md` documents the format; `moe-opt schema` prints its JSON Schema.
 
-use crate::{validate, BuildError, Graph, Mesh, Op, Scope, TensorType, ValidationError, Value};
+use crate::{
+    validate, BuildError, Graph, Mesh, Op, PipelineSpec, Scope, TensorType, ValidationError, Value,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::cmp::Reverse;
@@ -32,6 +34,9 @@ pub struct GraphDoc {
     /// Free-form facts about the model.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub meta: BTreeMap<String, serde_json::Value>,
+    /// How the stages of a partitioned graph run (absent before partitioning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<PipelineSpec>,
     pub nodes: Vec<NodeDoc>,
     pub outputs: Vec<OutputDoc>,
 }
@@ -186,6 +191,7 @@ pub fn from_doc(doc: GraphDoc) -> Result<Graph, JsonError> {
     let nodes_len = doc.nodes.len();
     let mut g = Graph::new(doc.name, doc.mesh);
     g.meta = doc.meta;
+    g.pipeline = doc.pipeline;
     let mut id_of = vec![None; nodes_len];
     let mut nodes: Vec<Option<NodeDoc>> = doc.nodes.into_iter().map(Some).collect();
     for i in order {
@@ -313,6 +319,7 @@ pub fn to_doc(g: &Graph) -> GraphDoc {
         name: g.name.clone(),
         mesh: g.mesh.clone(),
         meta: g.meta.clone(),
+        pipeline: g.pipeline.clone(),
         nodes: g
             .nodes()
             .map(|(_, n)| NodeDoc {
@@ -345,6 +352,9 @@ pub fn to_json(g: &Graph) -> String {
     s.push_str(&format!("  \"mesh\": {},\n", one(&doc.mesh)));
     if !doc.meta.is_empty() {
         s.push_str(&format!("  \"meta\": {},\n", one(&doc.meta)));
+    }
+    if let Some(p) = &doc.pipeline {
+        s.push_str(&format!("  \"pipeline\": {},\n", one(p)));
     }
     s.push_str("  \"nodes\": [");
     push_lines(&mut s, doc.nodes.iter().map(one));

@@ -26,8 +26,10 @@ mod infer;
 pub mod json;
 mod mesh;
 mod op;
+pub mod pipeline;
 pub mod print;
 mod scalar;
+mod stages;
 mod summary;
 mod ty;
 mod valid;
@@ -40,7 +42,9 @@ pub use op::{
     Activation, AttentionAttrs, Capacity, FfnLayout, GroupScore, Groups, Mask, Op, RouterAttrs,
     Score,
 };
+pub use pipeline::{PipelineSpec, Schedule};
 pub use scalar::F64;
+pub use stages::{check_stages, stage_program, StageError};
 pub use summary::{human, Collectives, Summary};
 pub use ty::TensorType;
 pub use valid::{validate, ValidationError};

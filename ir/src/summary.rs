@@ -64,8 +64,11 @@ impl Summary {
             }
             match &n.op {
                 Op::Weight(t) => {
-                    params += t.numel();
-                    bytes += t.numel() * t.dtype.size_bytes();
+                    // A copy on another pipeline stage is the same parameter.
+                    if crate::pipeline::checkpoint_key(&n.name) == n.name {
+                        params += t.numel();
+                        bytes += t.numel() * t.dtype.size_bytes();
+                    }
                     *rank_bytes.entry(n.stage).or_default() += t.local_bytes(&g.mesh);
                 }
                 Op::AllToAll { .. } => c.all_to_all += 1,

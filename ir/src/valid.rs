@@ -2,10 +2,11 @@
 //!
 //! Checks the mesh, node names, handles (inputs refer to earlier nodes: acyclic by construction),
 //! every node's types against [`crate::infer`], graph outputs, and stage annotations (all nodes
-//! or none). Collective-order checks across ranks and send/recv matching live with the pipeline
-//! passes, which run them after every pass.
+//! or none), then the stage checks of [`crate::stages`] (collectives reached by every rank of their
+//! group, send/recv matched, no cycle of waits, the schedule completes).
 
 use crate::graph::valid_node_name;
+use crate::stages::{check_stages, StageError};
 use crate::{infer, Graph, MeshError, NodeId, TypeError};
 use std::collections::HashSet;
 use thiserror::Error;
@@ -50,12 +51,14 @@ pub enum ValidationError {
     BadOutput { name: String, value: String },
     #[error("graph output name `{0}` is used twice")]
     DuplicateOutput(String),
-    #[error("the graph has no outputs")]
+    #[error("the graph has no outputs (and sends nothing)")]
     NoOutputs,
     #[error(
         "node {id} `{name}` has no stage while other nodes have one: annotate all nodes or none"
     )]
     PartialStages { id: NodeId, name: String },
+    #[error("{0}")]
+    Stage(#[from] StageError),
 }
 
 fn join<T: std::fmt::Display>(ts: &[T]) -> String {
@@ -121,7 +124,12 @@ pub fn validate(g: &Graph) -> Result<(), ValidationError> {
             });
         }
     }
-    if g.outputs.is_empty() {
+    // A pipeline stage whose results leave by `send` has no outputs of its own.
+    if g.outputs.is_empty()
+        && !g
+            .nodes()
+            .any(|(_, n)| matches!(n.op, crate::Op::Send { .. }))
+    {
         return Err(ValidationError::NoOutputs);
     }
     let mut out_names = HashSet::new();
@@ -136,5 +144,6 @@ pub fn validate(g: &Graph) -> Result<(), ValidationError> {
             return Err(ValidationError::DuplicateOutput(o.name.clone()));
         }
     }
+    check_stages(g)?;
     Ok(())
 }

@@ -123,12 +123,14 @@ fn build() -> Result<Graph, moe_ir::BuildError> {
 fn main() {
     let g = build().expect("the example graph type-checks");
     moe_ir::validate(&g).expect("valid");
-    let mut rewrite = DispatchRewrite::default();
-    rewrite.model = Arc::new(Congested {
-        inner: Roofline::default(),
-        factor: 2.0,
-    });
-    rewrite.explain = true;
+    let rewrite = DispatchRewrite {
+        model: Arc::new(Congested {
+            inner: Roofline::default(),
+            factor: 2.0,
+        }),
+        explain: true,
+        ..DispatchRewrite::default()
+    };
     let (out, stats) = Pipeline::new()
         .with(TensorParallel {
             tp: 4,

@@ -42,6 +42,41 @@ pub enum ExtractError {
     NoTerm(Id),
 }
 
+/// A cost split into the seconds spent computing and the seconds spent communicating
+/// (collectives, send, recv), with the bytes one rank hands to communication.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CostSplit {
+    /// Seconds of local ops.
+    pub compute: f64,
+    /// Seconds of ops that communicate.
+    pub comm: f64,
+    /// Bytes one rank hands to collectives and sends (as the cost model reports them).
+    pub comm_bytes: f64,
+}
+
+impl CostSplit {
+    /// Seconds in all.
+    pub fn total(&self) -> f64 {
+        self.compute + self.comm
+    }
+
+    fn unpriceable() -> CostSplit {
+        CostSplit {
+            compute: f64::INFINITY,
+            comm: 0.0,
+            comm_bytes: 0.0,
+        }
+    }
+}
+
+impl std::ops::AddAssign for CostSplit {
+    fn add_assign(&mut self, o: CostSplit) {
+        self.compute += o.compute;
+        self.comm += o.comm;
+        self.comm_bytes += o.comm_bytes;
+    }
+}
+
 /// One e-node, flattened.
 #[derive(Debug, Clone)]
 struct Node {
@@ -577,32 +612,51 @@ impl<'a> DagExtractor<'a> {
     /// Own cost (seconds) of any e-node of the e-graph, children read through `find` (infinite
     /// if it cannot be priced).
     pub fn node_own_cost(&self, node: &MoeLang) -> f64 {
-        match node {
-            MoeLang::Op { op, children, .. } => {
-                let idx: Option<Vec<u32>> = children
-                    .iter()
-                    .map(|&c| self.class_index(c).map(|i| i as u32))
-                    .collect();
-                let Some((tys, fills)) = idx.and_then(|idx| self.inputs(&idx)) else {
-                    return f64::INFINITY;
-                };
-                let Some(out) = self
-                    .egraph
-                    .lookup(node.clone())
-                    .map(|c| &self.egraph[c].data)
-                else {
-                    return match moe_ir::infer(op, &tys, &self.egraph.analysis.mesh) {
-                        Ok(out) => {
-                            self.model
-                                .op_time(op, &tys, &fills, &out, &self.egraph.analysis.mesh)
-                        }
-                        Err(_) => f64::INFINITY,
-                    };
-                };
-                self.model
-                    .op_time(op, &tys, &fills, out, &self.egraph.analysis.mesh)
+        self.node_split(node).total()
+    }
+
+    /// [`DagExtractor::node_own_cost`] as a [`CostSplit`].
+    pub fn node_split(&self, node: &MoeLang) -> CostSplit {
+        let MoeLang::Op { op, children, .. } = node else {
+            return CostSplit::default();
+        };
+        let idx: Option<Vec<u32>> = children
+            .iter()
+            .map(|&c| self.class_index(c).map(|i| i as u32))
+            .collect();
+        let Some((tys, fills)) = idx.and_then(|idx| self.inputs(&idx)) else {
+            return CostSplit::unpriceable();
+        };
+        let mesh = &self.egraph.analysis.mesh;
+        let inferred;
+        let out = match self.egraph.lookup(node.clone()) {
+            Some(c) => &self.egraph[c].data,
+            None => match moe_ir::infer(op, &tys, mesh) {
+                Ok(o) => {
+                    inferred = o;
+                    &inferred
+                }
+                Err(_) => return CostSplit::unpriceable(),
+            },
+        };
+        let seconds = self.model.op_time(op, &tys, &fills, out, mesh);
+        if seconds.is_nan() {
+            return CostSplit::unpriceable();
+        }
+        let seconds = seconds.max(0.0);
+        if op.communicates() {
+            let bytes = self.model.op_cost(op, &tys, &fills, out, mesh).comm_bytes;
+            CostSplit {
+                compute: 0.0,
+                comm: seconds,
+                comm_bytes: bytes,
             }
-            MoeLang::Get { .. } | MoeLang::Root(_) => 0.0,
+        } else {
+            CostSplit {
+                compute: seconds,
+                comm: 0.0,
+                comm_bytes: 0.0,
+            }
         }
     }
 
@@ -611,15 +665,39 @@ impl<'a> DagExtractor<'a> {
     /// layer priced without the upstream they share. `node`'s own cost always counts. Infinite if a
     /// child has no term.
     pub fn cost_of_node_above(&self, class: Id, node: &MoeLang, stop: &[Id]) -> f64 {
+        match self.above(class, node, stop) {
+            Some((set, skip)) => self.node_own_cost(node) + self.sum_chosen(&set, &skip),
+            None => f64::INFINITY,
+        }
+    }
+
+    /// [`DagExtractor::cost_of_node_above`] split into computation and communication.
+    pub fn split_of_node_above(&self, class: Id, node: &MoeLang, stop: &[Id]) -> CostSplit {
+        let Some((set, skip)) = self.above(class, node, stop) else {
+            return CostSplit::unpriceable();
+        };
+        let mut split = self.node_split(node);
+        for (w, (&s, &k)) in set.iter().zip(&skip).enumerate() {
+            let mut bits = s & !k;
+            while bits != 0 {
+                let c = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                match self.choice[c] {
+                    Some(i) => split += self.node_split(self.enode(i)),
+                    None => return CostSplit::unpriceable(),
+                }
+            }
+        }
+        split
+    }
+
+    /// The classes below `node` (without `class` itself) and those the `stop` classes reach.
+    fn above(&self, class: Id, node: &MoeLang, stop: &[Id]) -> Option<(Vec<u64>, Vec<u64>)> {
         let words = words_for(self.classes.len());
         let mut set = vec![0u64; words];
         for &c in node.children() {
-            let Some(ci) = self.class_index(c) else {
-                return f64::INFINITY;
-            };
-            if self.reach_into(ci, &mut set).is_none() {
-                return f64::INFINITY;
-            }
+            let ci = self.class_index(c)?;
+            self.reach_into(ci, &mut set)?;
         }
         let mut skip = vec![0u64; words];
         for &s in stop {
@@ -629,10 +707,10 @@ impl<'a> DagExtractor<'a> {
             }
         }
         if let Some(ci) = self.class_index(class) {
-            // The node itself is priced below, not as its class's chosen node.
+            // The node itself is priced by the caller, not as its class's chosen node.
             set[ci / 64] &= !(1u64 << (ci % 64));
         }
-        self.node_own_cost(node) + self.sum_chosen(&set, &skip)
+        Some((set, skip))
     }
 
     /// Expected fill (`0..=1`) of the first output of `class` (1 for a class without outputs).
@@ -950,73 +1028,5 @@ mod tests {
         assert_eq!(expr.to_string(), "(root (gelu input:x))");
         let gelu = 2.0 * 16.0 * 8.0 * 2.0 / 4300e9;
         assert!((ex.dag_cost(root) - gelu).abs() < 1e-20);
-    }
-
-    /// Extraction time on DeepSeek-V3 (61 layers, 256 experts) after the dispatch rule. Run with
-    /// `cargo test -p moe-passes --release -- --ignored --nocapture deepseek`.
-    #[test]
-    #[ignore]
-    fn deepseek_v3_extraction_time() {
-        let cfg = include_str!("../../examples/hf/deepseek-v3.json");
-        let g = moe_ir::hf::import(cfg, &[], &moe_ir::hf::ImportOptions::default()).unwrap();
-        let t0 = std::time::Instant::now();
-        let (l, grew) = saturate(&g);
-        let t_sat = t0.elapsed();
-        assert!(grew);
-        let model = Roofline::default();
-        let mut times = Vec::new();
-        let mut out = None;
-        for _ in 0..5 {
-            let t = std::time::Instant::now();
-            let x = DagExtractor::new(&l.egraph, &model);
-            let expr = x.best_expr(l.root).unwrap();
-            times.push(t.elapsed());
-            assert!(x.converged());
-            out = Some((x.dag_cost(l.root), expr, x.used_fallback()));
-        }
-        let (cost, expr, fb) = out.unwrap();
-        let graph = l.to_graph(&expr);
-        moe_ir::validate(&graph).unwrap();
-        let s = moe_ir::Summary::of(&graph);
-        if std::env::var_os("MOE_SHOW").is_some() {
-            // Each MoE layer's alternatives, priced above the routes they share.
-            let x = DagExtractor::new(&l.egraph, &model);
-            for c in l.egraph.classes() {
-                let Some(comb) = c.nodes.iter().find(|n| {
-                    matches!(
-                        n,
-                        MoeLang::Op {
-                            op: Op::Combine { .. },
-                            ..
-                        }
-                    )
-                }) else {
-                    continue;
-                };
-                let stop: Vec<Id> = comb.children()[1..].to_vec();
-                let costs: Vec<String> = c
-                    .nodes
-                    .iter()
-                    .map(|n| {
-                        let t = x.cost_of_node_above(c.id, n, &stop);
-                        format!("{n} {:.3} ms", t * 1e3)
-                    })
-                    .collect();
-                println!("class {}: {}", c.id, costs.join(" | "));
-            }
-        }
-        println!(
-            "deepseek-v3: {} nodes in, {} classes / {} e-nodes; saturate {:?}; extract {:?} (min of 5: {:?}); \
-             DAG cost {:.3} ms; all_to_all {}, reduce_scatter {}; fallback {fb}",
-            g.len(),
-            l.egraph.number_of_classes(),
-            l.egraph.total_number_of_nodes(),
-            t_sat,
-            times,
-            times.iter().min().unwrap(),
-            cost * 1e3,
-            s.collectives.all_to_all,
-            s.collectives.reduce_scatter,
-        );
     }
 }

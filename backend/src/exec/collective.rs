@@ -1,7 +1,7 @@
 //! Collective ops: the ranks of each group of the op's axis hand their values to the
 //! [`Collectives`] layer together. `shard`, the local inverse of `all_gather`, is here too.
 
-use super::{Exec, PP};
+use super::{pipeline_axis, Exec};
 use crate::collective::{chunk, Collectives};
 use crate::error::ExecError;
 use crate::value::Local;
@@ -17,10 +17,10 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
     ) -> Result<Vec<Vec<Local<B>>>, ExecError> {
         let node = self.g.node(id);
         let axis = node.op.collective_axis().unwrap_or_default();
-        if axis == PP && node.stage.is_some() {
+        if Some(axis) == pipeline_axis(self.g) {
             return Err(ExecError::Pipeline {
                 node: node.name.clone(),
-                why: "a collective over `pp` would join ranks of different stages; stages communicate by send/recv".into(),
+                why: format!("a collective over the pipeline axis `{axis}` would join ranks of different stages; stages communicate by send/recv"),
             });
         }
         let v = node.inputs[0];

@@ -8,6 +8,7 @@ use crate::value::{Dense, Ints, Local};
 use crate::weights::seeded::{self, Init};
 use crate::weights::{self, Global, Weights};
 use burn::tensor::backend::Backend;
+use moe_ir::pipeline::checkpoint_key;
 use moe_ir::{NodeId, Op, TensorType, Value};
 use std::collections::BTreeMap;
 
@@ -20,6 +21,7 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
     ) -> Result<Vec<Vec<Local<B>>>, ExecError> {
         let node = self.g.node(id);
         let ty = &node.outputs[0];
+        let key = checkpoint_key(&node.name);
         let local = rank::local_shape(ty, self.mesh);
         let out = match &node.op {
             Op::Zeros(_) => ranks
@@ -47,18 +49,20 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                 }
                 out
             }
+            // A leaf copied onto several stages (`name@stageS`) holds the tensor of its
+            // checkpoint key: seeds and checkpoint lookups use the key.
             Op::Weight(_) => match self.weights {
                 // Each rank's block is made directly, the same numbers as slicing the full tensor.
                 Weights::Seeded => {
-                    let init = Init::for_weight(&node.name, ty);
+                    let init = Init::for_weight(key, ty);
                     self.shards(ty, ranks, |b| {
                         Global::Float(seeded::block_values(
-                            self.seed, &node.name, &ty.shape, init, &b.offsets, &b.shape,
+                            self.seed, key, &ty.shape, init, &b.offsets, &b.shape,
                         ))
                     })
                 }
                 Weights::Checkpoint(_) => {
-                    let global = weights::weight(self.weights, self.seed, &node.name, ty)?;
+                    let global = weights::weight(self.weights, self.seed, key, ty)?;
                     let shape = global_shape(ty);
                     self.shards(ty, ranks, |b| {
                         Global::Float(rank::take_block(&global, &shape, b))
@@ -67,7 +71,7 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
             },
             Op::Input(_) => {
                 let bound = self.id_bound(id);
-                let global = weights::input(self.seed, &node.name, ty, bound);
+                let global = weights::input(self.seed, key, ty, bound);
                 let shape = global_shape(ty);
                 self.shards(ty, ranks, |b| match &global {
                     Global::Float(g) => Global::Float(rank::take_block(g, &shape, b)),

@@ -29,8 +29,10 @@ use std::time::{Duration, Instant};
 /// An op function's error: what went wrong, without the node (the executor adds it).
 pub(crate) type OpResult<T> = Result<T, String>;
 
-/// The name of the pipeline axis.
-pub(crate) const PP: &str = "pp";
+/// The pipeline axis of `g` (its `pipeline` spec's `axis`), if it is partitioned.
+pub(crate) fn pipeline_axis(g: &Graph) -> Option<&str> {
+    g.pipeline.as_ref().map(|p| p.axis.as_str())
+}
 
 /// What one execution produced.
 #[derive(Debug)]
@@ -86,7 +88,7 @@ impl<B: Backend, C: Collectives<B> + Sync> std::fmt::Debug for Exec<'_, B, C> {
     }
 }
 
-/// Runs `g` with every rank simulated on `device`, collectives through `coll`.
+/// Runs `g` (validated first) with every rank simulated on `device`, collectives through `coll`.
 pub(crate) fn execute<B: Backend, C: Collectives<B> + Sync>(
     g: &Graph,
     device: B::Device,
@@ -95,8 +97,26 @@ pub(crate) fn execute<B: Backend, C: Collectives<B> + Sync>(
     seed: u64,
     capture: &BTreeSet<NodeId>,
 ) -> Result<Executed, ExecError> {
-    let start = Instant::now();
     moe_ir::validate(g).map_err(|e| ExecError::Invalid(e.to_string()))?;
+    if let Some(s) = g.pipeline.as_ref().and_then(|p| p.only_stage) {
+        return Err(ExecError::Invalid(format!(
+            "the graph holds only the program of pipeline stage {s} (`--emit-stage`): run the whole partitioned graph"
+        )));
+    }
+    execute_unchecked(g, device, coll, weights, seed, capture)
+}
+
+/// [`execute`] without validating `g` first (the caller did, or a test wants the executor's own
+/// checks).
+pub(crate) fn execute_unchecked<B: Backend, C: Collectives<B> + Sync>(
+    g: &Graph,
+    device: B::Device,
+    coll: C,
+    weights: &Weights,
+    seed: u64,
+    capture: &BTreeSet<NodeId>,
+) -> Result<Executed, ExecError> {
+    let start = Instant::now();
     for (_, n) in g.nodes() {
         if let Some(t) = n.outputs.iter().find(|t| t.rank() > MAX_RANK) {
             return Err(ExecError::Rank {
@@ -173,7 +193,8 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
         for (id, n) in self.g.nodes() {
             stages.entry(n.stage).or_default().push(id);
         }
-        let pp = self.mesh.axis_index(PP);
+        let axis = pipeline_axis(self.g);
+        let pp = axis.and_then(|a| self.mesh.axis_index(a));
         let mut out = Vec::new();
         for (stage, nodes) in stages {
             let ranks = match (stage, pp) {
@@ -182,8 +203,8 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                         return Err(ExecError::Pipeline {
                             node: self.g.node(nodes[0]).name.clone(),
                             why: format!(
-                                "stage {s} does not exist on the mesh's `pp` axis of {}",
-                                self.mesh.axes[i].size
+                                "stage {s} does not exist on the mesh's `{}` axis of {}",
+                                self.mesh.axes[i].name, self.mesh.axes[i].size
                             ),
                         });
                     }
@@ -384,7 +405,7 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                 ),
             });
         };
-        let pp = self.mesh.axis_index(PP);
+        let pp = pipeline_axis(self.g).and_then(|a| self.mesh.axis_index(a));
         let v = self.g.node(id).inputs[0];
         for &r in ranks {
             let mut c = self.mesh.coords(r);
@@ -402,5 +423,82 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
             self.coll.send(channel, to, x);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::collective::InProcess;
+    use crate::testing::Cpu;
+    use moe_ir::{DType, PipelineSpec, Schedule, Scope, TensorType};
+
+    /// Two stages each waiting for the other's message before sending its own.
+    fn crossed() -> Graph {
+        let mut g = Graph::new("crossed", Mesh::parse("pp=2", 8).unwrap());
+        g.pipeline = Some(PipelineSpec {
+            axis: "pp".into(),
+            layout: vec![1, 1],
+            schedule: Schedule::OneFOneB,
+            micro_batches: 2,
+            recompute: false,
+            only_stage: None,
+        });
+        let t = TensorType::new(DType::F32, [2]);
+        let mut add = |name: &str, op: Op, inputs: &[NodeId], stage: u32| {
+            let ins: Vec<Value> = inputs.iter().map(|&i| i.into()).collect();
+            let id = g.add(name, op, &ins, Scope::Layer(stage)).unwrap();
+            g.node_mut(id).stage = Some(stage);
+            id
+        };
+        let r1 = add(
+            "s0.recv",
+            Op::Recv {
+                channel: 1,
+                ty: t.clone(),
+            },
+            &[],
+            0,
+        );
+        add("s0.send", Op::Send { channel: 0 }, &[r1], 0);
+        let r0 = add("s1.recv", Op::Recv { channel: 0, ty: t }, &[], 1);
+        add("s1.send", Op::Send { channel: 1 }, &[r0], 1);
+        g.add_output("y", r0);
+        g
+    }
+
+    #[test]
+    fn waiting_stages_that_cannot_advance_are_a_deadlock_not_a_hang() {
+        let g = crossed();
+        let e = execute_unchecked::<Cpu, InProcess<Cpu>>(
+            &g,
+            Default::default(),
+            InProcess::default(),
+            &Weights::Seeded,
+            0,
+            &BTreeSet::new(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            ExecError::Deadlock {
+                node: "s0.recv".into(),
+                channel: 1,
+                rank: 0
+            }
+        );
+        // The validator refuses it before execution.
+        assert!(matches!(
+            execute::<Cpu, InProcess<Cpu>>(
+                &g,
+                Default::default(),
+                InProcess::default(),
+                &Weights::Seeded,
+                0,
+                &BTreeSet::new()
+            ),
+            Err(ExecError::Invalid(_))
+        ));
     }
 }

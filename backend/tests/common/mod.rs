@@ -1,15 +1,16 @@
 //! Shared helpers of the equivalence tests: import a config, produce the program forms to compare,
 //! compare them.
 //!
-//! [`forms`] lists the programs that must compute the same function as the imported original.
-//! Today: the PPMoE rewrite (`TensorParallel` + `DispatchRewrite`). The pipeline pass adds one
-//! more entry there (PPMoE + pipeline stages), and every test here checks it too.
+//! [`forms`] lists the programs that must compute the same function as the imported original: the
+//! PPMoE rewrite (`TensorParallel` + `DispatchRewrite`) and the PPMoE rewrite cut into pipeline
+//! stages (`PipelinePartition`).
 
 #![allow(clippy::unwrap_used, dead_code)]
 
 use moe_backend::{verify, Verdict, VerifyOptions, Weights};
 use moe_ir::hf::ImportOptions;
 use moe_ir::{Capacity, DType, Graph, Mesh, Node, Op};
+use moe_passes::pipeline::PipelinePartition;
 use moe_passes::rewrite::DispatchRewrite;
 use moe_passes::{Pipeline, TensorParallel};
 use std::path::PathBuf;
@@ -65,9 +66,31 @@ pub fn ppmoe(g: &Graph, tp: u64) -> Graph {
     out
 }
 
-/// Every rewritten form of `g` that must equal it, named.
-pub fn forms(g: &Graph, tp: u64) -> Vec<(String, Graph)> {
-    vec![(format!("ppmoe tp={tp}"), ppmoe(g, tp))]
+/// The PPMoE form of `g` on `tp`-rank groups, cut into `pp` pipeline stages (1F1B over
+/// `2 * pp` micro-batches; the graph is the program of one).
+pub fn pipelined(g: &Graph, tp: u64, pp: u32) -> Graph {
+    let (out, _) = Pipeline::new()
+        .with(TensorParallel {
+            tp,
+            gpus_per_node: 8,
+        })
+        .with(DispatchRewrite::default())
+        .with(PipelinePartition::new(pp, 2 * pp))
+        .run(g.clone())
+        .unwrap_or_else(|e| panic!("rewrite --tp {tp} --pp {pp}: {e}"));
+    out
+}
+
+/// Every rewritten form of `g` that must equal it, named: PPMoE on `tp`, and PPMoE on `pp_tp`
+/// cut into `pp` stages.
+pub fn forms(g: &Graph, tp: u64, (pp_tp, pp): (u64, u32)) -> Vec<(String, Graph)> {
+    vec![
+        (format!("ppmoe tp={tp}"), ppmoe(g, tp)),
+        (
+            format!("ppmoe tp={pp_tp} + pipeline pp={pp}"),
+            pipelined(g, pp_tp, pp),
+        ),
+    ]
 }
 
 /// Compares `original` with every form; returns the verdicts, named.
@@ -113,10 +136,13 @@ pub fn describe(v: &Verdict) -> String {
 pub fn map_ops(g: &Graph, f: impl Fn(&Node) -> (Op, usize)) -> Graph {
     let mut out = Graph::new(g.name.clone(), g.mesh.clone());
     out.meta = g.meta.clone();
+    out.pipeline = g.pipeline.clone();
     for (_, n) in g.nodes() {
         let (op, inputs) = f(n);
-        out.add(n.name.clone(), op, &n.inputs[..inputs], n.scope)
+        let id = out
+            .add(n.name.clone(), op, &n.inputs[..inputs], n.scope)
             .unwrap_or_else(|e| panic!("{e}"));
+        out.node_mut(id).stage = n.stage;
     }
     for o in &g.outputs {
         out.add_output(o.name.clone(), o.value);

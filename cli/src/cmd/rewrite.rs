@@ -1,10 +1,13 @@
-//! `moe-opt rewrite MODEL [--tp T] [--cluster FILE] [--explain]`.
+//! `moe-opt rewrite MODEL [--tp T] [--pp P [--pp-layout L] [--schedule S] [--micro-batches M]
+//! [--emit-stage K]] [--cluster FILE] [--explain]`.
 
 use super::{render, Format};
 use crate::io::{read_input, write_output};
 use crate::load::{load, ImportArgs};
 use miette::{miette, Result};
+use moe_ir::Schedule;
 use moe_passes::cost::{Cluster, Roofline};
+use moe_passes::pipeline::{Layout, PipelinePartition};
 use moe_passes::rewrite::{layer_costs, DispatchRewrite, Limits};
 use moe_passes::{Pipeline, TensorParallel};
 use std::fmt::Write as _;
@@ -20,6 +23,30 @@ pub struct Args {
     /// the mesh's ranks become dp = ranks/T x tp = T.
     #[arg(long, value_name = "T")]
     tp: Option<u64>,
+    /// Split the model into P pipeline stages of contiguous layers (each stage a copy of the
+    /// mesh: P times the ranks), balanced under the cost model within GPU memory.
+    #[arg(long, value_name = "P")]
+    pp: Option<u32>,
+    /// Layers per stage instead of the balanced cut (`14,14,14,14`; with --schedule interleaved,
+    /// one entry per virtual stage), or `equal` for equal layer counts.
+    #[arg(long, value_name = "LAYOUT", requires = "pp")]
+    pp_layout: Option<String>,
+    /// Micro-batch schedule of the pipeline.
+    #[arg(long, value_enum, default_value_t = ScheduleArg::OneFOneB, requires = "pp")]
+    schedule: ScheduleArg,
+    /// Virtual stages per device for --schedule interleaved.
+    #[arg(long, default_value_t = 2, requires = "pp")]
+    chunks: u32,
+    /// Micro-batches per step (default: 4 x P). The graph is one micro-batch's program.
+    #[arg(long, value_name = "M", requires = "pp")]
+    micro_batches: Option<u32>,
+    /// Recompute activations in the backward (keep only each layer's inputs between forward and
+    /// backward): less memory, one more forward per backward.
+    #[arg(long, requires = "pp")]
+    recompute: bool,
+    /// Write only this stage's program (its nodes, recvs as inputs, sends as sinks).
+    #[arg(long, value_name = "K", requires = "pp")]
+    emit_stage: Option<u32>,
     /// Cluster description (TOML: nodes, gpus_per_node, intra_node_gbps, inter_node_gbps,
     /// [gpu] name, bf16_tflops, memory_gb). Default: one node of 8 H200s.
     #[arg(long, value_name = "FILE")]
@@ -45,6 +72,34 @@ pub struct Args {
     /// Output file (written atomically); stdout when absent or `-`.
     #[arg(short, long)]
     output: Option<PathBuf>,
+}
+
+/// `--schedule`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScheduleArg {
+    /// All forwards, then all backwards.
+    Gpipe,
+    /// One forward, one backward (Megatron's default).
+    #[value(name = "1f1b")]
+    OneFOneB,
+    /// Megatron's interleaved 1F1B over --chunks virtual stages per device.
+    Interleaved,
+}
+
+fn parse_layout(s: &str) -> Result<Layout> {
+    match s {
+        "balanced" => Ok(Layout::Balanced),
+        "equal" => Ok(Layout::Equal),
+        _ => s
+            .split(',')
+            .map(|x| {
+                x.trim().parse::<u32>().map_err(|_| {
+                    miette!("--pp-layout `{s}`: expected layer counts like `14,14,14,14`, `equal` or `balanced`")
+                })
+            })
+            .collect::<Result<Vec<u32>>>()
+            .map(Layout::Explicit),
+    }
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -91,10 +146,38 @@ pub fn run(a: Args) -> Result<()> {
             },
         });
     }
-    let (out, stats) = pipeline
-        .with(rewrite)
-        .run(g)
-        .map_err(|e| miette!("{}: {e}", a.model))?;
+    pipeline = pipeline.with(rewrite);
+    if let Some(pp) = a.pp {
+        let micro_batches = a.micro_batches.unwrap_or(4 * pp.max(1));
+        pipeline = pipeline.with(PipelinePartition {
+            stages: pp,
+            layout: match &a.pp_layout {
+                Some(l) => parse_layout(l)?,
+                None => Layout::Balanced,
+            },
+            schedule: match a.schedule {
+                ScheduleArg::Gpipe => Schedule::Gpipe,
+                ScheduleArg::OneFOneB => Schedule::OneFOneB,
+                ScheduleArg::Interleaved => Schedule::Interleaved { chunks: a.chunks },
+            },
+            micro_batches,
+            model: Arc::new(Roofline {
+                cluster: cluster.clone(),
+            }),
+            gpus_per_node: if a.cluster.is_some() {
+                cluster.gpus_per_node
+            } else {
+                a.import.gpus_per_node
+            },
+            gpu_memory_bytes: Some(cluster.gpu.memory_gb * 1e9),
+            recompute: a.recompute,
+        });
+    }
+    let (out, stats) = pipeline.run(g).map_err(|e| miette!("{}: {e}", a.model))?;
+    let out = match a.emit_stage {
+        Some(k) => moe_ir::stage_program(&out, k).map_err(|e| miette!("--emit-stage {k}: {e}"))?,
+        None => out,
+    };
     for s in &stats {
         tracing::info!(
             pass = s.pass,

@@ -160,11 +160,10 @@ pub(super) fn local_routes(
     not_partial(inputs, 1)?;
     same_dim(inputs, (0, 1), (1, 1), "choices")?;
     let outer = same_split(inputs, (0, 0), (1, 0), "token dim")?;
-    for i in 0..2 {
-        if !inputs[i].is_replicated_on(axis) {
+    for (i, t) in inputs.iter().enumerate().take(2) {
+        if !t.is_replicated_on(axis) {
             return Err(TypeError::Sharding(format!(
-                "input {i} ({}) must be replicated on `{axis}`: every rank routes the same tokens",
-                inputs[i]
+                "input {i} ({t}) must be replicated on `{axis}`: every rank routes the same tokens"
             )));
         }
     }

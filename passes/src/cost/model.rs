@@ -10,9 +10,10 @@
 //!   ([`moe_ir::Level`]), with `bytes` = the local input one rank holds;
 //! - leaves (`input`, `weight`) are free; `zeros` writes its local bytes; `shard` copies its local
 //!   output (no communication);
-//! - `send` and `recv` are point-to-point transfers of the value's local bytes over the
-//!   **inter-node** link ([`Kind::SendRecv`]): pipeline stages are assumed to sit on different nodes
-//!   (the conservative case). Each side is charged the transfer, as each rank is busy for it.
+//! - `send` and `recv` are point-to-point transfers of the value's local bytes ([`Kind::SendRecv`])
+//!   over the level of the mesh's outermost axis (the pipeline axis `pp` of a partitioned graph;
+//!   inter-node when the mesh has no axis). Each side is charged the transfer, as each rank is busy
+//!   for it.
 //!
 //! ## Fill: expected occupancy of data-dependent buffers
 //! `local_routes` returns buffers of a static row bound `R` (see [`moe_ir::local_route_rows`]), but
@@ -185,16 +186,13 @@ impl Roofline {
         }
     }
 
-    fn send_recv(&self, bytes: f64) -> OpCost {
+    /// A point-to-point transfer between pipeline stages, over the level of the mesh's outermost
+    /// axis (the pipeline axis of a partitioned graph).
+    fn send_recv(&self, bytes: f64, mesh: &Mesh) -> OpCost {
+        let level = mesh.axes.first().map_or(Level::InterNode, |a| a.level);
         OpCost {
             comm_bytes: bytes,
-            seconds: collective::time(
-                &self.cluster,
-                Kind::SendRecv,
-                2,
-                Level::InterNode,
-                bytes as u64,
-            ),
+            seconds: collective::time(&self.cluster, Kind::SendRecv, 2, level, bytes as u64),
             ..OpCost::default()
         }
     }
@@ -279,8 +277,8 @@ impl CostModel for Roofline {
             Op::Input(_) | Op::Weight(_) => OpCost::default(),
             Op::Zeros(_) => self.compute(0.0, all_out),
             Op::Shard { .. } => self.compute(0.0, 2.0 * all_out),
-            Op::Send { .. } => self.send_recv(in_bytes(0)),
-            Op::Recv { .. } => self.send_recv(all_out),
+            Op::Send { .. } => self.send_recv(in_bytes(0), mesh),
+            Op::Recv { .. } => self.send_recv(all_out, mesh),
             Op::AllReduce { axis } => self.collective(Kind::AllReduce, axis, in_bytes(0), mesh),
             Op::AllGather { axis, .. } => self.collective(Kind::AllGather, axis, in_bytes(0), mesh),
             Op::ReduceScatter { axis, .. } => {

@@ -159,18 +159,13 @@ impl Plan {
                         false
                     }
                 }
-                Op::Attention(a) => {
-                    if a.heads % tp == 0 {
-                        if a.sinks {
-                            if let Some(v) = node.inputs.last() {
-                                weight[v.node.index()] = WeightLayout::First;
-                            }
-                        }
-                        true
-                    } else {
-                        false
+                Op::Attention(a) if a.heads % tp == 0 => {
+                    if let (true, Some(v)) = (a.sinks, node.inputs.last()) {
+                        weight[v.node.index()] = WeightLayout::First;
                     }
+                    true
                 }
+                Op::Attention(_) => false,
                 Op::Silu | Op::Gelu | Op::Relu | Op::Sigmoid => s(&node.inputs[0]),
                 Op::Swiglu | Op::Mul => node.inputs.iter().all(s),
                 Op::Add => {

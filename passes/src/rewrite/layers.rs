@@ -3,7 +3,7 @@
 //! proof of the rewrite as the chain of rule names.
 
 use crate::convert::Loaded;
-use crate::extract::DagExtractor;
+use crate::extract::{CostSplit, DagExtractor};
 use crate::lang::MoeLang;
 use egg::{Id, Language};
 use moe_ir::{Graph, NodeId, Op, Scope};
@@ -38,8 +38,10 @@ impl Form {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FormCost {
     pub form: Form,
-    /// Seconds per step on one rank.
+    /// Seconds per step on one rank (`split.total()`).
     pub seconds: f64,
+    /// The same seconds split into computation and communication.
+    pub split: CostSplit,
 }
 
 /// What happened to one MoE layer.
@@ -84,9 +86,38 @@ impl fmt::Display for LayerReport {
             };
             writeln!(
                 f,
-                "  {:<36} {:>10.3} ms{mark}",
+                "  {:<36} {:>10.3} ms = compute {:.3} ms + communication {:.3} ms ({}){mark}",
                 c.form.name(),
-                c.seconds * 1e3
+                c.seconds * 1e3,
+                c.split.compute * 1e3,
+                c.split.comm * 1e3,
+                bytes(c.split.comm_bytes),
+            )?;
+        }
+        if let (Some(chosen), Some(next)) = (
+            self.costs.iter().find(|c| c.form == self.chosen),
+            // The input form when something else was chosen, else the runner-up.
+            self.costs
+                .iter()
+                .find(|c| c.form == Form::AllToAll && self.chosen != Form::AllToAll)
+                .or_else(|| self.costs.iter().find(|c| c.form != self.chosen)),
+        ) {
+            let delta = |a: f64, b: f64| {
+                let d = (b - a) * 1e3;
+                if d >= 0.0 {
+                    format!("{d:.3} ms less")
+                } else {
+                    format!("{:.3} ms more", -d)
+                }
+            };
+            writeln!(
+                f,
+                "  why: against {}, {} communication ({} vs {}) and {} compute",
+                next.form.name(),
+                delta(chosen.split.comm, next.split.comm),
+                bytes(chosen.split.comm_bytes).trim_end_matches(" per rank"),
+                bytes(next.split.comm_bytes),
+                delta(chosen.split.compute, next.split.compute),
             )?;
         }
         for w in &self.why_not {
@@ -96,6 +127,16 @@ impl fmt::Display for LayerReport {
             writeln!(f, "  proof (egg explanation): {}", self.rules.join(" -> "))?;
         }
         Ok(())
+    }
+}
+
+/// A byte count for reports: `12.5 MiB per rank`.
+fn bytes(b: f64) -> String {
+    let mib = b / (1u64 << 20) as f64;
+    if mib >= 0.1 {
+        format!("{mib:.1} MiB per rank")
+    } else {
+        format!("{:.1} KiB per rank", b / 1024.0)
     }
 }
 
@@ -228,15 +269,26 @@ pub(super) fn report(
             .map(|s| eg.find(loaded.class_of(*s)))
             .collect();
         let mut costs: Vec<FormCost> = Vec::new();
-        let mut push = |form: Form, seconds: f64| {
-            if let Some(c) = costs.iter_mut().find(|c| c.form == form) {
-                c.seconds = c.seconds.min(seconds);
-            } else {
-                costs.push(FormCost { form, seconds });
+        let mut push = |form: Form, split: CostSplit| {
+            let seconds = split.total();
+            match costs.iter_mut().find(|c| c.form == form) {
+                Some(c) if seconds < c.seconds => {
+                    *c = FormCost {
+                        form,
+                        seconds,
+                        split,
+                    }
+                }
+                Some(_) => {}
+                None => costs.push(FormCost {
+                    form,
+                    seconds,
+                    split,
+                }),
             }
         };
         // Forms at the combine class.
-        let comb_forms: Vec<(Form, &MoeLang, f64)> = eg[comb_c]
+        let comb_forms: Vec<(Form, &MoeLang, CostSplit)> = eg[comb_c]
             .nodes
             .iter()
             .filter_map(|node| {
@@ -245,7 +297,7 @@ pub(super) fn report(
                     Op::ReduceScatter { .. } => Form::AllGather,
                     _ => return None,
                 };
-                Some((form, node, ex.cost_of_node_above(comb_c, node, &stop)))
+                Some((form, node, ex.split_of_node_above(comb_c, node, &stop)))
             })
             .collect();
         if out_c == comb_c {
@@ -258,13 +310,15 @@ pub(super) fn report(
                     Some(Op::AllGather { .. })
                         if node.children().iter().any(|c| eg.find(*c) == comb_c) =>
                     {
-                        let own = ex.node_own_cost(node);
+                        let own = ex.node_split(node);
                         for (form, _, s) in &comb_forms {
-                            push(*form, own + s);
+                            let mut total = *s;
+                            total += own;
+                            push(*form, total);
                         }
                     }
                     Some(Op::AllReduce { .. }) => {
-                        push(Form::Ppmoe, ex.cost_of_node_above(out_c, node, &stop));
+                        push(Form::Ppmoe, ex.split_of_node_above(out_c, node, &stop));
                     }
                     _ => {}
                 }

@@ -30,8 +30,10 @@ fn tensor_parallel_layout_gets_ppmoe() {
     }
     .remap(&g)
     .unwrap();
-    let mut rw = DispatchRewrite::default();
-    rw.explain = true;
+    let rw = DispatchRewrite {
+        explain: true,
+        ..DispatchRewrite::default()
+    };
     let r = rw.rewrite(&tp).unwrap();
     moe_ir::validate(&r.graph).unwrap();
     let s = Summary::of(&r.graph);

@@ -24,6 +24,20 @@ pub struct CaseOptions {
     pub tp: Option<u64>,
     /// `rewrite --cluster`, relative to the workspace root.
     pub cluster: Option<String>,
+    /// `rewrite --pp`.
+    pub pp: Option<u32>,
+    /// `rewrite --pp-layout` (layers per virtual stage).
+    pub pp_layout: Option<Vec<u32>>,
+    /// `rewrite --schedule` (`gpipe`, `1f1b`, `interleaved`).
+    pub schedule: Option<String>,
+    /// `rewrite --chunks`.
+    pub chunks: Option<u32>,
+    /// `rewrite --recompute`.
+    pub recompute: Option<bool>,
+    /// `rewrite --micro-batches`.
+    pub micro_batches: Option<u32>,
+    /// Also print the output: `text` or `dot`.
+    pub print: Option<String>,
 }
 
 /// The workspace root.
