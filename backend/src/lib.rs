@@ -1,1 +1,3 @@
 //! placeholder
+#[cfg(feature = "cuda")]
+pub mod cuda;
