@@ -34,6 +34,9 @@ enum Command {
     Validate(cmd::validate::Args),
     /// Print the JSON Schema of model.json.
     Schema(cmd::schema::Args),
+    /// Time one MoE layer as dense TP MLP, PPMoE and all-to-all on GPUs (`--micro`: GEMM,
+    /// gather and NCCL checks). Needs a build with `--features cuda`.
+    Bench(cmd::bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Command::Rewrite(a) => cmd::rewrite::run(a),
         Command::Validate(a) => cmd::validate::run(a),
         Command::Schema(a) => cmd::schema::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -105,7 +105,9 @@ impl Gpu {
 
     /// Waits until the CUDA path's stream is idle.
     pub fn sync(&self) -> Result<()> {
-        self.stream.synchronize().map_err(driver("cuStreamSynchronize"))
+        self.stream
+            .synchronize()
+            .map_err(driver("cuStreamSynchronize"))
     }
 
     /// Copies `data` to the device address `dst` (stream-ordered, then waits).
@@ -132,7 +134,9 @@ impl Gpu {
     /// A timing event (recorded on this GPU's stream by [`Gpu::record`]).
     pub fn event(&self) -> Result<cudarc::driver::CudaEvent> {
         let flags = cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT;
-        self.ctx.new_event(Some(flags)).map_err(driver("cuEventCreate"))
+        self.ctx
+            .new_event(Some(flags))
+            .map_err(driver("cuEventCreate"))
     }
 
     /// An event without timing, to wait for a point of the stream (the host spins on it).
@@ -218,7 +222,9 @@ impl Buf {
             Owner::Float(t) => match t.clone().into_primitive() {
                 TensorPrimitive::Float(p) => p,
                 TensorPrimitive::QFloat(_) => {
-                    return Err(CudaError::Invalid("quantized tensors are not supported".into()))
+                    return Err(CudaError::Invalid(
+                        "quantized tensors are not supported".into(),
+                    ))
                 }
             },
             Owner::Int(t) => t.clone().into_primitive(),

@@ -81,7 +81,9 @@ pub(crate) fn driver(call: &'static str) -> impl FnOnce(cudarc::driver::DriverEr
 }
 
 /// Converts a cuBLAS error of `call`.
-pub(crate) fn blas(call: &'static str) -> impl FnOnce(cudarc::cublas::result::CublasError) -> CudaError {
+pub(crate) fn blas(
+    call: &'static str,
+) -> impl FnOnce(cudarc::cublas::result::CublasError) -> CudaError {
     move |e| CudaError::Blas {
         call,
         message: e.to_string(),
@@ -99,7 +101,9 @@ pub(crate) fn blas_lt(
 }
 
 /// Converts an NCCL error of `call`.
-pub(crate) fn nccl(call: &'static str) -> impl FnOnce(cudarc::nccl::result::NcclError) -> CudaError {
+pub(crate) fn nccl(
+    call: &'static str,
+) -> impl FnOnce(cudarc::nccl::result::NcclError) -> CudaError {
     move |e| CudaError::Nccl {
         call,
         message: format!("{:?}", e.0),

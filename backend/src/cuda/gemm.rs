@@ -45,7 +45,9 @@ impl GemmShape {
             }
         }
         if self.n == 0 || self.k == 0 {
-            return Err(CudaError::Invalid(format!("GEMM with an empty dimension: {self:?}")));
+            return Err(CudaError::Invalid(format!(
+                "GEMM with an empty dimension: {self:?}"
+            )));
         }
         Ok(())
     }
@@ -323,7 +325,10 @@ mod tests {
 
     #[test]
     fn flops_are_two_m_n_k() {
-        assert_eq!(GemmShape::new(8192, 8192, 8192).flops(), 2.0 * 8192f64.powi(3));
+        assert_eq!(
+            GemmShape::new(8192, 8192, 8192).flops(),
+            2.0 * 8192f64.powi(3)
+        );
     }
 
     #[test]

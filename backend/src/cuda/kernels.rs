@@ -78,7 +78,10 @@ impl RowGeometry {
             )));
         }
         if rows > i32::MAX as usize {
-            return Err(CudaError::Invalid(format!("{rows} rows: at most {}", i32::MAX)));
+            return Err(CudaError::Invalid(format!(
+                "{rows} rows: at most {}",
+                i32::MAX
+            )));
         }
         let vpr = cols / VEC;
         let rpb = (ROW_THREADS / vpr).max(1);
@@ -184,7 +187,14 @@ impl Kernels {
     }
 
     /// `dst[r] = src[idx[r]]` for `rows` rows of `cols` bf16 (zeros where `idx[r] < 0`).
-    pub fn gather_rows(&self, dst: u64, src: u64, idx: u64, rows: usize, cols: usize) -> Result<()> {
+    pub fn gather_rows(
+        &self,
+        dst: u64,
+        src: u64,
+        idx: u64,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
         if rows == 0 {
             return Ok(());
         }
@@ -192,7 +202,12 @@ impl Kernels {
         let g = RowGeometry::new(rows, cols)?;
         let (rows, vpr, rpb) = (rows as i32, g.vpr as i32, g.rpb as i32);
         let mut b = self.stream.launch_builder(self.func(K::Gather));
-        b.arg(&dst).arg(&src).arg(&idx).arg(&rows).arg(&vpr).arg(&rpb);
+        b.arg(&dst)
+            .arg(&src)
+            .arg(&idx)
+            .arg(&rows)
+            .arg(&vpr)
+            .arg(&rpb);
         // SAFETY: the addresses are live device buffers of the sizes the caller states; the kernel
         // reads `rows` indices and writes `rows * cols` elements of dst.
         unsafe { b.launch(g.config()) }.map_err(driver("cuLaunchKernel(gather_rows)"))?;
@@ -240,9 +255,7 @@ impl Kernels {
     ) -> Result<()> {
         check_topk(k)?;
         if k > experts {
-            return Err(CudaError::Invalid(format!(
-                "top-{k} of {experts} experts"
-            )));
+            return Err(CudaError::Invalid(format!("top-{k} of {experts} experts")));
         }
         let (n, e, kk, rn) = (
             int(tokens, "tokens")?,
@@ -251,14 +264,26 @@ impl Kernels {
             i32::from(renorm),
         );
         let mut b = self.stream.launch_builder(self.func(K::RouteTopk));
-        b.arg(&logits).arg(&n).arg(&e).arg(&kk).arg(&rn).arg(&expert).arg(&weight);
+        b.arg(&logits)
+            .arg(&n)
+            .arg(&e)
+            .arg(&kk)
+            .arg(&rn)
+            .arg(&expert)
+            .arg(&weight);
         // SAFETY: logits holds tokens * experts bf16, expert and weight tokens * k entries.
         unsafe { b.launch(flat(tokens)) }.map_err(driver("cuLaunchKernel(route_topk)"))?;
         Ok(())
     }
 
     /// The stable routing sort of `entries` (token, k) entries over `experts` experts.
-    pub fn route_sort(&self, s: &SortBuffers, entries: usize, experts: usize, k: usize) -> Result<()> {
+    pub fn route_sort(
+        &self,
+        s: &SortBuffers,
+        entries: usize,
+        experts: usize,
+        k: usize,
+    ) -> Result<()> {
         let chunks = sort_chunks(entries);
         let len = experts * chunks;
         let (total, e, kk, ch, ln) = (
@@ -278,7 +303,12 @@ impl Kernels {
         // SAFETY: counts holds experts * chunks ints; expert holds `entries` ints.
         unsafe { b.launch(sorted) }.map_err(driver("cuLaunchKernel(route_count)"))?;
         let mut b = self.stream.launch_builder(self.func(K::RouteScan));
-        b.arg(&s.counts).arg(&ln).arg(&ch).arg(&e).arg(&s.offsets).arg(&s.expert_off);
+        b.arg(&s.counts)
+            .arg(&ln)
+            .arg(&ch)
+            .arg(&e)
+            .arg(&s.offsets)
+            .arg(&s.expert_off);
         let one = LaunchConfig {
             grid_dim: (1, 1, 1),
             block_dim: (SCAN_THREADS, 1, 1),
@@ -287,7 +317,11 @@ impl Kernels {
         // SAFETY: offsets holds len + 1 ints, expert_off experts + 1.
         unsafe { b.launch(one) }.map_err(driver("cuLaunchKernel(route_scan)"))?;
         let mut b = self.stream.launch_builder(self.func(K::RoutePlace));
-        b.arg(&s.expert).arg(&total).arg(&e).arg(&kk).arg(&s.offsets);
+        b.arg(&s.expert)
+            .arg(&total)
+            .arg(&e)
+            .arg(&kk)
+            .arg(&s.offsets);
         b.arg(&s.sorted_token).arg(&s.entry_pos);
         // SAFETY: sorted_token and entry_pos hold `entries` ints.
         unsafe { b.launch(sorted) }.map_err(driver("cuLaunchKernel(route_place)"))?;
@@ -304,9 +338,18 @@ impl Kernels {
         e_hi: usize,
         slot: u64,
     ) -> Result<()> {
-        let (n, lo, hi) = (int(entries, "entries")?, int(e_lo, "expert")?, int(e_hi, "expert")?);
+        let (n, lo, hi) = (
+            int(entries, "entries")?,
+            int(e_lo, "expert")?,
+            int(e_hi, "expert")?,
+        );
         let mut b = self.stream.launch_builder(self.func(K::SlotsRange));
-        b.arg(&entry_pos).arg(&n).arg(&expert_off).arg(&lo).arg(&hi).arg(&slot);
+        b.arg(&entry_pos)
+            .arg(&n)
+            .arg(&expert_off)
+            .arg(&lo)
+            .arg(&hi)
+            .arg(&slot);
         // SAFETY: entry_pos and slot hold `entries` ints, expert_off experts + 1.
         unsafe { b.launch(flat(entries)) }.map_err(driver("cuLaunchKernel(slots_range)"))?;
         Ok(())
@@ -324,7 +367,12 @@ impl Kernels {
     ) -> Result<()> {
         let (n, c) = (int(entries, "entries")?, int(cap, "capacity")?);
         let mut b = self.stream.launch_builder(self.func(K::SlotsCapacity));
-        b.arg(&expert).arg(&entry_pos).arg(&n).arg(&expert_off).arg(&c).arg(&slot);
+        b.arg(&expert)
+            .arg(&entry_pos)
+            .arg(&n)
+            .arg(&expert_off)
+            .arg(&c)
+            .arg(&slot);
         // SAFETY: expert, entry_pos and slot hold `entries` ints.
         unsafe { b.launch(flat(entries)) }.map_err(driver("cuLaunchKernel(slots_capacity)"))?;
         Ok(())
@@ -342,7 +390,11 @@ impl Kernels {
         let (e, c) = (int(experts, "experts")?, int(cap, "capacity")?);
         int(experts * cap, "experts x capacity")?;
         let mut b = self.stream.launch_builder(self.func(K::DispatchIndex));
-        b.arg(&sorted_token).arg(&expert_off).arg(&e).arg(&c).arg(&idx);
+        b.arg(&sorted_token)
+            .arg(&expert_off)
+            .arg(&e)
+            .arg(&c)
+            .arg(&idx);
         // SAFETY: idx holds experts * cap ints.
         unsafe { b.launch(flat(experts * cap)) }
             .map_err(driver("cuLaunchKernel(dispatch_index)"))?;
@@ -352,7 +404,9 @@ impl Kernels {
     /// GELU in place on `n` bf16 (`n` a multiple of 8).
     pub fn gelu_inplace(&self, x: u64, n: usize) -> Result<()> {
         if n % VEC != 0 {
-            return Err(CudaError::Invalid(format!("gelu over {n} values: not a multiple of 8")));
+            return Err(CudaError::Invalid(format!(
+                "gelu over {n} values: not a multiple of 8"
+            )));
         }
         aligned(&[("gelu buffer", x)])?;
         let n8 = (n / VEC) as i64;
@@ -365,7 +419,14 @@ impl Kernels {
 
     /// Fills `n` bf16 at `dst` with seeded uniform values in `[-scale, scale)`; element `i` gets
     /// the value of global index `offset + i`.
-    pub fn fill_uniform(&self, dst: u64, n: usize, seed: u64, offset: usize, scale: f32) -> Result<()> {
+    pub fn fill_uniform(
+        &self,
+        dst: u64,
+        n: usize,
+        seed: u64,
+        offset: usize,
+        scale: f32,
+    ) -> Result<()> {
         let (nn, off) = (n as i64, offset as i64);
         let mut b = self.stream.launch_builder(self.func(K::Fill));
         b.arg(&dst).arg(&nn).arg(&seed).arg(&off).arg(&scale);
@@ -495,6 +556,20 @@ mod tests {
         assert_eq!(sort_chunks(1), 1);
         assert_eq!(sort_chunks(0), 1);
         assert_eq!(sort_shared_bytes(8), 256);
+    }
+
+    /// Compiles the kernels for Hopper when libnvrtc can be loaded (no GPU needed), so source
+    /// errors show on a development machine; says so and passes where NVRTC is absent.
+    #[test]
+    fn compiles_with_nvrtc_where_available() {
+        if let Err(e) = super::super::libs::load("nvrtc") {
+            eprintln!("NVRTC not found, kernel compilation not checked: {e}");
+            return;
+        }
+        match compile((9, 0)) {
+            Ok(_) => {}
+            Err(e) => panic!("{e}"),
+        }
     }
 
     #[test]

@@ -17,25 +17,26 @@ pub fn probe() -> Result<()> {
     Ok(())
 }
 
-fn load(name: &'static str) -> Result<()> {
+/// Loads one library of [`LIBRARIES`].
+pub fn load(name: &'static str) -> Result<()> {
     // SAFETY: `culib` only loads the shared library (dlopen) and caches the handle.
     let touch = || unsafe {
         match name {
             "cuda" => {
                 let _ = cudarc::driver::sys::culib();
-            },
+            }
             "cublas" => {
                 let _ = cudarc::cublas::sys::culib();
-            },
+            }
             "cublasLt" => {
                 let _ = cudarc::cublaslt::sys::culib();
-            },
+            }
             "nvrtc" => {
                 let _ = cudarc::nvrtc::sys::culib();
-            },
+            }
             _ => {
                 let _ = cudarc::nccl::sys::culib();
-            },
+            }
         }
     };
     let hook = std::panic::take_hook();

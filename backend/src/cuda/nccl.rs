@@ -57,7 +57,11 @@ impl Exchange {
 
     /// Fails unless every rank named is inside a group of `world`.
     pub fn validate(&self, world: usize) -> Result<()> {
-        match self.messages.iter().find(|m| m.from >= world || m.to >= world) {
+        match self
+            .messages
+            .iter()
+            .find(|m| m.from >= world || m.to >= world)
+        {
             Some(m) => Err(CudaError::Invalid(format!(
                 "message from rank {} to rank {} in a group of {world}",
                 m.from, m.to
@@ -186,7 +190,13 @@ impl Collectives {
 
     /// Sum over ranks, scattered: rank `r` reads `world * count` elements at `send[r]` and
     /// receives part `r` of the sum (`count` elements) at `recv[r]`.
-    pub fn reduce_scatter(&self, send: &[u64], recv: &[u64], count: usize, elem: Elem) -> Result<()> {
+    pub fn reduce_scatter(
+        &self,
+        send: &[u64],
+        recv: &[u64],
+        count: usize,
+        elem: Elem,
+    ) -> Result<()> {
         self.check_len(send, "reduce_scatter")?;
         self.check_len(recv, "reduce_scatter")?;
         self.grouped("ncclReduceScatter", |r, comm, stream| {

@@ -67,18 +67,26 @@ pub fn run_collectives(ranks: &[Rank], iters: usize) -> Result<(Vec<CollectiveRo
 
     // all_reduce, f32 in place: rank r holds (r + 1) * (i % 97); the sum is S * (i % 97).
     let a = bufs(ranks, Elem::F32, N)?;
-    fill(ranks, &a, |r| (0..N).map(|i| ((r + 1) * (i % 97)) as f32).collect())?;
+    fill(ranks, &a, |r| {
+        (0..N).map(|i| ((r + 1) * (i % 97)) as f32).collect()
+    })?;
     coll.all_reduce(&addrs(&a), &addrs(&a), N, Elem::F32)?;
     let s = (w * (w + 1) / 2) as f32;
-    let ok = holds(ranks, &a, |_| (0..N).map(|i| s * (i % 97) as f32).collect::<Vec<f32>>())?;
+    let ok = holds(ranks, &a, |_| {
+        (0..N).map(|i| s * (i % 97) as f32).collect::<Vec<f32>>()
+    })?;
     rows.push(row(format!("all_reduce f32 x {N} (in place)"), ok));
 
     // all_gather, f32: rank r contributes r * N + i.
     let send = bufs(ranks, Elem::F32, N)?;
     let recv = bufs(ranks, Elem::F32, w * N)?;
-    fill(ranks, &send, |r| (0..N).map(|i| (r * N + i) as f32).collect())?;
+    fill(ranks, &send, |r| {
+        (0..N).map(|i| (r * N + i) as f32).collect()
+    })?;
     coll.all_gather(&addrs(&send), &addrs(&recv), N, Elem::F32)?;
-    let ok = holds(ranks, &recv, |_| (0..w * N).map(|i| i as f32).collect::<Vec<f32>>())?;
+    let ok = holds(ranks, &recv, |_| {
+        (0..w * N).map(|i| i as f32).collect::<Vec<f32>>()
+    })?;
     rows.push(row(format!("all_gather f32 x {N} per rank"), ok));
 
     // reduce_scatter, f32: rank r holds (r + 1) + (j % 113) for j < W N; rank q receives
@@ -100,7 +108,10 @@ pub fn run_collectives(ranks: &[Rank], iters: usize) -> Result<(Vec<CollectiveRo
     // r * 1_000_000 + j * 10_000 + i; rank j receives the chunks in source order.
     let send_len = |r: usize| (0..w).map(|j| chunk(r, j)).sum::<usize>();
     let recv_len = |j: usize| (0..w).map(|r| chunk(r, j)).sum::<usize>();
-    let most = (0..w).map(|r| send_len(r).max(recv_len(r))).max().unwrap_or(0);
+    let most = (0..w)
+        .map(|r| send_len(r).max(recv_len(r)))
+        .max()
+        .unwrap_or(0);
     let send = bufs(ranks, Elem::I32, most)?;
     let recv = bufs(ranks, Elem::I32, most)?;
     let value = |r: usize, j: usize, i: usize| (r * 1_000_000 + j * 10_000 + i) as i32;
@@ -124,12 +135,17 @@ pub fn run_collectives(ranks: &[Rank], iters: usize) -> Result<(Vec<CollectiveRo
             .flat_map(|r| (0..chunk(r, j)).map(move |i| value(r, j, i)))
             .collect::<Vec<i32>>()
     })?;
-    rows.push(row("all_to_all i32, uneven chunks (grouped send/recv)".into(), ok));
+    rows.push(row(
+        "all_to_all i32, uneven chunks (grouped send/recv)".into(),
+        ok,
+    ));
 
     // send/recv ring, as between pipeline stages: rank r sends to r + 1 (mod W).
     let send = bufs(ranks, Elem::I32, N)?;
     let recv = bufs(ranks, Elem::I32, N)?;
-    fill(ranks, &send, |r| (0..N).map(|i| (r * N + i) as i32).collect())?;
+    fill(ranks, &send, |r| {
+        (0..N).map(|i| (r * N + i) as i32).collect()
+    })?;
     let mut ring = Exchange::default();
     for r in 0..w {
         ring.push(r, send[r].addr(), (r + 1) % w, recv[(r + 1) % w].addr(), N);

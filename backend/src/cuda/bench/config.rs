@@ -111,7 +111,9 @@ impl LayerConfig {
             (counts, "experts x sort blocks"),
         ] {
             if v.is_none_or(|v| v > limit) {
-                return Err(invalid(format!("{what} exceeds {limit}: make the layer smaller")));
+                return Err(invalid(format!(
+                    "{what} exceeds {limit}: make the layer smaller"
+                )));
             }
         }
         Ok(())
@@ -226,7 +228,13 @@ mod tests {
             (cfg(|c| c.experts = 0), "--experts"),
             (cfg(|c| c.top_k = 9), "--top-k"),
             (cfg(|c| c.top_k = 0), "--top-k"),
-            (cfg(|c| c.tokens = 10), "--tokens"),
+            (
+                cfg(|c| {
+                    c.gpus = 4;
+                    c.tokens = 10;
+                }),
+                "--tokens",
+            ),
             (cfg(|c| c.capacity_factor = f64::NAN), "--capacity-factor"),
         ];
         for (c, option) in cases {
@@ -260,7 +268,11 @@ mod tests {
     #[test]
     fn the_reference_layer_fits_an_h200() {
         let top2 = cfg(|c| c.top_k = 2);
-        assert!(top2.bytes_per_rank() < 20 << 30, "{}", top2.bytes_per_rank());
+        assert!(
+            top2.bytes_per_rank() < 20 << 30,
+            "{}",
+            top2.bytes_per_rank()
+        );
         assert!(top2.bytes_per_rank() > 4 << 30);
     }
 }

@@ -244,7 +244,15 @@ impl LayerBench {
         let (n, h, fl) = (c.tokens, c.hidden, c.local_ffn());
         for (r, s) in self.ranks.iter_mut().zip(&self.st) {
             r.gpu.bind()?;
-            r.up_gelu(&[n], fl, h, s.x.addr(), s.w1_dense.addr(), 0, s.h_dense.addr())?;
+            r.up_gelu(
+                &[n],
+                fl,
+                h,
+                s.x.addr(),
+                s.w1_dense.addr(),
+                0,
+                s.h_dense.addr(),
+            )?;
             let down = GemmShape::new(n, h, fl);
             r.gemm.matmul(
                 down,
@@ -355,7 +363,13 @@ impl LayerBench {
             let x = s.x.at(Elem::Bf16, i * t * h)?;
             s.a2a.run(r, &c, x, s.gate.addr())?;
             let a = &s.a2a;
-            r.k.dispatch_index(a.sorted_token.addr(), a.expert_off.addr(), e, cap, s.idx.addr())?;
+            r.k.dispatch_index(
+                a.sorted_token.addr(),
+                a.expert_off.addr(),
+                e,
+                cap,
+                s.idx.addr(),
+            )?;
             r.k.gather_rows(s.dispatch.addr(), x, s.idx.addr(), e * cap, h)?;
             r.k.slots_capacity(
                 a.expert.addr(),
@@ -376,7 +390,15 @@ impl LayerBench {
         for (r, s) in self.ranks.iter_mut().zip(&self.st) {
             r.gpu.bind()?;
             let (w1_stride, w2_stride) = ((h * f * 2) as u64, (f * h * 2) as u64);
-            r.up_gelu(&rows, f, h, s.expert_input(), s.w1.addr(), w1_stride, s.h.addr())?;
+            r.up_gelu(
+                &rows,
+                f,
+                h,
+                s.expert_input(),
+                s.w1.addr(),
+                w1_stride,
+                s.h.addr(),
+            )?;
             r.gemm.grouped(
                 &rows,
                 h,
@@ -439,7 +461,10 @@ impl LayerBench {
                 let pp: Vec<i32> = r.gpu.download(s.pp.expert_off.addr(), e + 1)?;
                 load = pp.windows(2).map(|w| (w[1] - w[0]) as usize).collect();
             }
-            let ppmoe = to_f32(&r.gpu.download::<u16>(s.y.at(Elem::Bf16, i * t * h)?, t * h)?);
+            let ppmoe = to_f32(
+                &r.gpu
+                    .download::<u16>(s.y.at(Elem::Bf16, i * t * h)?, t * h)?,
+            );
             let a2a = to_f32(&r.gpu.download::<u16>(s.y_a2a.addr(), t * h)?);
             a.add(&ppmoe, &a2a);
         }
@@ -468,7 +493,9 @@ impl LayerBench {
 
 /// bf16 bit patterns to f32.
 pub fn to_f32(v: &[u16]) -> Vec<f32> {
-    v.iter().map(|&b| f32::from_bits(u32::from(b) << 16)).collect()
+    v.iter()
+        .map(|&b| f32::from_bits(u32::from(b) << 16))
+        .collect()
 }
 
 /// Runs the layer benchmark: the agreement check, then dense, PPMoE and all-to-all timed.

@@ -204,7 +204,10 @@ fn expert_gemms(r: &mut Rank, cfg: &MicroConfig) -> Result<Vec<GemmRow>> {
         let (ours, reference) = race(
             &r.gpu,
             cfg.iters,
-            || gemm.borrow_mut().grouped(g, n, k, Epilogue::None, aa, ww, stride, cc),
+            || {
+                gemm.borrow_mut()
+                    .grouped(g, n, k, Epilogue::None, aa, ww, stride, cc)
+            },
             || gemm.borrow().grouped_reference(g, n, k, aa, ww, stride, cr),
         )?;
         r.gpu.sync()?;
@@ -318,7 +321,10 @@ fn copies(r: &mut Rank, cfg: &MicroConfig, rows: usize, h: usize) -> Result<Vec<
             permutation(rows, cfg.seed + 1),
         ),
         (
-            format!("gather {} rows x {h} from {rows} (top-2 dispatch)", 2 * rows),
+            format!(
+                "gather {} rows x {h} from {rows} (top-2 dispatch)",
+                2 * rows
+            ),
             2 * rows,
             permutation(2 * rows, cfg.seed + 2)
                 .into_iter()
@@ -339,7 +345,7 @@ fn copies(r: &mut Rank, cfg: &MicroConfig, rows: usize, h: usize) -> Result<Vec<
             }
         }
         let bytes = 2.0 * (n_out * h * 2) as f64;
-        let burn_gbs = burn_select(gpu, &src, rows, h, &index, cfg.iters)? .map(|s| bytes / s / 1e9);
+        let burn_gbs = burn_select(gpu, &src, rows, h, &index, cfg.iters)?.map(|s| bytes / s / 1e9);
         gpu.bind()?;
         out.push(CopyRow {
             label,
@@ -360,7 +366,15 @@ fn copies(r: &mut Rank, cfg: &MicroConfig, rows: usize, h: usize) -> Result<Vec<
         gpu.upload(idx.addr(), &slot)?;
         gpu.upload(weight.addr(), &w)?;
         let ms = time_calls(gpu, cfg.iters, || {
-            r.k.combine_rows(dst.addr(), src.addr(), idx.addr(), weight.addr(), rows, k, h)
+            r.k.combine_rows(
+                dst.addr(),
+                src.addr(),
+                idx.addr(),
+                weight.addr(),
+                rows,
+                k,
+                h,
+            )
         })?;
         let got = to_f32(&gpu.download::<u16>(dst.addr(), rows * h)?);
         let err = combine_error(&host_src, &got, &slot, &w, k, h);
@@ -405,7 +419,9 @@ fn burn_select(
 /// Runs every micro check.
 pub fn run_micro(cfg: &MicroConfig) -> Result<MicroReport> {
     if cfg.gpus == 0 || cfg.iters == 0 {
-        return Err(CudaError::Invalid("--gpus and --iters must be at least 1".into()));
+        return Err(CudaError::Invalid(
+            "--gpus and --iters must be at least 1".into(),
+        ));
     }
     libs::probe()?;
     let mut ranks = Rank::open_all(cfg.gpus)?;

@@ -79,9 +79,12 @@ impl Rank {
         c: u64,
     ) -> Result<()> {
         if self.fused_gelu {
-            return self.gemm.grouped(rows, n, k, Epilogue::Gelu, a, b, b_stride, c);
+            return self
+                .gemm
+                .grouped(rows, n, k, Epilogue::Gelu, a, b, b_stride, c);
         }
-        self.gemm.grouped(rows, n, k, Epilogue::None, a, b, b_stride, c)?;
+        self.gemm
+            .grouped(rows, n, k, Epilogue::None, a, b, b_stride, c)?;
         self.k.gelu_inplace(c, rows.iter().sum::<usize>() * n)
     }
 }

@@ -105,7 +105,9 @@ impl Agreement {
             if d.is_nan() || d > Self::ATOL * self.max_abs + Self::RTOL * x.abs() {
                 self.mismatched += 1;
             }
-            self.max_abs_diff = self.max_abs_diff.max(if d.is_nan() { f64::INFINITY } else { d });
+            self.max_abs_diff = self
+                .max_abs_diff
+                .max(if d.is_nan() { f64::INFINITY } else { d });
         }
         self.compared += a.len().min(b.len());
     }

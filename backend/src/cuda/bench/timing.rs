@@ -53,8 +53,14 @@ pub fn time_steps<T>(
     for g in gpus(ctx) {
         g.sync()?;
     }
-    let starts = gpus(ctx).into_iter().map(Gpu::event).collect::<Result<Vec<_>>>()?;
-    let ends = gpus(ctx).into_iter().map(Gpu::event).collect::<Result<Vec<_>>>()?;
+    let starts = gpus(ctx)
+        .into_iter()
+        .map(Gpu::event)
+        .collect::<Result<Vec<_>>>()?;
+    let ends = gpus(ctx)
+        .into_iter()
+        .map(Gpu::event)
+        .collect::<Result<Vec<_>>>()?;
     let mut ms = Vec::with_capacity(iters);
     for _ in 0..iters {
         for (g, e) in gpus(ctx).into_iter().zip(&starts) {
@@ -82,7 +88,10 @@ mod tests {
     #[test]
     fn median_of_odd_and_even_counts() {
         let s = Stats::of(vec![3.0, 1.0, 2.0]);
-        assert_eq!((s.median_ms, s.min_ms, s.max_ms, s.samples), (2.0, 1.0, 3.0, 3));
+        assert_eq!(
+            (s.median_ms, s.min_ms, s.max_ms, s.samples),
+            (2.0, 1.0, 3.0, 3)
+        );
         assert_eq!(Stats::of(vec![4.0, 1.0, 2.0, 3.0]).median_ms, 2.5);
         assert!(Stats::of(vec![]).median_ms.is_nan());
     }
