@@ -2,9 +2,12 @@
 //!
 //! Matrices are row-major, as burn stores them. cuBLAS is column-major, so `C = A B` with row-major
 //! `A [m, k]`, `B [k, n]` is computed as the column-major `C^T = B^T A^T`: the operands are passed
-//! swapped with `n, m, k`. Each shape's cuBLASLt plan (descriptors plus the heuristic's algorithm)
-//! is made once and cached. [`Gemm::reference`] is plain `cublasGemmEx` with the default algorithm,
-//! the yardstick the measurements compare against. All calls are issued on the GPU's stream.
+//! swapped with `n, m, k`. Each shape's plan is made once, on its first call, and cached: the
+//! cuBLASLt descriptors, up to [`CANDIDATES`] algorithms from cuBLASLt's heuristic (plus plain
+//! `cublasGemmEx` when there is no epilogue), each timed on the call's own buffers, the fastest
+//! kept ([`Gemm::set_autotune`] turns the timing off: then the heuristic's first choice runs).
+//! [`Gemm::reference`] is plain `cublasGemmEx` with the default algorithm, the yardstick the
+//! measurements compare against. All calls are issued on the GPU's stream.
 
 use super::device::{Buf, Elem, Gpu};
 use super::error::{blas, blas_lt, CudaError, Result};
@@ -15,6 +18,12 @@ use std::ffi::c_void;
 
 /// cuBLASLt workspace per GPU (NVIDIA recommends 32 MiB on Hopper).
 pub const WORKSPACE_BYTES: usize = 32 << 20;
+
+/// Algorithms asked of cuBLASLt's heuristic per shape.
+pub const CANDIDATES: usize = 8;
+
+/// Timed calls per candidate when a plan is made (after one untimed call).
+const TUNE_CALLS: usize = 3;
 
 /// The shape of `C [m, n] = A [m, k] B [k, n]`, all row-major and dense.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -62,7 +71,16 @@ pub enum Epilogue {
     Gelu,
 }
 
-/// One cached cuBLASLt plan.
+/// What runs a plan.
+#[derive(Debug, Clone, Copy)]
+enum Kernel {
+    /// A cuBLASLt algorithm.
+    Lt(lts::cublasLtMatmulAlgo_t),
+    /// Plain `cublasGemmEx` (default algorithm); only without epilogue.
+    Blas,
+}
+
+/// One cached plan.
 #[derive(Debug)]
 struct Plan {
     desc: lts::cublasLtMatmulDesc_t,
@@ -72,7 +90,7 @@ struct Plan {
     a_layout: lts::cublasLtMatrixLayout_t,
     /// Layout of C (and D): `n x m`.
     c_layout: lts::cublasLtMatrixLayout_t,
-    algo: lts::cublasLtMatmulAlgo_t,
+    kernel: Kernel,
 }
 
 /// cuBLASLt and cuBLAS on one GPU, with a plan cache.
@@ -83,6 +101,8 @@ pub struct Gemm {
     workspace: Buf,
     stream: cudarc::driver::sys::CUstream,
     plans: HashMap<(GemmShape, Epilogue), Plan>,
+    autotune: bool,
+    events: [cudarc::driver::sys::CUevent; 2],
 }
 
 impl Gemm {
@@ -96,13 +116,26 @@ impl Gemm {
         let stream = gpu.raw_stream();
         // SAFETY: the handle was just created; the stream lives as long as the GPU.
         unsafe { cb::set_stream(handle, stream as _) }.map_err(blas("cublasSetStream"))?;
+        let event = || {
+            cudarc::driver::result::event::create(
+                cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT,
+            )
+            .map_err(super::error::driver("cuEventCreate"))
+        };
         Ok(Self {
             lt,
             blas: handle,
             workspace,
             stream,
             plans: HashMap::new(),
+            autotune: true,
+            events: [event()?, event()?],
         })
+    }
+
+    /// Whether new plans time their candidates (default) or take the heuristic's first.
+    pub fn set_autotune(&mut self, on: bool) {
+        self.autotune = on;
     }
 
     /// Plans cached so far.
@@ -110,23 +143,26 @@ impl Gemm {
         self.plans.len()
     }
 
-    fn plan(&mut self, s: GemmShape, epi: Epilogue) -> Result<&Plan> {
-        if !self.plans.contains_key(&(s, epi)) {
-            let plan = self.make_plan(s, epi)?;
-            self.plans.insert((s, epi), plan);
-        }
-        self.plans
-            .get(&(s, epi))
-            .ok_or_else(|| CudaError::Invalid("plan cache".into()))
-    }
-
-    fn make_plan(&self, s: GemmShape, epi: Epilogue) -> Result<Plan> {
+    fn make_plan(&self, s: GemmShape, epi: Epilogue, a: u64, b: u64, c: u64) -> Result<Plan> {
         let bf16 = lts::cudaDataType::CUDA_R_16BF;
         let desc = lt::create_matmul_desc(
             lts::cublasComputeType_t::CUBLAS_COMPUTE_32F,
             lts::cudaDataType::CUDA_R_32F,
         )
         .map_err(blas_lt("cublasLtMatmulDescCreate"))?;
+        let (m, n, k) = (s.m as u64, s.n as u64, s.k as u64);
+        let layout = |rows: u64, cols: u64| {
+            lt::create_matrix_layout(bf16, rows, cols, rows as i64)
+                .map_err(blas_lt("cublasLtMatrixLayoutCreate"))
+        };
+        // From here on the plan owns the descriptors: dropping it on an error destroys them.
+        let mut plan = Plan {
+            desc,
+            b_layout: layout(n, k)?,
+            a_layout: layout(k, m)?,
+            c_layout: layout(n, m)?,
+            kernel: Kernel::Blas,
+        };
         if epi == Epilogue::Gelu {
             let e = lts::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU;
             // SAFETY: desc is live; the attribute is a cublasLtEpilogue_t passed by address.
@@ -140,74 +176,165 @@ impl Gemm {
             }
             .map_err(blas_lt("cublasLtMatmulDescSetAttribute(EPILOGUE)"))?;
         }
-        let (m, n, k) = (s.m as u64, s.n as u64, s.k as u64);
-        let b_layout = lt::create_matrix_layout(bf16, n, k, n as i64)
-            .map_err(blas_lt("cublasLtMatrixLayoutCreate"))?;
-        let a_layout = lt::create_matrix_layout(bf16, k, m, k as i64)
-            .map_err(blas_lt("cublasLtMatrixLayoutCreate"))?;
-        let c_layout = lt::create_matrix_layout(bf16, n, m, n as i64)
-            .map_err(blas_lt("cublasLtMatrixLayoutCreate"))?;
+        let mut candidates: Vec<Kernel> =
+            self.heuristic(&plan)?.into_iter().map(Kernel::Lt).collect();
+        if epi == Epilogue::None {
+            candidates.push(Kernel::Blas);
+        }
+        plan.kernel = match candidates.as_slice() {
+            [] => {
+                return Err(CudaError::Blas {
+                    call: "cublasLtMatmulAlgoGetHeuristic",
+                    message: format!("no algorithm for {s:?} with {epi:?}"),
+                })
+            }
+            [only] => *only,
+            [first, ..] if !self.autotune => *first,
+            _ => self.fastest(&plan, s, &candidates, a, b, c)?,
+        };
+        Ok(plan)
+    }
+
+    /// Up to [`CANDIDATES`] algorithms for `p`'s descriptors, best first, within the workspace.
+    fn heuristic(&self, p: &Plan) -> Result<Vec<lts::cublasLtMatmulAlgo_t>> {
         let pref = lt::create_matmul_pref().map_err(blas_lt("cublasLtMatmulPreferenceCreate"))?;
         let ws = WORKSPACE_BYTES as u64;
-        // SAFETY: every descriptor above is live until destroyed below or in Drop.
-        let heuristic = unsafe {
-            lt::set_matmul_pref_attribute(
+        let mut found = 0i32;
+        // SAFETY: the results are plain C structs, valid zeroed; every descriptor is live; the
+        // preference is destroyed before returning.
+        let mut results: [lts::cublasLtMatmulHeuristicResult_t; CANDIDATES] =
+            unsafe { std::mem::zeroed() };
+        let status = unsafe {
+            let set = lt::set_matmul_pref_attribute(
                 pref,
                 lts::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                 &ws as *const u64 as *const c_void,
                 std::mem::size_of::<u64>(),
-            )
-            .map_err(blas_lt("cublasLtMatmulPreferenceSetAttribute"))?;
-            let h = lt::get_matmul_algo_heuristic(
-                self.lt, desc, b_layout, a_layout, c_layout, c_layout, pref,
             );
+            let status = set.and_then(|_| {
+                lts::cublasLtMatmulAlgoGetHeuristic(
+                    self.lt,
+                    p.desc,
+                    p.b_layout,
+                    p.a_layout,
+                    p.c_layout,
+                    p.c_layout,
+                    pref,
+                    CANDIDATES as i32,
+                    results.as_mut_ptr(),
+                    &mut found,
+                )
+                .result()
+            });
             let _ = lt::destroy_matmul_pref(pref);
-            h
+            status
+        };
+        status.map_err(blas_lt("cublasLtMatmulAlgoGetHeuristic"))?;
+        Ok(results
+            .iter()
+            .take(found.clamp(0, CANDIDATES as i32) as usize)
+            .filter(|r| r.state == lts::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
+            .filter(|r| r.workspaceSize <= WORKSPACE_BYTES)
+            .map(|r| r.algo)
+            .collect())
+    }
+
+    /// Times every candidate on the call's buffers; the fastest that runs.
+    fn fastest(
+        &self,
+        p: &Plan,
+        s: GemmShape,
+        candidates: &[Kernel],
+        a: u64,
+        b: u64,
+        c: u64,
+    ) -> Result<Kernel> {
+        use cudarc::driver::result::event;
+        let mut best: Option<(f32, Kernel)> = None;
+        for &k in candidates {
+            if self.launch(p, k, s, a, b, c).is_err() {
+                continue;
+            }
+            // SAFETY: both events are live (made in `new`) and recorded on this GPU's stream.
+            let ms = unsafe {
+                event::record(self.events[0], self.stream)
+                    .map_err(super::error::driver("cuEventRecord"))?;
+                for _ in 0..TUNE_CALLS {
+                    self.launch(p, k, s, a, b, c)?;
+                }
+                event::record(self.events[1], self.stream)
+                    .map_err(super::error::driver("cuEventRecord"))?;
+                event::synchronize(self.events[1])
+                    .map_err(super::error::driver("cuEventSynchronize"))?;
+                event::elapsed(self.events[0], self.events[1])
+                    .map_err(super::error::driver("cuEventElapsedTime"))?
+            };
+            if best.is_none_or(|(t, _)| ms < t) {
+                best = Some((ms, k));
+            }
         }
-        .map_err(blas_lt("cublasLtMatmulAlgoGetHeuristic"))?;
-        Ok(Plan {
-            desc,
-            b_layout,
-            a_layout,
-            c_layout,
-            algo: heuristic.algo,
+        best.map(|(_, k)| k).ok_or_else(|| CudaError::Blas {
+            call: "cublasLtMatmul",
+            message: format!("no candidate algorithm ran for {s:?}"),
         })
     }
 
-    /// `C = epi(A B)` through cuBLASLt; `a`, `b`, `c` are device addresses of row-major bf16
-    /// matrices of `s`'s sizes. `m = 0` is a no-op.
+    /// Runs plan `p` with kernel `k`.
+    fn launch(&self, p: &Plan, k: Kernel, s: GemmShape, a: u64, b: u64, c: u64) -> Result<()> {
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let (ws, ws_bytes) = (self.workspace.addr(), self.workspace.bytes());
+        match k {
+            Kernel::Blas => self.reference(s, a, b, c),
+            // SAFETY: the plan's descriptors match the buffers' sizes, which the caller
+            // guarantees; the workspace is a live buffer of `ws_bytes`.
+            Kernel::Lt(algo) => unsafe {
+                lt::matmul(
+                    self.lt,
+                    p.desc,
+                    &alpha as *const f32 as *const c_void,
+                    &beta as *const f32 as *const c_void,
+                    b as *const c_void,
+                    p.b_layout,
+                    a as *const c_void,
+                    p.a_layout,
+                    c as *const c_void,
+                    p.c_layout,
+                    c as *mut c_void,
+                    p.c_layout,
+                    &algo,
+                    ws as *mut c_void,
+                    ws_bytes,
+                    self.stream as _,
+                )
+            }
+            .map_err(blas_lt("cublasLtMatmul")),
+        }
+    }
+
+    /// `C = epi(A B)`; `a`, `b`, `c` are device addresses of row-major bf16 matrices of `s`'s
+    /// sizes. `m = 0` is a no-op. The shape's first call makes its plan (timing candidates on
+    /// these buffers, so `c` is written several times).
     pub fn matmul(&mut self, s: GemmShape, epi: Epilogue, a: u64, b: u64, c: u64) -> Result<()> {
         s.check()?;
         if s.m == 0 {
             return Ok(());
         }
-        let (alpha, beta) = (1.0f32, 0.0f32);
-        let (lt_handle, stream) = (self.lt, self.stream);
-        let (ws, ws_bytes) = (self.workspace.addr(), self.workspace.bytes());
-        let p = self.plan(s, epi)?;
-        // SAFETY: the plan's descriptors match the buffers' sizes, which the caller guarantees;
-        // the workspace is a live buffer of `ws_bytes`.
-        unsafe {
-            lt::matmul(
-                lt_handle,
-                p.desc,
-                &alpha as *const f32 as *const c_void,
-                &beta as *const f32 as *const c_void,
-                b as *const c_void,
-                p.b_layout,
-                a as *const c_void,
-                p.a_layout,
-                c as *const c_void,
-                p.c_layout,
-                c as *mut c_void,
-                p.c_layout,
-                &p.algo,
-                ws as *mut c_void,
-                ws_bytes,
-                stream as _,
-            )
+        if !self.plans.contains_key(&(s, epi)) {
+            let plan = self.make_plan(s, epi, a, b, c)?;
+            self.plans.insert((s, epi), plan);
         }
-        .map_err(blas_lt("cublasLtMatmul"))
+        match self.plans.get(&(s, epi)) {
+            Some(p) => self.launch(p, p.kernel, s, a, b, c),
+            None => Err(CudaError::Invalid("GEMM plan cache".into())),
+        }
+    }
+
+    /// How many cached plans run plain `cublasGemmEx` (the rest run a cuBLASLt algorithm).
+    pub fn plans_on_cublas(&self) -> usize {
+        self.plans
+            .values()
+            .filter(|p| matches!(p.kernel, Kernel::Blas))
+            .count()
     }
 
     /// `C = A B` through plain `cublasGemmEx` (default algorithm): the reference.
@@ -303,18 +430,28 @@ pub fn group_offsets(rows: &[usize]) -> Vec<usize> {
         .collect()
 }
 
+impl Drop for Plan {
+    fn drop(&mut self) {
+        // SAFETY: the plan created these descriptors and destroys them once.
+        unsafe {
+            let _ = lt::destroy_matrix_layout(self.a_layout);
+            let _ = lt::destroy_matrix_layout(self.b_layout);
+            let _ = lt::destroy_matrix_layout(self.c_layout);
+            let _ = lt::destroy_matmul_desc(self.desc);
+        }
+    }
+}
+
 impl Drop for Gemm {
     fn drop(&mut self) {
-        // SAFETY: every handle and descriptor was created by this struct and is destroyed once.
+        self.plans.clear();
+        // SAFETY: the handles and events were created by this struct and are destroyed once.
         unsafe {
-            for (_, p) in self.plans.drain() {
-                let _ = lt::destroy_matrix_layout(p.a_layout);
-                let _ = lt::destroy_matrix_layout(p.b_layout);
-                let _ = lt::destroy_matrix_layout(p.c_layout);
-                let _ = lt::destroy_matmul_desc(p.desc);
-            }
             let _ = lt::destroy_handle(self.lt);
             let _ = cb::destroy_handle(self.blas);
+            for e in self.events {
+                let _ = cudarc::driver::result::event::destroy(e);
+            }
         }
     }
 }

@@ -73,23 +73,22 @@ extern "C" __global__ void combine_rows(Vec8* __restrict__ out, const Vec8* __re
     i64 r;
     int lane, tpr;
     if (!row_of_thread(rows, rpb, &r, &lane, &tpr)) return;
+    // Fixed-size, fully unrolled: slots and weights stay in registers.
     int s[MAX_TOPK];
     float w[MAX_TOPK];
-    int n = 0;
-    for (int j = 0; j < k; ++j) {
-        int sj = slot[r * k + j];
-        if (sj >= 0) {
-            s[n] = sj;
-            w[n] = weight[r * k + j];
-            ++n;
-        }
+#pragma unroll
+    for (int j = 0; j < MAX_TOPK; ++j) {
+        s[j] = j < k ? slot[r * k + j] : -1;
+        w[j] = s[j] >= 0 ? weight[r * k + j] : 0.0f;
     }
     Vec8* o = out + r * vpr;
     for (int c = lane; c < vpr; c += tpr) {
         float acc[8];
 #pragma unroll
         for (int q = 0; q < 8; ++q) acc[q] = 0.0f;
-        for (int j = 0; j < n; ++j) {
+#pragma unroll
+        for (int j = 0; j < MAX_TOPK; ++j) {
+            if (s[j] < 0) continue;
             Vec8 v = src[(i64)s[j] * vpr + c];
 #pragma unroll
             for (int q = 0; q < 4; ++q) {

@@ -242,6 +242,7 @@ mod format {
                 "mismatched": a.mismatched, "max_abs_diff": a.max_abs_diff, "max_abs": a.max_abs,
             },
             "fused_gelu": r.fused_gelu,
+            "gelu_ms": {"fused": r.gelu_ms.0, "separate": r.gelu_ms.1},
             "collectives": r.collectives,
         });
         let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();

@@ -190,6 +190,8 @@ pub struct LayerBench {
     ranks: Vec<Rank>,
     st: Vec<State>,
     coll: Option<Collectives>,
+    /// ms of the dense up-projection with GELU fused, and as GEMM + kernel (last rank).
+    gelu: (f64, f64),
 }
 
 fn gpus(b: &LayerBench) -> Vec<&Gpu> {
@@ -219,9 +221,11 @@ impl LayerBench {
             .enumerate()
             .map(|(i, r)| State::new(r, i, cfg))
             .collect::<Result<Vec<_>>>()?;
+        let mut gelu = (f64::NAN, f64::NAN);
         for (r, s) in ranks.iter_mut().zip(&st) {
             r.gpu.after_burn()?;
-            r.probe_fused_gelu(s.x.addr(), s.w1.addr(), s.h.addr(), cfg.ffn, cfg.hidden)?;
+            let (x, w, h) = (s.x.addr(), s.w1_dense.addr(), s.h_dense.addr());
+            gelu = r.choose_gelu(x, w, h, cfg.tokens, cfg.local_ffn(), cfg.hidden)?;
             r.gpu.sync()?;
         }
         let coll = if cfg.gpus > 1 {
@@ -235,6 +239,7 @@ impl LayerBench {
             ranks,
             st,
             coll,
+            gelu,
         })
     }
 
@@ -522,6 +527,7 @@ pub fn run_layer(cfg: &LayerConfig) -> Result<LayerReport> {
         expert_load,
         agreement,
         fused_gelu: b.ranks.iter().all(|r| r.fused_gelu),
+        gelu_ms: b.gelu,
         collectives,
     })
 }

@@ -180,6 +180,19 @@ fn dense_gemms(r: &mut Rank, cfg: &MicroConfig) -> Result<Vec<GemmRow>> {
                 max_rel_err: None,
                 err_against: "-",
             });
+            let separate = time_calls(&r.gpu, iters, || {
+                r.gemm.matmul(s, Epilogue::None, aa, bb, cc)?;
+                r.k.gelu_inplace(cc, m * n)
+            })?;
+            rows.push(GemmRow {
+                label: format!("{m}x{k} @ {k}x{n} then GELU kernel (vs plain cuBLAS)"),
+                flops: s.flops(),
+                ours_tflops: s.flops() / (separate * 1e-3) / 1e12,
+                cublas_tflops: s.flops() / (reference * 1e-3) / 1e12,
+                burn_tflops: None,
+                max_rel_err: None,
+                err_against: "-",
+            });
         }
         r.gpu.sync()?;
     }

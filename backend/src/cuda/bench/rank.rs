@@ -52,18 +52,52 @@ impl Rank {
         Ok(b)
     }
 
-    /// Checks once whether cuBLASLt takes the GELU epilogue for an `[m, k] x [k, n]` product
-    /// into `c`; if not, later up-projections apply GELU with a kernel.
-    pub fn probe_fused_gelu(&mut self, a: u64, b: u64, c: u64, n: usize, k: usize) -> Result<()> {
-        match self
-            .gemm
-            .matmul(GemmShape::new(8, n, k), Epilogue::Gelu, a, b, c)
-        {
-            Ok(()) => self.fused_gelu = true,
-            Err(CudaError::Blas { .. }) => self.fused_gelu = false,
+    /// Chooses how up-projections apply GELU, by timing an `[m, k] x [k, n]` product into `c`
+    /// both ways: fused into cuBLASLt's epilogue, or a plain GEMM then the GELU kernel. Returns
+    /// the milliseconds per call (fused, separate); fused is NaN where cuBLASLt refuses it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn choose_gelu(
+        &mut self,
+        a: u64,
+        b: u64,
+        c: u64,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<(f64, f64)> {
+        let s = GemmShape::new(m, n, k);
+        let fused_ok = match self.gemm.matmul(s, Epilogue::Gelu, a, b, c) {
+            Ok(()) => true,
+            Err(CudaError::Blas { .. }) => false,
             Err(e) => return Err(e),
-        }
-        Ok(())
+        };
+        self.gemm.matmul(s, Epilogue::None, a, b, c)?;
+        self.k.gelu_inplace(c, m * n)?;
+        let (start, end) = (self.gpu.event()?, self.gpu.event()?);
+        let time = |this: &mut Self, fused: bool| -> Result<f64> {
+            this.gpu.record(&start)?;
+            for _ in 0..3 {
+                if fused {
+                    this.gemm.matmul(s, Epilogue::Gelu, a, b, c)?;
+                } else {
+                    this.gemm.matmul(s, Epilogue::None, a, b, c)?;
+                    this.k.gelu_inplace(c, m * n)?;
+                }
+            }
+            this.gpu.record(&end)?;
+            let ms = start
+                .elapsed_ms(&end)
+                .map_err(super::super::error::driver("cuEventElapsedTime"))?;
+            Ok(f64::from(ms) / 3.0)
+        };
+        let separate = time(self, false)?;
+        let fused = if fused_ok {
+            time(self, true)?
+        } else {
+            f64::NAN
+        };
+        self.fused_gelu = fused_ok && fused <= separate;
+        Ok((fused, separate))
     }
 
     /// Up-projection with GELU over row groups (one group: a dense GEMM), see [`Gemm::grouped`].

@@ -126,8 +126,10 @@ pub struct LayerReport {
     pub expert_load: Vec<usize>,
     /// PPMoE against all-to-all.
     pub agreement: Agreement,
-    /// Whether GELU was fused into cuBLASLt's up-projection.
+    /// Whether GELU was fused into cuBLASLt's up-projection (chosen by timing).
     pub fused_gelu: bool,
+    /// The dense up-projection's ms per call with GELU fused, and as GEMM + GELU kernel.
+    pub gelu_ms: (f64, f64),
     /// How collectives ran (NCCL version, or why none ran).
     pub collectives: String,
 }
@@ -265,6 +267,7 @@ mod tests {
                 mismatched: 0,
             },
             fused_gelu: true,
+            gelu_ms: (1.0, 1.1),
             collectives: String::new(),
         };
         assert_eq!(r.ppmoe_over_dense_throughput(), 0.75);
