@@ -22,8 +22,8 @@ pub const WORKSPACE_BYTES: usize = 32 << 20;
 /// Algorithms asked of cuBLASLt's heuristic per shape.
 pub const CANDIDATES: usize = 8;
 
-/// Timed calls per candidate when a plan is made (after one untimed call).
-const TUNE_CALLS: usize = 3;
+/// Timed calls per candidate when a plan is made (after one untimed call), one per pass.
+const TUNE_PASSES: usize = 4;
 
 /// The shape of `C [m, n] = A [m, k] B [k, n]`, all row-major and dense.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -239,7 +239,9 @@ impl Gemm {
             .collect())
     }
 
-    /// Times every candidate on the call's buffers; the fastest that runs.
+    /// Times every candidate on the call's buffers; the fastest that runs. Candidates are timed
+    /// one call at a time in interleaved passes (alternating order), so clock and power drift
+    /// during tuning favours none of them.
     fn fastest(
         &self,
         p: &Plan,
@@ -250,33 +252,40 @@ impl Gemm {
         c: u64,
     ) -> Result<Kernel> {
         use cudarc::driver::result::event;
-        let mut best: Option<(f32, Kernel)> = None;
-        for &k in candidates {
-            if self.launch(p, k, s, a, b, c).is_err() {
-                continue;
-            }
-            // SAFETY: both events are live (made in `new`) and recorded on this GPU's stream.
-            let ms = unsafe {
-                event::record(self.events[0], self.stream)
-                    .map_err(super::error::driver("cuEventRecord"))?;
-                for _ in 0..TUNE_CALLS {
-                    self.launch(p, k, s, a, b, c)?;
-                }
-                event::record(self.events[1], self.stream)
-                    .map_err(super::error::driver("cuEventRecord"))?;
-                event::synchronize(self.events[1])
-                    .map_err(super::error::driver("cuEventSynchronize"))?;
-                event::elapsed(self.events[0], self.events[1])
-                    .map_err(super::error::driver("cuEventElapsedTime"))?
+        let ev = super::error::driver;
+        let runnable: Vec<Kernel> = candidates
+            .iter()
+            .copied()
+            .filter(|&k| self.launch(p, k, s, a, b, c).is_ok())
+            .collect();
+        let mut total = vec![0.0f32; runnable.len()];
+        for pass in 0..TUNE_PASSES {
+            let order: Vec<usize> = if pass % 2 == 0 {
+                (0..runnable.len()).collect()
+            } else {
+                (0..runnable.len()).rev().collect()
             };
-            if best.is_none_or(|(t, _)| ms < t) {
-                best = Some((ms, k));
+            for i in order {
+                // SAFETY: both events are live (made in `new`), recorded on this GPU's stream.
+                total[i] += unsafe {
+                    event::record(self.events[0], self.stream).map_err(ev("cuEventRecord"))?;
+                    self.launch(p, runnable[i], s, a, b, c)?;
+                    event::record(self.events[1], self.stream).map_err(ev("cuEventRecord"))?;
+                    event::synchronize(self.events[1]).map_err(ev("cuEventSynchronize"))?;
+                    event::elapsed(self.events[0], self.events[1])
+                        .map_err(ev("cuEventElapsedTime"))?
+                };
             }
         }
-        best.map(|(_, k)| k).ok_or_else(|| CudaError::Blas {
-            call: "cublasLtMatmul",
-            message: format!("no candidate algorithm ran for {s:?}"),
-        })
+        total
+            .iter()
+            .zip(&runnable)
+            .min_by(|x, y| x.0.total_cmp(y.0))
+            .map(|(_, &k)| k)
+            .ok_or_else(|| CudaError::Blas {
+                call: "cublasLtMatmul",
+                message: format!("no candidate algorithm ran for {s:?}"),
+            })
     }
 
     /// Runs plan `p` with kernel `k`.

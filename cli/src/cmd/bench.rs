@@ -147,16 +147,20 @@ mod format {
         );
         let _ = writeln!(
             s,
-            "median of {} steps after {} warm-up (CUDA events, slowest GPU); GELU fused into \
-             cuBLASLt: {}; collectives: {}",
-            c.iters,
-            c.warmup,
+            "median of {} steps after {} warm-up (CUDA events, slowest GPU); collectives: {}",
+            c.iters, c.warmup, r.collectives
+        );
+        let _ = writeln!(
+            s,
+            "GELU: {} (chosen by timing the dense up-projection: fused {:.3} ms, GEMM + kernel \
+             {:.3} ms)",
             if r.fused_gelu {
-                "yes"
+                "fused into cuBLASLt"
             } else {
-                "no (separate kernel)"
+                "separate kernel"
             },
-            r.collectives
+            r.gelu_ms.0,
+            r.gelu_ms.1
         );
         let _ = writeln!(
             s,
