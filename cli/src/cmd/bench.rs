@@ -2,7 +2,6 @@
 //! and as all-to-all expert parallelism on W GPUs (or, with `--micro`, checks and times the GEMMs,
 //! gathers, combines and NCCL collectives underneath). Needs a build with `--features cuda`.
 
-use crate::io::write_output;
 use clap::ValueEnum;
 use miette::Result;
 use std::path::PathBuf;
@@ -72,6 +71,7 @@ pub fn run(a: Args) -> Result<()> {
 
 #[cfg(feature = "cuda")]
 pub fn run(a: Args) -> Result<()> {
+    use crate::io::write_output;
     use moe_backend::cuda::bench::{run_layer, run_micro, LayerConfig, MicroConfig};
     let Backend::Cuda = a.backend;
     let (text, failure) = if a.micro {
