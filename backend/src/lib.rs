@@ -20,6 +20,8 @@
 //! ```
 
 mod collective;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod error;
 mod exec;
 mod rank;

@@ -40,6 +40,9 @@ enum Command {
     Verify(cmd::verify::Args),
     /// Print the JSON Schema of model.json.
     Schema(cmd::schema::Args),
+    /// Time one MoE layer as dense TP MLP, PPMoE and all-to-all on GPUs (`--micro`: GEMM,
+    /// gather and NCCL checks). Needs a build with `--features cuda`.
+    Bench(cmd::bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
         Command::Validate(a) => cmd::validate::run(a),
         Command::Verify(a) => cmd::verify::run(a),
         Command::Schema(a) => cmd::schema::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod bench;
 pub mod import;
 pub mod inspect;
 pub mod rewrite;
