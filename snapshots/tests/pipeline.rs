@@ -12,21 +12,12 @@ use moe_ir::{Graph, Op, Schedule, Summary};
 use moe_passes::cost::Roofline;
 use moe_passes::pipeline::{Layout, Partitioned, PipelinePartition};
 use moe_passes::rewrite::DispatchRewrite;
-use moe_passes::TensorParallel;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 fn partition(g: &Graph, opts: &common::CaseOptions, layout: Layout) -> Partitioned {
     let cluster = common::cluster(opts);
-    let g = match opts.tp {
-        Some(tp) => TensorParallel {
-            tp,
-            gpus_per_node: cluster.gpus_per_node,
-        }
-        .remap(g)
-        .expect("remap succeeds"),
-        None => g.clone(),
-    };
+    let g = common::remap(g, opts);
     let g = DispatchRewrite::new(cluster.clone())
         .rewrite(&g)
         .expect("rewrite succeeds")

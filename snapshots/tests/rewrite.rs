@@ -8,7 +8,7 @@ mod common;
 use moe_ir::Summary;
 use moe_passes::cost::Roofline;
 use moe_passes::rewrite::{layer_costs, DispatchRewrite};
-use moe_passes::{Pipeline, TensorParallel};
+use moe_passes::Pipeline;
 use std::fmt::Write as _;
 
 fn collectives(g: &moe_ir::Graph) -> String {
@@ -21,15 +21,7 @@ fn collectives(g: &moe_ir::Graph) -> String {
 
 fn run_rewrite(g: &moe_ir::Graph, opts: &common::CaseOptions) -> (moe_ir::Graph, String) {
     let cluster = common::cluster(opts);
-    let g = match opts.tp {
-        Some(tp) => TensorParallel {
-            tp,
-            gpus_per_node: cluster.gpus_per_node,
-        }
-        .remap(g)
-        .expect("remap succeeds"),
-        None => g.clone(),
-    };
+    let g = common::remap(g, opts);
     let mut r = DispatchRewrite::new(cluster);
     r.explain = true;
     let out = r.rewrite(&g).expect("rewrite succeeds");

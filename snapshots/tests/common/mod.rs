@@ -95,6 +95,20 @@ pub fn cluster(opts: &CaseOptions) -> moe_passes::cost::Cluster {
     }
 }
 
+/// `rewrite --tp` of a case: the graph remapped onto the case's tensor-parallel group (a clone
+/// when the case gives no `tp`).
+pub fn remap(g: &Graph, opts: &CaseOptions) -> Graph {
+    match opts.tp {
+        Some(tp) => moe_passes::TensorParallel {
+            tp,
+            gpus_per_node: cluster(opts).gpus_per_node,
+        }
+        .remap(g)
+        .expect("remap succeeds"),
+        None => g.clone(),
+    }
+}
+
 /// Snapshot settings: snapshots beside the test files, no input-path metadata (keeps them stable).
 pub fn settings() -> insta::Settings {
     let mut s = insta::Settings::clone_current();
