@@ -10,6 +10,14 @@ use crate::value::{Dense, Ints, Local};
 use burn::tensor::backend::Backend;
 use std::collections::BTreeMap;
 
+/// What a point-to-point message is about: the pipeline `channel` (one `send`/`recv` pair of the
+/// graph) and the micro-batch it carries. Several micro-batches of one channel may be in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Tag {
+    pub channel: u32,
+    pub micro: u32,
+}
+
 /// Communication between ranks. `parts[i]` is the local value of the `i`-th rank of the group
 /// (in axis order); the result has one value per member, in the same order. Values of one call
 /// have equal shapes (the typing rules guarantee it).
@@ -28,19 +36,19 @@ pub(crate) trait Collectives<B: Backend> {
         split_dim: usize,
         concat_dim: usize,
     ) -> Vec<Local<B>>;
-    /// Posts `value` for rank `to` on `channel`.
-    fn send(&mut self, channel: u32, to: u64, value: Local<B>);
-    /// Takes the value posted for rank `to` on `channel`, if it has been sent.
-    fn recv(&mut self, channel: u32, to: u64) -> Option<Local<B>>;
-    /// Whether a value for rank `to` on `channel` is waiting.
-    fn ready(&self, channel: u32, to: u64) -> bool;
+    /// Posts `value` for rank `to` under `tag`.
+    fn send(&mut self, tag: Tag, to: u64, value: Local<B>);
+    /// Takes the value posted for rank `to` under `tag`, if it has been sent.
+    fn recv(&mut self, tag: Tag, to: u64) -> Option<Local<B>>;
+    /// Whether a value for rank `to` under `tag` is waiting.
+    fn ready(&self, tag: Tag, to: u64) -> bool;
 }
 
 /// Exact in-process collectives for ranks simulated in one process, with a mailbox keyed by
-/// (channel, receiving rank) for send/recv.
+/// (tag, receiving rank) for send/recv.
 #[derive(Debug)]
 pub(crate) struct InProcess<B: Backend> {
-    mailbox: BTreeMap<(u32, u64), Local<B>>,
+    mailbox: BTreeMap<(Tag, u64), Local<B>>,
 }
 
 impl<B: Backend> Default for InProcess<B> {
@@ -137,16 +145,16 @@ impl<B: Backend> Collectives<B> for InProcess<B> {
             .collect()
     }
 
-    fn send(&mut self, channel: u32, to: u64, value: Local<B>) {
-        self.mailbox.insert((channel, to), value);
+    fn send(&mut self, tag: Tag, to: u64, value: Local<B>) {
+        self.mailbox.insert((tag, to), value);
     }
 
-    fn recv(&mut self, channel: u32, to: u64) -> Option<Local<B>> {
-        self.mailbox.remove(&(channel, to))
+    fn recv(&mut self, tag: Tag, to: u64) -> Option<Local<B>> {
+        self.mailbox.remove(&(tag, to))
     }
 
-    fn ready(&self, channel: u32, to: u64) -> bool {
-        self.mailbox.contains_key(&(channel, to))
+    fn ready(&self, tag: Tag, to: u64) -> bool {
+        self.mailbox.contains_key(&(tag, to))
     }
 }
 
@@ -204,12 +212,15 @@ mod tests {
     }
 
     #[test]
-    fn mailbox_is_keyed_by_channel_and_rank() {
+    fn mailbox_is_keyed_by_channel_micro_batch_and_rank() {
+        let tag = |channel, micro| Tag { channel, micro };
         let mut c = InProcess::<Cpu>::default();
-        assert!(!c.ready(3, 1));
-        c.send(3, 1, Local::Int(Ints::new(vec![1], vec![7])));
-        assert!(!c.ready(3, 0) && !c.ready(2, 1));
-        assert_eq!(c.recv(3, 1).unwrap().to_host(), vec![7.]);
-        assert!(c.recv(3, 1).is_none());
+        assert!(!c.ready(tag(3, 0), 1));
+        c.send(tag(3, 0), 1, Local::Int(Ints::new(vec![1], vec![7])));
+        c.send(tag(3, 1), 1, Local::Int(Ints::new(vec![1], vec![8])));
+        assert!(!c.ready(tag(3, 0), 0) && !c.ready(tag(2, 0), 1) && !c.ready(tag(3, 2), 1));
+        assert_eq!(c.recv(tag(3, 1), 1).unwrap().to_host(), vec![8.]);
+        assert_eq!(c.recv(tag(3, 0), 1).unwrap().to_host(), vec![7.]);
+        assert!(c.recv(tag(3, 0), 1).is_none());
     }
 }

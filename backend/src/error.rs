@@ -47,10 +47,11 @@ pub enum ExecError {
         op: &'static str,
         rank: usize,
     },
-    #[error("node `{node}`: recv on channel {channel} waits for a send that never runs on rank {rank} (deadlock)")]
+    #[error("node `{node}`: recv on channel {channel} (micro-batch {micro}) waits for a send that never runs on rank {rank} (deadlock)")]
     Deadlock {
         node: String,
         channel: u32,
+        micro: u32,
         rank: u64,
     },
     #[error("node `{node}`: {why}")]

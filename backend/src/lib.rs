@@ -33,6 +33,7 @@ mod verify;
 mod weights;
 
 pub use error::{ExecError, WeightError};
+pub use exec::StepRun;
 pub use run::{run, Device, HostTensor, Precision, RunOptions, RunReport};
 pub use verify::{diff, verify, Diff, NodeDiff, OutputCheck, Verdict, VerifyOptions};
 pub use weights::{Checkpoint, Weights};

@@ -2,7 +2,7 @@
 
 use crate::collective::InProcess;
 use crate::error::ExecError;
-use crate::exec::{self, Executed};
+use crate::exec::{self, Executed, StepRun};
 use crate::weights::Weights;
 use burn::tensor::backend::Backend;
 use burn_ndarray::{NdArray, NdArrayDevice};
@@ -34,6 +34,10 @@ pub struct RunOptions {
     pub precision: Precision,
     /// Seed of the inputs and of seeded weights.
     pub seed: u64,
+    /// Micro-batches to run (each a forward pass of the graph on its own inputs; a pipelined
+    /// graph's stages run them in its schedule's order). Default: the graph's pipeline's
+    /// `micro_batches`, else 1.
+    pub micro_batches: Option<u32>,
 }
 
 /// A global (unsharded) tensor on the host, row-major.
@@ -58,8 +62,14 @@ impl HostTensor {
 /// What a run produced.
 #[derive(Clone, Debug)]
 pub struct RunReport {
-    /// The graph outputs by name, as global tensors.
+    /// The graph outputs by name, as global tensors: the micro-batches' values concatenated along
+    /// dim 0 (scalars stacked into `[M]`).
     pub outputs: Vec<(String, HostTensor)>,
+    /// Micro-batches run.
+    pub micro_batches: u32,
+    /// The forward steps in the order they completed: each stage's steps in its schedule's order,
+    /// interleaved with the other stages' as the transfers allowed.
+    pub trace: Vec<StepRun>,
     /// Time spent making weights and inputs (seeded or read from the checkpoint, then sharded).
     pub setup: Duration,
     /// Time of the whole run (setup included).
@@ -73,6 +83,8 @@ pub fn run(g: &Graph, weights: &Weights, opts: &RunOptions) -> Result<RunReport,
     let e = run_capturing(g, weights, opts, &BTreeSet::new())?;
     Ok(RunReport {
         outputs: e.outputs,
+        micro_batches: e.micro_batches,
+        trace: e.trace,
         setup: e.leaves,
         total: e.total,
         op_times: e.op_times.into_iter().collect(),
@@ -88,10 +100,10 @@ pub(crate) fn run_capturing(
 ) -> Result<Executed, ExecError> {
     match (opts.device, opts.precision) {
         (Device::Cpu, Precision::F32) => {
-            on::<NdArray<f32>>(g, NdArrayDevice::Cpu, weights, opts.seed, capture)
+            on::<NdArray<f32>>(g, NdArrayDevice::Cpu, weights, opts, capture)
         }
         (Device::Cpu, Precision::F64) => {
-            on::<NdArray<f64>>(g, NdArrayDevice::Cpu, weights, opts.seed, capture)
+            on::<NdArray<f64>>(g, NdArrayDevice::Cpu, weights, opts, capture)
         }
     }
 }
@@ -100,8 +112,16 @@ fn on<B: Backend>(
     g: &Graph,
     device: B::Device,
     weights: &Weights,
-    seed: u64,
+    opts: &RunOptions,
     capture: &BTreeSet<NodeId>,
 ) -> Result<Executed, ExecError> {
-    exec::execute::<B, InProcess<B>>(g, device, InProcess::default(), weights, seed, capture)
+    exec::execute::<B, InProcess<B>>(
+        g,
+        device,
+        InProcess::default(),
+        weights,
+        opts.seed,
+        opts.micro_batches,
+        capture,
+    )
 }

@@ -8,6 +8,7 @@
 //! elements.
 
 use crate::error::ExecError;
+use crate::exec::default_micro_batches;
 use crate::run::{run_capturing, HostTensor, RunOptions};
 use crate::weights::Weights;
 use moe_ir::{Graph, NodeId};
@@ -105,6 +106,8 @@ pub struct Verdict {
     pub shared_nodes: usize,
     /// Run times of `a` and `b` (the first runs, without captures).
     pub times: [Duration; 2],
+    /// Micro-batches each program ran.
+    pub micro_batches: u32,
 }
 
 /// Nodes of `a` (in order) that `b` has under the same name with the same output dtypes and
@@ -133,8 +136,14 @@ pub fn verify(
     opts: &VerifyOptions,
 ) -> Result<Verdict, ExecError> {
     let none = BTreeSet::new();
-    let ra = run_capturing(a, weights, &opts.run, &none)?;
-    let rb = run_capturing(b, weights, &opts.run, &none)?;
+    // Both programs run the same micro-batches: by default as many as the more pipelined one's.
+    let mut run = opts.run;
+    run.micro_batches = Some(
+        run.micro_batches
+            .unwrap_or_else(|| default_micro_batches(a).max(default_micro_batches(b))),
+    );
+    let ra = run_capturing(a, weights, &run, &none)?;
+    let rb = run_capturing(b, weights, &run, &none)?;
     let mut outputs: Vec<OutputCheck> = ra
         .outputs
         .iter()
@@ -161,8 +170,8 @@ pub fn verify(
         // Runs are deterministic: run again, keeping the shared nodes' values.
         let ca: BTreeSet<NodeId> = pairs.iter().map(|p| p.0).collect();
         let cb: BTreeSet<NodeId> = pairs.iter().map(|p| p.1).collect();
-        let xa = run_capturing(a, weights, &opts.run, &ca)?;
-        let xb = run_capturing(b, weights, &opts.run, &cb)?;
+        let xa = run_capturing(a, weights, &run, &ca)?;
+        let xb = run_capturing(b, weights, &run, &cb)?;
         'nodes: for (ia, ib) in &pairs {
             let (Some(va), Some(vb)) = (xa.captured.get(ia), xb.captured.get(ib)) else {
                 continue;
@@ -187,6 +196,7 @@ pub fn verify(
         first_differing,
         shared_nodes: pairs.len(),
         times: [ra.total, rb.total],
+        micro_batches: ra.micro_batches,
     })
 }
 

@@ -46,6 +46,11 @@ pub struct ExecArgs {
     /// Float precision of the computation (any declared dtype computes in it).
     #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
     pub precision: PrecisionArg,
+    /// Micro-batches to run, each a forward pass of the graph on its own inputs (a pipelined
+    /// graph's stages run them in its schedule's order). Default: the pipeline's micro-batches
+    /// (for `verify`, the larger of the two graphs'), else 1.
+    #[arg(long, value_name = "M", value_parser = clap::value_parser!(u32).range(1..))]
+    pub micro_batches: Option<u32>,
 }
 
 impl ExecArgs {
@@ -67,6 +72,7 @@ impl ExecArgs {
             device,
             precision,
             seed: self.seed,
+            micro_batches: self.micro_batches,
         })
     }
 

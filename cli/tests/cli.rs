@@ -271,6 +271,13 @@ fn run_prints_a_checksum_per_output_and_is_deterministic() {
     assert_eq!(sums(&out), sums(&String::from_utf8_lossy(&again.stdout)));
     let other = moe_opt(&["run", &a, "--seed", "4"], None);
     assert_ne!(sums(&out), sums(&String::from_utf8_lossy(&other.stdout)));
+    // Two micro-batches: the outputs of both, concatenated along the tokens.
+    let two = moe_opt(&["run", &a, "--seed", "3", "--micro-batches", "2"], None);
+    let two = String::from_utf8_lossy(&two.stdout);
+    assert!(two.contains("micro-batches: 2"), "{two}");
+    assert!(two.contains("output logits [64, 64]: sum"), "{two}");
+    let zero = moe_opt(&["run", &a, "--micro-batches", "0"], None);
+    assert_eq!(zero.status.code(), Some(2), "{}", stderr(&zero));
 }
 
 #[test]

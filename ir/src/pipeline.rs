@@ -14,6 +14,7 @@
 //! previous one is done and its dependency has arrived. [`simulate`] replays that with given
 //! durations; with unit durations it is the static check that the order has no cycle of waits.
 
+use crate::Scope;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -95,6 +96,17 @@ impl PipelineSpec {
             }
         }
         None
+    }
+
+    /// The virtual stage of an op of `scope`: the embedding runs with the first virtual stage,
+    /// the head (and layers past the layout) with the last.
+    pub fn virtual_stage_of(&self, scope: Scope) -> u32 {
+        let last = self.virtual_stages().saturating_sub(1);
+        match scope {
+            Scope::Embed => 0,
+            Scope::Layer(l) => self.virtual_stage_of_layer(l).unwrap_or(last),
+            Scope::Head => last,
+        }
     }
 }
 

@@ -198,14 +198,8 @@ pub fn check_stages(g: &Graph) -> Result<(), StageError> {
         });
     }
     let vstages = spec.virtual_stages();
-    let stage_of_scope = |scope: Scope| -> u32 {
-        let v = match scope {
-            Scope::Embed => 0,
-            Scope::Layer(l) => spec.virtual_stage_of_layer(l).unwrap_or(vstages - 1),
-            Scope::Head => vstages - 1,
-        };
-        (u64::from(v) % stages) as u32
-    };
+    let stage_of_scope =
+        |scope: Scope| -> u32 { (u64::from(spec.virtual_stage_of(scope)) % stages) as u32 };
     // Stages in range, where the layout says, none empty, nothing sharded on the axis.
     let per_stage = g.mesh.ranks() / stages;
     let mut used = vec![false; stages as usize];

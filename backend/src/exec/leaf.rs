@@ -1,7 +1,7 @@
 //! Leaves: inputs and weights (each rank's block of the full tensor), zeros, and `recv`.
 
 use super::Exec;
-use crate::collective::Collectives;
+use crate::collective::{Collectives, Tag};
 use crate::error::ExecError;
 use crate::rank::{self, Block};
 use crate::value::{Dense, Ints, Local};
@@ -31,9 +31,14 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
             Op::Recv { channel, .. } => {
                 let mut out = Vec::with_capacity(ranks.len());
                 for &r in ranks {
-                    let v = self.coll.recv(*channel, r).ok_or(ExecError::Deadlock {
+                    let tag = Tag {
+                        channel: *channel,
+                        micro: self.micro,
+                    };
+                    let v = self.coll.recv(tag, r).ok_or(ExecError::Deadlock {
                         node: node.name.clone(),
                         channel: *channel,
+                        micro: self.micro,
                         rank: r,
                     })?;
                     if v.shape() != local {
@@ -71,7 +76,8 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
             },
             Op::Input(_) => {
                 let bound = self.id_bound(id);
-                let global = weights::input(self.seed, key, ty, bound);
+                let seed = weights::micro_batch_seed(self.seed, self.micro);
+                let global = weights::input(seed, key, ty, bound);
                 let shape = global_shape(ty);
                 self.shards(ty, ranks, |b| match &global {
                     Global::Float(g) => Global::Float(rank::take_block(g, &shape, b)),

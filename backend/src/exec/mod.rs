@@ -4,8 +4,15 @@
 //! (one function per op, in the files of this module by op family); at a collective the ranks of
 //! each group of the axis hand their values to the [`Collectives`] layer together. A pipelined
 //! graph (nodes carrying `stage`, mesh with a `pp` axis) is one program per stage, run by the
-//! ranks whose `pp` coordinate is that stage; programs advance in turn until each waits on a
-//! `recv` whose `send` has not run, which is a deadlock when no program can advance.
+//! ranks whose `pp` coordinate is that stage.
+//!
+//! The graph is the program of one micro-batch; a run executes `M` of them. Weights and `zeros`
+//! are made once per run; every other value exists per micro-batch. Each stage runs the forward
+//! steps of its pipeline schedule (`moe_ir::pipeline::steps`: micro-batch `m` through virtual
+//! stage `v`, in GPipe, 1F1B or interleaved order) one after the other, a step being the stage's
+//! nodes of that virtual stage in arena order. Programs advance in turn until each waits on a
+//! `recv` whose `send` (same channel, same micro-batch) has not run, which is a deadlock when no
+//! program can advance. An unpartitioned graph is one program of `M` steps.
 
 mod attention;
 mod collective;
@@ -15,15 +22,16 @@ mod moe;
 mod ops;
 mod routing;
 
-use crate::collective::Collectives;
+use crate::collective::{Collectives, Tag};
 use crate::error::ExecError;
 use crate::rank;
 use crate::value::{Local, MAX_RANK};
 use crate::weights::Weights;
 use crate::HostTensor;
 use burn::tensor::backend::Backend;
+use moe_ir::pipeline::{steps, Phase};
 use moe_ir::{Graph, Mesh, Node, NodeId, Op, Value};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 /// An op function's error: what went wrong, without the node (the executor adds it).
@@ -34,13 +42,29 @@ pub(crate) fn pipeline_axis(g: &Graph) -> Option<&str> {
     g.pipeline.as_ref().map(|p| p.axis.as_str())
 }
 
+/// One forward step of a stage's schedule: micro-batch `micro` through virtual stage `vstage`,
+/// run by the ranks of `stage`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StepRun {
+    pub stage: u32,
+    pub micro: u32,
+    pub vstage: u32,
+}
+
 /// What one execution produced.
 #[derive(Debug)]
 pub(crate) struct Executed {
-    /// The graph outputs, rebuilt as global tensors.
+    /// The graph outputs, rebuilt as global tensors: the micro-batches' values concatenated
+    /// along dim 0 (stacked into `[M]` for scalars).
     pub outputs: Vec<(String, HostTensor)>,
-    /// Global values of the captured nodes, one per output of the node.
+    /// Global values of the captured nodes, one per output of the node (micro-batches
+    /// concatenated like the outputs; weights and zeros once).
     pub captured: BTreeMap<NodeId, Vec<HostTensor>>,
+    /// Micro-batches executed.
+    pub micro_batches: u32,
+    /// The forward steps in the order they completed (every stage's own steps in its schedule's
+    /// order, interleaved with the other stages' as the transfers allowed).
+    pub trace: Vec<StepRun>,
     /// Time spent making weights and inputs.
     pub leaves: Duration,
     /// Time of the whole execution.
@@ -49,12 +73,58 @@ pub(crate) struct Executed {
     pub op_times: BTreeMap<&'static str, Duration>,
 }
 
-/// One stage's program: the ranks that run it and its nodes in arena order.
+/// One stage's program: the ranks that run it, its weights, and its forward steps in schedule
+/// order.
 #[derive(Debug)]
 struct Program {
+    stage: u32,
     ranks: Vec<u64>,
-    nodes: Vec<NodeId>,
-    next: usize,
+    /// Weights and zeros of the stage: made once, before the first step.
+    fixed: Vec<NodeId>,
+    /// The stage's other nodes, per virtual stage, in arena order.
+    by_vstage: BTreeMap<u32, Vec<NodeId>>,
+    /// (micro-batch, virtual stage) of each forward step, in schedule order.
+    steps: Vec<(u32, u32)>,
+    /// The step running, and the position in its nodes.
+    step: usize,
+    pos: usize,
+}
+
+impl Program {
+    /// The node to run next and its micro-batch, or `None` when the program is done.
+    fn current(&self) -> Option<(NodeId, u32)> {
+        let &(m, v) = self.steps.get(self.step)?;
+        let nodes = self.by_vstage.get(&v).map_or(&[][..], Vec::as_slice);
+        nodes.get(self.pos).map(|&id| (id, m))
+    }
+
+    /// Moves past the node just run, and past finished (or empty) steps; returns the steps
+    /// completed.
+    fn advance(&mut self, ran: bool) -> Vec<StepRun> {
+        if ran {
+            self.pos += 1;
+        }
+        let mut done = Vec::new();
+        while let Some(&(m, v)) = self.steps.get(self.step) {
+            let len = self.by_vstage.get(&v).map_or(0, Vec::len);
+            if self.pos < len {
+                break;
+            }
+            done.push(StepRun {
+                stage: self.stage,
+                micro: m,
+                vstage: v,
+            });
+            self.step += 1;
+            self.pos = 0;
+        }
+        done
+    }
+}
+
+/// Weights and zeros are made once per run and shared by the micro-batches.
+fn is_fixed(op: &Op) -> bool {
+    matches!(op, Op::Weight(_) | Op::Zeros(_))
 }
 
 /// The executor's state over one run.
@@ -67,19 +137,28 @@ pub(crate) struct Exec<'a, B: Backend, C: Collectives<B> + Sync> {
     seed: u64,
     /// First value slot of each node.
     slot0: Vec<usize>,
-    /// Per value slot, per rank: the rank's local value.
-    values: Vec<Vec<Option<Local<B>>>>,
-    /// Uses left per value slot before it can be freed.
+    /// Whether each node is made once per run (weights, zeros).
+    fixed: Vec<bool>,
+    /// Per value slot of a fixed node, per rank: the rank's local value.
+    fixed_values: Vec<Vec<Option<Local<B>>>>,
+    /// Per (micro-batch, value slot), per rank: the rank's local value.
+    live: HashMap<(u32, usize), Vec<Option<Local<B>>>>,
+    /// The micro-batch of the node running.
+    micro: u32,
+    /// Uses per value slot (by the nodes of one micro-batch).
     uses: Vec<usize>,
+    /// Uses left per (micro-batch, value slot) before it can be freed.
+    uses_left: HashMap<(u32, usize), usize>,
     /// Slots kept to the end (graph outputs).
     keep: BTreeSet<usize>,
     /// Nodes whose global values are captured.
     capture: &'a BTreeSet<NodeId>,
-    captured: BTreeMap<NodeId, Vec<HostTensor>>,
+    captured: BTreeMap<NodeId, Vec<Vec<HostTensor>>>,
     /// The ranks that ran each node.
     ran_on: Vec<Vec<u64>>,
     leaves: Duration,
     op_times: BTreeMap<&'static str, Duration>,
+    trace: Vec<StepRun>,
 }
 
 impl<B: Backend, C: Collectives<B> + Sync> std::fmt::Debug for Exec<'_, B, C> {
@@ -88,13 +167,20 @@ impl<B: Backend, C: Collectives<B> + Sync> std::fmt::Debug for Exec<'_, B, C> {
     }
 }
 
-/// Runs `g` (validated first) with every rank simulated on `device`, collectives through `coll`.
+/// Micro-batches a run of `g` executes by default: its pipeline's, else 1.
+pub(crate) fn default_micro_batches(g: &Graph) -> u32 {
+    g.pipeline.as_ref().map_or(1, |p| p.micro_batches)
+}
+
+/// Runs `g` (validated first) with every rank simulated on `device`, collectives through `coll`:
+/// `micro_batches` micro-batches (default: [`default_micro_batches`]).
 pub(crate) fn execute<B: Backend, C: Collectives<B> + Sync>(
     g: &Graph,
     device: B::Device,
     coll: C,
     weights: &Weights,
     seed: u64,
+    micro_batches: Option<u32>,
     capture: &BTreeSet<NodeId>,
 ) -> Result<Executed, ExecError> {
     moe_ir::validate(g).map_err(|e| ExecError::Invalid(e.to_string()))?;
@@ -103,7 +189,7 @@ pub(crate) fn execute<B: Backend, C: Collectives<B> + Sync>(
             "the graph holds only the program of pipeline stage {s} (`--emit-stage`): run the whole partitioned graph"
         )));
     }
-    execute_unchecked(g, device, coll, weights, seed, capture)
+    execute_unchecked(g, device, coll, weights, seed, micro_batches, capture)
 }
 
 /// [`execute`] without validating `g` first (the caller did, or a test wants the executor's own
@@ -114,9 +200,16 @@ pub(crate) fn execute_unchecked<B: Backend, C: Collectives<B> + Sync>(
     coll: C,
     weights: &Weights,
     seed: u64,
+    micro_batches: Option<u32>,
     capture: &BTreeSet<NodeId>,
 ) -> Result<Executed, ExecError> {
     let start = Instant::now();
+    let micro_batches = micro_batches.unwrap_or_else(|| default_micro_batches(g));
+    if micro_batches == 0 {
+        return Err(ExecError::Invalid(
+            "a run needs at least one micro-batch".into(),
+        ));
+    }
     for (_, n) in g.nodes() {
         if let Some(t) = n.outputs.iter().find(|t| t.rank() > MAX_RANK) {
             return Err(ExecError::Rank {
@@ -143,7 +236,7 @@ pub(crate) fn execute_unchecked<B: Backend, C: Collectives<B> + Sync>(
         .iter()
         .map(|o| slot0[o.value.node.index()] + o.value.output as usize)
         .collect();
-    let ranks = g.mesh.ranks() as usize;
+    let fixed: Vec<bool> = g.nodes().map(|(_, n)| is_fixed(&n.op)).collect();
     let mut ex = Exec {
         g,
         mesh: &g.mesh,
@@ -152,24 +245,47 @@ pub(crate) fn execute_unchecked<B: Backend, C: Collectives<B> + Sync>(
         weights,
         seed,
         slot0,
-        values: vec![vec![None; ranks]; slots],
+        fixed,
+        fixed_values: vec![Vec::new(); slots],
+        live: HashMap::new(),
+        micro: 0,
         uses,
+        uses_left: HashMap::new(),
         keep,
         capture,
         captured: BTreeMap::new(),
         ran_on: vec![Vec::new(); g.len()],
         leaves: Duration::ZERO,
         op_times: BTreeMap::new(),
+        trace: Vec::new(),
     };
-    let mut programs = ex.programs()?;
+    let mut programs = ex.programs(micro_batches)?;
     ex.run(&mut programs)?;
     let mut outputs = Vec::with_capacity(g.outputs.len());
     for o in &g.outputs {
-        outputs.push((o.name.clone(), ex.global(o.value)?));
+        let parts = (0..micro_batches)
+            .map(|m| ex.global(o.value, m))
+            .collect::<Result<Vec<_>, _>>()?;
+        outputs.push((o.name.clone(), concat_micro(parts)));
     }
+    let captured = std::mem::take(&mut ex.captured)
+        .into_iter()
+        .map(|(id, per_micro)| {
+            let outs = per_micro.first().map_or(0, Vec::len);
+            let mut by_output: Vec<Vec<HostTensor>> = vec![Vec::new(); outs];
+            for values in per_micro {
+                for (k, t) in values.into_iter().enumerate() {
+                    by_output[k].push(t);
+                }
+            }
+            (id, by_output.into_iter().map(concat_micro).collect())
+        })
+        .collect();
     Ok(Executed {
         outputs,
-        captured: std::mem::take(&mut ex.captured),
+        captured,
+        micro_batches,
+        trace: std::mem::take(&mut ex.trace),
         leaves: ex.leaves,
         total: start.elapsed(),
         op_times: std::mem::take(&mut ex.op_times),
@@ -186,79 +302,138 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
         }
     }
 
-    /// The stage programs (one program of every node on every rank when unstaged).
-    fn programs(&self) -> Result<Vec<Program>, ExecError> {
+    /// The stage programs (one program of every node on every rank when unstaged), each with its
+    /// forward steps for `micro_batches` micro-batches.
+    fn programs(&self, micro_batches: u32) -> Result<Vec<Program>, ExecError> {
         let all: Vec<u64> = (0..self.mesh.ranks()).collect();
-        let mut stages: BTreeMap<Option<u32>, Vec<NodeId>> = BTreeMap::new();
-        for (id, n) in self.g.nodes() {
-            stages.entry(n.stage).or_default().push(id);
-        }
-        let axis = pipeline_axis(self.g);
-        let pp = axis.and_then(|a| self.mesh.axis_index(a));
-        let mut out = Vec::new();
-        for (stage, nodes) in stages {
-            let ranks = match (stage, pp) {
-                (Some(s), Some(i)) => {
-                    if s >= self.mesh.axes[i].size {
-                        return Err(ExecError::Pipeline {
-                            node: self.g.node(nodes[0]).name.clone(),
-                            why: format!(
-                                "stage {s} does not exist on the mesh's `{}` axis of {}",
-                                self.mesh.axes[i].name, self.mesh.axes[i].size
-                            ),
-                        });
-                    }
-                    all.iter()
-                        .copied()
-                        .filter(|&r| self.mesh.coords(r)[i] == s)
-                        .collect()
-                }
-                _ => all.clone(),
+        let spec = self.g.pipeline.as_ref();
+        let pp = pipeline_axis(self.g).and_then(|a| self.mesh.axis_index(a));
+        let (Some(spec), Some(i)) = (spec, pp) else {
+            let mut p = Program {
+                stage: 0,
+                ranks: all,
+                fixed: Vec::new(),
+                by_vstage: BTreeMap::new(),
+                steps: (0..micro_batches).map(|m| (m, 0)).collect(),
+                step: 0,
+                pos: 0,
             };
-            out.push(Program {
-                ranks,
-                nodes,
-                next: 0,
-            });
+            for (id, n) in self.g.nodes() {
+                if is_fixed(&n.op) {
+                    p.fixed.push(id);
+                } else {
+                    p.by_vstage.entry(0).or_default().push(id);
+                }
+            }
+            return Ok(vec![p]);
+        };
+        let axis = &self.mesh.axes[i];
+        let stages = axis.size;
+        let order = steps(spec.schedule, stages, micro_batches).map_err(|e| {
+            ExecError::Invalid(format!(
+                "pipeline schedule {} with {micro_batches} micro-batches: {e}",
+                spec.schedule
+            ))
+        })?;
+        let mut out: Vec<Program> = order
+            .into_iter()
+            .enumerate()
+            .map(|(s, steps)| Program {
+                stage: s as u32,
+                ranks: all
+                    .iter()
+                    .copied()
+                    .filter(|&r| self.mesh.coords(r)[i] == s as u32)
+                    .collect(),
+                fixed: Vec::new(),
+                by_vstage: BTreeMap::new(),
+                steps: steps
+                    .into_iter()
+                    .filter(|st| st.phase == Phase::Forward)
+                    .map(|st| (st.micro, st.vstage))
+                    .collect(),
+                step: 0,
+                pos: 0,
+            })
+            .collect();
+        for (id, n) in self.g.nodes() {
+            let stage = n.stage.unwrap_or(0);
+            let Some(p) = out.get_mut(stage as usize) else {
+                return Err(ExecError::Pipeline {
+                    node: n.name.clone(),
+                    why: format!(
+                        "stage {stage} does not exist on the mesh's `{}` axis of {}",
+                        axis.name, axis.size
+                    ),
+                });
+            };
+            if is_fixed(&n.op) {
+                p.fixed.push(id);
+                continue;
+            }
+            let v = spec.virtual_stage_of(n.scope);
+            if v % stages != stage {
+                return Err(ExecError::Pipeline {
+                    node: n.name.clone(),
+                    why: format!(
+                        "its scope {} belongs to virtual stage {v}, which runs on stage {}, but the node is on stage {stage}: no step of the schedule runs it",
+                        n.scope,
+                        v % stages
+                    ),
+                });
+            }
+            p.by_vstage.entry(v).or_default().push(id);
         }
         Ok(out)
     }
 
-    /// Advances the programs in turn until all are done; a round without progress is a deadlock.
+    /// Makes every program's weights, then advances the programs in turn until all are done; a
+    /// round without progress is a deadlock.
     fn run(&mut self, programs: &mut [Program]) -> Result<(), ExecError> {
+        for p in programs.iter_mut() {
+            for &id in &p.fixed {
+                self.node(id, 0, &p.ranks)?;
+            }
+            let done = p.advance(false);
+            self.trace.extend(done);
+        }
         loop {
             let mut progressed = false;
             for p in programs.iter_mut() {
-                while let Some(&id) = p.nodes.get(p.next) {
+                while let Some((id, m)) = p.current() {
                     if let Op::Recv { channel, .. } = self.g.node(id).op {
-                        if !p.ranks.iter().all(|&r| self.coll.ready(channel, r)) {
+                        let tag = Tag { channel, micro: m };
+                        if !p.ranks.iter().all(|&r| self.coll.ready(tag, r)) {
                             break;
                         }
                     }
-                    self.node(id, &p.ranks)?;
-                    p.next += 1;
+                    self.node(id, m, &p.ranks)?;
+                    let done = p.advance(true);
+                    self.trace.extend(done);
                     progressed = true;
                 }
             }
             let blocked = programs
                 .iter()
-                .find_map(|p| p.nodes.get(p.next).map(|&id| (id, p)));
-            let Some((id, p)) = blocked else {
+                .find_map(|p| p.current().map(|(id, m)| (id, m, p)));
+            let Some((id, micro, p)) = blocked else {
                 return Ok(());
             };
             if !progressed {
                 let Op::Recv { channel, .. } = self.g.node(id).op else {
                     unreachable!("programs only stop at a recv")
                 };
+                let tag = Tag { channel, micro };
                 let rank = p
                     .ranks
                     .iter()
                     .copied()
-                    .find(|&r| !self.coll.ready(channel, r))
+                    .find(|&r| !self.coll.ready(tag, r))
                     .unwrap_or(0);
                 return Err(ExecError::Deadlock {
                     node: self.g.node(id).name.clone(),
                     channel,
+                    micro,
                     rank,
                 });
             }
@@ -269,9 +444,20 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
         self.slot0[v.node.index()] + v.output as usize
     }
 
-    /// Rank `r`'s local value of `v`.
+    /// Rank `r`'s local value of `v` in micro-batch `micro` (weights and zeros: the run's).
+    fn get_at(&self, v: Value, micro: u32, r: u64) -> Option<Local<B>> {
+        let slot = self.slot(v);
+        let per_rank = if self.fixed[v.node.index()] {
+            &self.fixed_values[slot]
+        } else {
+            self.live.get(&(micro, slot))?
+        };
+        per_rank.get(r as usize).cloned().flatten()
+    }
+
+    /// Rank `r`'s local value of `v` (an input of node `id`) in the running micro-batch.
     fn get(&self, id: NodeId, v: Value, r: u64) -> Result<Local<B>, ExecError> {
-        self.values[self.slot(v)][r as usize].clone().ok_or_else(|| {
+        self.get_at(v, self.micro, r).ok_or_else(|| {
             let src = &self.g.node(v.node).name;
             self.node_err(
                 id,
@@ -282,9 +468,10 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
         })
     }
 
-    /// Runs node `id` on `ranks`.
-    fn node(&mut self, id: NodeId, ranks: &[u64]) -> Result<(), ExecError> {
+    /// Runs node `id` of micro-batch `micro` on `ranks`.
+    fn node(&mut self, id: NodeId, micro: u32, ranks: &[u64]) -> Result<(), ExecError> {
         let node = self.g.node(id);
+        self.micro = micro;
         let started = Instant::now();
         let outs: Vec<Vec<Local<B>>> = match &node.op {
             Op::Input(_) | Op::Weight(_) | Op::Zeros(_) | Op::Recv { .. } => {
@@ -303,23 +490,38 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
         };
         *self.op_times.entry(node.op.name()).or_default() += started.elapsed();
         self.ran_on[id.index()] = ranks.to_vec();
+        let all = self.mesh.ranks() as usize;
+        let fixed = self.fixed[id.index()];
         for (k, per_rank) in outs.into_iter().enumerate() {
             let slot = self.slot0[id.index()] + k;
+            let store = if fixed {
+                &mut self.fixed_values[slot]
+            } else {
+                self.live.entry((micro, slot)).or_default()
+            };
+            store.resize(all, None);
             for (&r, v) in ranks.iter().zip(per_rank) {
-                self.values[slot][r as usize] = Some(v);
+                store[r as usize] = Some(v);
             }
         }
-        if self.capture.contains(&id) {
+        if self.capture.contains(&id) && (!fixed || !self.captured.contains_key(&id)) {
             let globals = (0..node.outputs.len() as u32)
-                .map(|output| self.global(Value { node: id, output }))
+                .map(|output| self.global(Value { node: id, output }, micro))
                 .collect::<Result<Vec<_>, _>>()?;
-            self.captured.insert(id, globals);
+            self.captured.entry(id).or_default().push(globals);
         }
         for &v in &node.inputs {
+            if self.fixed[v.node.index()] {
+                continue;
+            }
             let s = self.slot(v);
-            self.uses[s] -= 1;
-            if self.uses[s] == 0 && !self.keep.contains(&s) {
-                self.values[s].iter_mut().for_each(|x| *x = None);
+            let left = self.uses_left.entry((micro, s)).or_insert(self.uses[s]);
+            *left -= 1;
+            if *left == 0 {
+                self.uses_left.remove(&(micro, s));
+                if !self.keep.contains(&s) {
+                    self.live.remove(&(micro, s));
+                }
             }
         }
         Ok(())
@@ -370,14 +572,19 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
         Ok(outs)
     }
 
-    /// The global value of `v`, rebuilt from the ranks that computed it: splits concatenated,
-    /// partial sums added, one copy of replicas.
-    fn global(&self, v: Value) -> Result<HostTensor, ExecError> {
+    /// The global value of `v` in micro-batch `micro`, rebuilt from the ranks that computed it:
+    /// splits concatenated, partial sums added, one copy of replicas.
+    fn global(&self, v: Value, micro: u32) -> Result<HostTensor, ExecError> {
         let ty = &self.g.node(v.node).outputs[v.output as usize];
         let shape: Vec<usize> = ty.shape.iter().map(|&n| n as usize).collect();
         let mut data = vec![0.0; shape.iter().product()];
         for r in rank::representatives(ty, self.mesh, &self.ran_on[v.node.index()]) {
-            let local = self.get(v.node, v, r)?;
+            let local = self.get_at(v, micro, r).ok_or_else(|| {
+                self.node_err(
+                    v.node,
+                    format!("its value of micro-batch {micro} on rank {r} was not kept"),
+                )
+            })?;
             let b = rank::block(ty, self.mesh, &self.mesh.coords(r));
             rank::add_block(&mut data, &shape, &b, &local.to_host());
         }
@@ -413,17 +620,48 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                 c[i] = s;
             }
             let to = self.mesh.rank_of(&c);
-            if self.coll.ready(channel, to) {
+            let tag = Tag {
+                channel,
+                micro: self.micro,
+            };
+            if self.coll.ready(tag, to) {
                 return Err(ExecError::Pipeline {
                     node: self.g.node(id).name.clone(),
-                    why: format!("channel {channel} already holds an unreceived value for rank {to}: one send per channel"),
+                    why: format!(
+                        "channel {channel} already holds an unreceived value of micro-batch {} for rank {to}: one send per channel and micro-batch",
+                        self.micro
+                    ),
                 });
             }
             let x = self.get(id, v, r)?;
-            self.coll.send(channel, to, x);
+            self.coll.send(tag, to, x);
         }
         Ok(())
     }
+}
+
+/// The values of one node output over micro-batches as one tensor: concatenated along dim 0, or
+/// stacked into `[M]` for scalars.
+fn concat_micro(parts: Vec<HostTensor>) -> HostTensor {
+    let count = parts.len() as u64;
+    let mut it = parts.into_iter();
+    let Some(mut out) = it.next() else {
+        return HostTensor {
+            shape: vec![0],
+            data: Vec::new(),
+        };
+    };
+    if count == 1 {
+        return out;
+    }
+    match out.shape.first_mut() {
+        Some(d0) => *d0 *= count,
+        None => out.shape = vec![count],
+    }
+    for p in it {
+        out.data.extend(p.data);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -477,6 +715,7 @@ mod tests {
             InProcess::default(),
             &Weights::Seeded,
             0,
+            None,
             &BTreeSet::new(),
         )
         .unwrap_err();
@@ -485,6 +724,7 @@ mod tests {
             ExecError::Deadlock {
                 node: "s0.recv".into(),
                 channel: 1,
+                micro: 0,
                 rank: 0
             }
         );
@@ -496,6 +736,7 @@ mod tests {
                 InProcess::default(),
                 &Weights::Seeded,
                 0,
+                None,
                 &BTreeSet::new()
             ),
             Err(ExecError::Invalid(_))

@@ -51,6 +51,18 @@ pub(crate) fn weight(
 
 /// The global values of graph input `name` of type `ty`: token ids uniform in `0..bound` for
 /// integer inputs, unit-variance values for float inputs.
+/// The seed of micro-batch `micro`'s inputs in a run seeded `seed`: `seed` itself for the first
+/// micro-batch (a one-micro-batch run is the run of the graph), a SplitMix64 mix of both after.
+pub(crate) fn micro_batch_seed(seed: u64, micro: u32) -> u64 {
+    if micro == 0 {
+        return seed;
+    }
+    let mut z = seed ^ u64::from(micro).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 pub(crate) fn input(seed: u64, name: &str, ty: &TensorType, bound: u64) -> Global {
     if ty.dtype.is_float() {
         Global::Float(seeded::values(

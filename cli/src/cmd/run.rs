@@ -31,6 +31,37 @@ pub fn checksum(t: &HostTensor) -> String {
     )
 }
 
+/// Which micro-batches ran, and in what order the stages ran them.
+fn schedule_line(g: &moe_ir::Graph, r: &moe_backend::RunReport) -> String {
+    let m = r.micro_batches;
+    let Some(spec) = &g.pipeline else {
+        return format!("micro-batches: {m} (one program on every rank)");
+    };
+    let stages = r.trace.iter().map(|s| s.stage + 1).max().unwrap_or(1);
+    let first: Vec<String> = (0..stages)
+        .map(|s| {
+            let own: Vec<String> = r
+                .trace
+                .iter()
+                .filter(|t| t.stage == s)
+                .take(6)
+                .map(|t| format!("F{}.{}", t.micro, t.vstage))
+                .collect();
+            let more = if r.trace.iter().filter(|t| t.stage == s).count() > 6 {
+                " .."
+            } else {
+                ""
+            };
+            format!("stage {s}: {}{more}", own.join(" "))
+        })
+        .collect();
+    format!(
+        "micro-batches: {m} through {stages} stages, {} order (forward steps F<micro>.<virtual stage>; {})",
+        spec.schedule,
+        first.join("; ")
+    )
+}
+
 pub fn run(a: Args) -> Result<()> {
     let opts = a.exec.options()?;
     let text = read_input(&a.model)?;
@@ -48,6 +79,7 @@ pub fn run(a: Args) -> Result<()> {
         opts.device,
         opts.precision
     );
+    let _ = writeln!(out, "{}", schedule_line(&g, &r));
     for (name, t) in &r.outputs {
         let _ = writeln!(out, "output {name} {:?}: {}", t.shape, checksum(t));
     }

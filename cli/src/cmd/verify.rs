@@ -49,7 +49,7 @@ pub fn run(a: Args) -> Result<()> {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "a: {} on mesh {} ({:.1} ms)\nb: {} on mesh {} ({:.1} ms)\n{}, {:?} {:?}, {} nodes shared by name and type",
+        "a: {} on mesh {} ({:.1} ms)\nb: {} on mesh {} ({:.1} ms)\n{}, {:?} {:?}, {} micro-batch{}, {} nodes shared by name and type",
         a.a,
         ga.mesh,
         v.times[0].as_secs_f64() * 1e3,
@@ -59,6 +59,8 @@ pub fn run(a: Args) -> Result<()> {
         a.exec.weights_label(),
         opts.run.device,
         opts.run.precision,
+        v.micro_batches,
+        if v.micro_batches == 1 { "" } else { "es" },
         v.shared_nodes
     );
     for o in &v.outputs {

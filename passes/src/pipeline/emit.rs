@@ -25,12 +25,7 @@ pub const AXIS: &str = "pp";
 
 /// The virtual stage and the stage of a scope under `spec`, with `stages` devices.
 pub fn stage_of(spec: &PipelineSpec, stages: u32, scope: Scope) -> (u32, u32) {
-    let last = spec.virtual_stages().saturating_sub(1);
-    let v = match scope {
-        Scope::Embed => 0,
-        Scope::Layer(l) => spec.virtual_stage_of_layer(l).unwrap_or(last),
-        Scope::Head => last,
-    };
+    let v = spec.virtual_stage_of(scope);
     (v, v % stages.max(1))
 }
 
