@@ -82,6 +82,9 @@ pub(crate) fn apply(cut: &Cut, t: &Stored, shape: &[u64]) -> Result<Vec<f32>, St
             if s != want {
                 return Err(needs(&format!("two fused projections need {want:?}"), s));
             }
+            if o == 0 {
+                return Ok(Vec::new());
+            }
             let col = |j: usize| match cut {
                 Cut::Half(_) => part * o + j,
                 _ => 2 * j + part,
@@ -225,6 +228,11 @@ mod tests {
         let odd = apply(&Cut::Interleaved(1), &t, &[1, 2, 2]).unwrap();
         assert_eq!(odd, [1., 3., 5., 7.]);
         assert!(apply(&Cut::Half(0), &t, &[1, 2, 3]).is_err());
+        // Empty projections are empty, not a division by zero.
+        let empty = stored(&[1, 2, 0]);
+        assert!(apply(&Cut::Interleaved(1), &empty, &[1, 2, 0])
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
