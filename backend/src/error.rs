@@ -7,12 +7,24 @@ use thiserror::Error;
 pub enum WeightError {
     #[error("weight `{weight}`: no tensor in the checkpoint (tried {})", tried.join(", "))]
     Missing { weight: String, tried: Vec<String> },
-    #[error("weight `{weight}`: checkpoint tensor `{key}` has shape {found:?}, the graph needs {expected:?}")]
+    #[error("weight `{weight}`: checkpoint tensor `{key}` has shape {found:?}, the graph needs {expected:?} (tried {})", tried.join(", "))]
     Shape {
         weight: String,
         key: String,
         expected: Vec<u64>,
         found: Vec<usize>,
+        /// Every checkpoint key the weight may be read from.
+        tried: Vec<String>,
+    },
+    /// A fused checkpoint tensor (several graph weights in one, e.g. DBRX's `Wqkv`) whose shape
+    /// does not split into the graph weight's.
+    #[error("weight `{weight}`: fused checkpoint tensor `{key}` {why} (tried {})", tried.join(", "))]
+    Split {
+        weight: String,
+        key: String,
+        why: String,
+        /// Every checkpoint key the weight may be read from.
+        tried: Vec<String>,
     },
     #[error("weight `{weight}`: checkpoint tensor `{key}` has dtype {dtype}, which is not a float type (f64, f32, bf16, f16)")]
     DType {

@@ -1,32 +1,40 @@
-//! Weights from safetensors: a small Mixtral checkpoint written under Hugging Face's names
-//! (`[out, in]` linear weights, one tensor per expert, Mixtral's w1/w2/w3) gives the same run as
-//! the same numbers written under the graph's own names; it shards like seeded weights (the
-//! expert-parallel original equals its PPMoE rewrite); a missing tensor is named.
+//! Weights from safetensors. For every family, a small checkpoint written under Hugging Face's
+//! names and layouts (`[out, in]` linear weights; per-expert or fused expert tensors; DBRX's
+//! `Wqkv`; DeepSeek's fused MLA projections; T5's block names), built by each test from the
+//! graph-layout values of the graph's weights, gives exactly the run of the same numbers written
+//! under the graph's own names; a fused tensor of the wrong shape is refused, naming the weight
+//! and the keys tried. Checkpoint weights shard like seeded ones (the expert-parallel original
+//! equals its PPMoE rewrite).
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
+#[path = "checkpoint/dbrx.rs"]
+mod dbrx;
+#[path = "checkpoint/deepseek.rs"]
+mod deepseek;
+#[path = "checkpoint/gpt_oss.rs"]
+mod gpt_oss;
+#[path = "checkpoint/llama4.rs"]
+mod llama4;
+#[path = "checkpoint/mixtral.rs"]
+mod mixtral;
+#[path = "checkpoint/switch.rs"]
+mod switch;
 
-use common::{import, ppmoe};
-use moe_backend::{run, verify, Checkpoint, RunOptions, VerifyOptions, Weights};
+use moe_backend::{run, Checkpoint, RunOptions, Weights};
 use moe_ir::{Graph, Op};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
+use std::collections::BTreeMap;
 
-fn small() -> Graph {
-    let sets: Vec<String> = [
-        "num_hidden_layers=2",
-        "hidden_size=32",
-        "intermediate_size=48",
-        "num_attention_heads=4",
-        "num_key_value_heads=2",
-        "vocab_size=64",
-        "num_local_experts=4",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    import("examples/hf/mixtral-8x7b.json", &sets, "ep=2", 8)
+/// A checkpoint tensor: key, shape, row-major values.
+pub type Tensor = (String, Vec<usize>, Vec<f32>);
+
+/// Imports `examples/hf/{config}.json` with `sets` on `mesh` with 8-token sequences, in f32.
+pub fn small(config: &str, sets: &[&str], mesh: &str) -> Graph {
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    common::import(&format!("examples/hf/{config}.json"), &sets, mesh, 8)
 }
 
 /// Arbitrary values for weight `name` of `shape` (graph layout), scaled like a sane init.
@@ -47,7 +55,8 @@ fn values(name: &str, shape: &[u64]) -> Vec<f32> {
         .collect()
 }
 
-fn transpose(d: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+/// `[rows, cols]` row-major -> `[cols, rows]`.
+pub fn transpose(d: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0.0; d.len()];
     for r in 0..rows {
         for c in 0..cols {
@@ -57,64 +66,88 @@ fn transpose(d: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-/// The checkpoint tensors (name, shape, values) of `g`'s weights, under the graph's names or
-/// under Hugging Face Mixtral's.
-fn tensors(g: &Graph, hf: bool) -> Vec<(String, Vec<usize>, Vec<f32>)> {
-    let mut out = Vec::new();
-    for (_, n) in g.nodes() {
-        let Op::Weight(t) = &n.op else { continue };
-        let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-        let v = values(&n.name, &t.shape);
-        if !hf {
-            out.push((n.name.clone(), shape, v));
-            continue;
-        }
-        let layer = |rest: &str| {
-            let (l, tail) = rest.split_once('.').unwrap();
-            let tail = tail.replace("moe.", "block_sparse_moe.");
-            format!("model.layers.{l}.{tail}")
-        };
-        match (n.name.as_str(), shape.len()) {
-            ("embed_tokens.weight", _) => out.push(("model.embed_tokens.weight".into(), shape, v)),
-            ("norm.weight", _) => out.push(("model.norm.weight".into(), shape, v)),
-            (name, 3) => {
-                // Stacked experts [E, in, out] -> one [out, in] tensor per expert.
-                let (e, i, o) = (shape[0], shape[1], shape[2]);
-                let (base, proj) = name.rsplit_once('.').unwrap();
-                let w = match proj {
-                    "gate_proj" => "w1",
-                    "up_proj" => "w3",
-                    "down_proj" => "w2",
-                    p => panic!("unexpected expert weight {p}"),
-                };
-                for x in 0..e {
-                    let part = &v[x * i * o..(x + 1) * i * o];
-                    out.push((
-                        format!("{}.{x}.{w}.weight", layer(&base[1..])),
-                        vec![o, i],
-                        transpose(part, i, o),
-                    ));
-                }
-            }
-            (name, 2) => {
-                let key = if name == "lm_head.weight" {
-                    name.to_string()
-                } else {
-                    layer(&name[1..])
-                };
-                out.push((
-                    key,
-                    vec![shape[1], shape[0]],
-                    transpose(&v, shape[0], shape[1]),
-                ));
-            }
-            (name, _) => out.push((layer(&name[1..]), shape, v)),
-        }
-    }
-    out
+/// The weights of `g` with arbitrary values, under the graph's names and in its layouts.
+pub fn under_graph_names(g: &Graph) -> Vec<Tensor> {
+    g.nodes()
+        .filter_map(|(_, n)| match &n.op {
+            Op::Weight(t) => Some((
+                n.name.clone(),
+                t.shape.iter().map(|&d| d as usize).collect(),
+                values(&n.name, &t.shape),
+            )),
+            _ => None,
+        })
+        .collect()
 }
 
-fn checkpoint(t: &[(String, Vec<usize>, Vec<f32>)]) -> Weights {
+/// The same values written under Hugging Face keys: each test takes the graph weights (graph
+/// layout) and pushes HF tensors; `finish` checks every graph weight was written.
+#[derive(Debug)]
+pub struct Hf {
+    graph: BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    out: Vec<Tensor>,
+}
+
+impl Hf {
+    pub fn new(g: &Graph) -> Hf {
+        Hf {
+            graph: under_graph_names(g)
+                .into_iter()
+                .map(|(n, s, v)| (n, (s, v)))
+                .collect(),
+            out: Vec::new(),
+        }
+    }
+
+    /// Graph weight `name` (shape, values), marked written.
+    pub fn take(&mut self, name: &str) -> (Vec<usize>, Vec<f32>) {
+        self.graph
+            .remove(name)
+            .unwrap_or_else(|| panic!("no graph weight `{name}` (or taken twice)"))
+    }
+
+    /// Whether the graph has weight `name` not yet written.
+    pub fn has(&self, name: &str) -> bool {
+        self.graph.contains_key(name)
+    }
+
+    pub fn push(&mut self, key: impl Into<String>, shape: Vec<usize>, data: Vec<f32>) {
+        assert_eq!(shape.iter().product::<usize>(), data.len());
+        self.out.push((key.into(), shape, data));
+    }
+
+    /// `name` as it is under `key`.
+    pub fn direct(&mut self, name: &str, key: impl Into<String>) {
+        let (s, v) = self.take(name);
+        self.push(key, s, v);
+    }
+
+    /// The `[in, out]` matrix `name` as an `[out, in]` linear weight `key`.
+    pub fn linear(&mut self, name: &str, key: impl Into<String>) {
+        let (s, v) = self.take(name);
+        self.push(key, vec![s[1], s[0]], transpose(&v, s[0], s[1]));
+    }
+
+    /// Stacked experts `[E, in, out]` as one `[out, in]` tensor per expert, `key(e)`.
+    pub fn per_expert(&mut self, name: &str, key: impl Fn(usize) -> String) {
+        let (s, v) = self.take(name);
+        let (i, o) = (s[1], s[2]);
+        for e in 0..s[0] {
+            let part = &v[e * i * o..(e + 1) * i * o];
+            self.push(key(e), vec![o, i], transpose(part, i, o));
+        }
+    }
+
+    /// The HF tensors; panics if a graph weight was not written.
+    pub fn finish(self) -> Vec<Tensor> {
+        let left: Vec<&String> = self.graph.keys().collect();
+        assert!(left.is_empty(), "graph weights not written: {left:?}");
+        self.out
+    }
+}
+
+/// Tensors as one in-memory safetensors file.
+pub fn checkpoint(t: &[Tensor]) -> Weights {
     let bytes: Vec<Vec<u8>> = t
         .iter()
         .map(|(_, _, d)| d.iter().flat_map(|v| v.to_le_bytes()).collect())
@@ -135,48 +168,58 @@ fn checkpoint(t: &[(String, Vec<usize>, Vec<f32>)]) -> Weights {
     Weights::Checkpoint(c)
 }
 
-#[test]
-fn hf_names_and_graph_names_give_the_same_run() {
-    let g = small();
-    let hf = tensors(&g, true);
-    assert!(hf
-        .iter()
-        .any(|(n, _, _)| n == "model.layers.1.block_sparse_moe.experts.3.w2.weight"));
+/// `g` runs the same on `hf` as on its weights under graph names (and not as on seeded ones).
+pub fn same_run(g: &Graph, hf: &[Tensor]) {
     let opts = RunOptions::default();
-    let a = run(&g, &checkpoint(&tensors(&g, false)), &opts).unwrap();
-    let b = run(&g, &checkpoint(&hf), &opts).unwrap();
-    assert_eq!(a.outputs, b.outputs);
-    let seeded = run(&g, &Weights::Seeded, &opts).unwrap();
+    let a = run(g, &checkpoint(&under_graph_names(g)), &opts).unwrap();
+    let b = run(g, &checkpoint(hf), &opts).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(a.outputs.len(), b.outputs.len());
+    for ((name, x), (_, y)) in a.outputs.iter().zip(&b.outputs) {
+        let diff = x
+            .data
+            .iter()
+            .zip(&y.data)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f64::max);
+        assert!(x == y, "output `{name}` differs by up to {diff}");
+    }
+    let seeded = run(g, &Weights::Seeded, &opts).unwrap();
     assert_ne!(a.outputs, seeded.outputs);
 }
 
-#[test]
-fn checkpoint_weights_shard_like_seeded_ones() {
-    let g = small();
-    let w = checkpoint(&tensors(&g, true));
-    let v = verify(&g, &ppmoe(&g, 2), &w, &VerifyOptions::default()).unwrap();
-    assert!(v.passed, "{v:?}");
+/// `hf` with tensor `key` reshaped by `change` (shape, values in, shape, values out).
+pub fn reshaped(
+    hf: &[Tensor],
+    key: &str,
+    change: impl Fn(&[usize], &[f32]) -> (Vec<usize>, Vec<f32>),
+) -> Vec<Tensor> {
+    let mut out = hf.to_vec();
+    let t = out
+        .iter_mut()
+        .find(|t| t.0 == key)
+        .unwrap_or_else(|| panic!("no tensor `{key}`"));
+    let (s, v) = change(&t.1, &t.2);
+    t.1 = s;
+    t.2 = v;
+    out
 }
 
-#[test]
-fn a_missing_tensor_is_named() {
-    let g = small();
-    let mut t = tensors(&g, true);
-    t.retain(|(n, _, _)| n != "model.layers.0.self_attn.k_proj.weight");
-    let e = run(&g, &checkpoint(&t), &RunOptions::default()).unwrap_err();
+/// A run of `g` on `t` fails with a message naming a weight starting with `weight`, the tensor
+/// `key` and the keys tried.
+pub fn refused(g: &Graph, t: &[Tensor], weight: &str, key: &str) -> String {
+    let e = run(g, &checkpoint(t), &RunOptions::default())
+        .err()
+        .unwrap_or_else(|| panic!("ran with a misshapen `{key}`"));
     let msg = e.to_string();
     assert!(
-        msg.contains("weight `l0.self_attn.k_proj.weight`")
-            && msg.contains("model.layers.0.self_attn.k_proj.weight"),
+        msg.contains(&format!("weight `{weight}")) && msg.contains(key) && msg.contains("tried"),
         "{msg}"
     );
-    // A matrix stored flat.
-    let mut t = tensors(&g, false);
-    let i = t.iter().position(|x| x.1.len() == 2).unwrap();
-    t[i].1 = vec![t[i].2.len()];
-    let e = run(&g, &checkpoint(&t), &RunOptions::default()).unwrap_err();
-    assert!(
-        e.to_string().contains(&format!("weight `{}`", t[i].0)),
-        "{e}"
-    );
+    msg
+}
+
+/// Drops the last row of a 2-d tensor.
+pub fn drop_row(s: &[usize], v: &[f32]) -> (Vec<usize>, Vec<f32>) {
+    let cols = s[1];
+    (vec![s[0] - 1, cols], v[..v.len() - cols].to_vec())
 }

@@ -100,6 +100,10 @@ pub struct AttentionAttrs {
     /// RoPE base frequency.
     #[serde(default = "rope_theta")]
     pub rope_theta: F64,
+    /// RoPE frequency scaling for long contexts (see [`RopeScaling`]); `None` (the default, not
+    /// written): plain RoPE. Typing: only with `rope_dim > 0`, and the [`RopeScaling`] ranges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
     /// Tokens per query sequence: token rows are `batch x seq`, sequence-major.
     pub seq: u64,
     /// Tokens per key/value sequence; equals `seq` for self-attention.
@@ -113,6 +117,57 @@ pub struct AttentionAttrs {
 
 fn rope_theta() -> F64 {
     F64(10_000.0)
+}
+
+/// RoPE frequency scaling: a Hugging Face config's `rope_scaling`, as an attribute of
+/// `attention`. With `d = rope_dim`, `base = rope_theta` and the plain inverse frequencies
+/// `f[i] = base^(-2i/d)` (`i < d/2`):
+/// - `linear`: positions are divided by `factor` (every frequency is `f[i] / factor`).
+/// - `yarn`: DeepSeek-V2/V3's YaRN (`DeepseekV3YarnRotaryEmbedding`), see [`YarnScaling`].
+///
+/// Typing: `factor` finite and positive; for `yarn` also `beta_fast`, `beta_slow` and
+/// `original_max_position_embeddings` positive, `mscale` and `mscale_all_dim` finite, and
+/// `rope_theta > 1` (its logarithm divides).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RopeScaling {
+    /// Position interpolation: positions divided by `factor`.
+    Linear { factor: F64 },
+    /// YaRN, as DeepSeek-V2/V3 define it.
+    Yarn(YarnScaling),
+}
+
+/// YaRN RoPE scaling as DeepSeek-V2/V3 define it (their `DeepseekV3YarnRotaryEmbedding` and
+/// attention). With `f[i]` the plain inverse frequencies of [`RopeScaling`] and `d = rope_dim`:
+/// - correction range: `dim(b) = d * ln(original_max_position_embeddings / (2 pi b)) / (2 ln base)`,
+///   `low = max(floor(dim(beta_fast)), 0)`, `high = min(ceil(dim(beta_slow)), d - 1)`;
+/// - ramp `r[i] = clamp((i - low) / (high - low), 0, 1)` for `i < d/2` (`high` raised by 0.001
+///   when equal to `low`);
+/// - inverse frequencies `f[i] / factor * r[i] + f[i] * (1 - r[i])`: the low frequencies are
+///   interpolated, the high ones kept;
+/// - with `m(s) = 1` when `factor <= 1`, else `0.1 * s * ln(factor) + 1`: cos and sin are
+///   multiplied by `m(mscale) / m(mscale_all_dim)`, and the softmax scale `1 / sqrt(head_dim)` by
+///   `m(mscale_all_dim)^2`.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct YarnScaling {
+    /// Context extension factor.
+    pub factor: F64,
+    /// The pre-training context the correction range is computed for.
+    pub original_max_position_embeddings: u64,
+    /// Rotations above which a dimension keeps its frequency (DeepSeek: 32).
+    pub beta_fast: F64,
+    /// Rotations below which a dimension is fully interpolated (DeepSeek: 1).
+    pub beta_slow: F64,
+    /// The `mscale` of the cos/sin multiplier's numerator (DeepSeek default: 1).
+    pub mscale: F64,
+    /// The `mscale_all_dim` of the cos/sin multiplier's denominator and of the softmax scale
+    /// (DeepSeek default: 0, which makes `m` 1).
+    pub mscale_all_dim: F64,
 }
 
 /// Attention mask: which keys each query attends to (positions within a sequence).
@@ -232,8 +287,9 @@ pub enum Op {
     /// `attention(q, k, v[, k_shared][, sinks])`: q `[B*seq, heads*head_dim]`,
     /// k `[B*kv_seq, kv_heads*(head_dim - shared_k_dim)]`, v `[B*kv_seq, kv_heads*v_head_dim]`,
     /// k_shared `[B*kv_seq, shared_k_dim]`, sinks `[heads]` -> `[B*seq, heads*v_head_dim]`.
-    /// RoPE (base `rope_theta`) rotates the last `rope_dim` dims of each query and key head (of the
-    /// shared key when there is one); `mask` says which keys a query sees.
+    /// RoPE (base `rope_theta`, scaled by `rope_scaling` when given) rotates the last `rope_dim`
+    /// dims of each query and key head (of the shared key when there is one); `mask` says which
+    /// keys a query sees.
     /// Sharding: token dims split alike, each rank holding whole sequences; the head dims of q, k, v
     /// split alike (head parallelism; heads and kv_heads divisible by the split), or q's split and
     /// k, v replicated (heads divisible by the split; each rank reads the kv heads its query heads
@@ -443,5 +499,58 @@ mod tests {
         }
         let op: Op = serde_json::from_str(r#"{"all_reduce": {"axis": "tp"}}"#).unwrap();
         assert_eq!(op.name(), "all_reduce");
+    }
+
+    #[test]
+    fn rope_scaling_is_optional_in_json() {
+        let plain = r#"{"attention": {"heads": 2, "kv_heads": 2, "head_dim": 4, "v_head_dim": 4,
+            "rope_dim": 4, "rope_theta": 10000.0, "seq": 4, "kv_seq": 4, "mask": "causal"}}"#;
+        let op: Op = serde_json::from_str(plain).unwrap();
+        let Op::Attention(a) = op else {
+            panic!("not attention: {op:?}")
+        };
+        assert_eq!(a.rope_scaling, None);
+        // Written back without the key: graphs without scaling keep their bytes.
+        let text = serde_json::to_string(&Op::Attention(a)).unwrap();
+        assert!(!text.contains("rope_scaling"), "{text}");
+        let yarn = plain.replace(
+            r#""mask""#,
+            r#""rope_scaling": {"yarn": {"factor": 40.0, "original_max_position_embeddings": 4096,
+                "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0}}, "mask""#,
+        );
+        let op: Op = serde_json::from_str(&yarn).unwrap();
+        let Op::Attention(y) = &op else {
+            panic!("not attention: {op:?}")
+        };
+        let want = YarnScaling {
+            factor: F64(40.0),
+            original_max_position_embeddings: 4096,
+            beta_fast: F64(32.0),
+            beta_slow: F64(1.0),
+            mscale: F64(1.0),
+            mscale_all_dim: F64(1.0),
+        };
+        assert_eq!(y.rope_scaling, Some(RopeScaling::Yarn(want)));
+        let back: Op = serde_json::from_str(&serde_json::to_string(&op).unwrap()).unwrap();
+        assert_eq!(back, op);
+        let linear = plain.replace(
+            r#""mask""#,
+            r#""rope_scaling": {"linear": {"factor": 2.0}}, "mask""#,
+        );
+        let op: Op = serde_json::from_str(&linear).unwrap();
+        assert!(matches!(
+            op,
+            Op::Attention(AttentionAttrs {
+                rope_scaling: Some(RopeScaling::Linear { factor: F64(2.0) }),
+                ..
+            })
+        ));
+        // Unknown scaling types and fields are refused.
+        for bad in [
+            r#""rope_scaling": {"dynamic": {"factor": 2.0}}, "mask""#,
+            r#""rope_scaling": {"linear": {"factor": 2.0, "beta": 1}}, "mask""#,
+        ] {
+            assert!(serde_json::from_str::<Op>(&plain.replace(r#""mask""#, bad)).is_err());
+        }
     }
 }

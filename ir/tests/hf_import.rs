@@ -510,3 +510,69 @@ fn odd_values_never_panic() {
         }
     });
 }
+
+/// The attention ops' `rope_scaling` of an import.
+fn rope_scalings(g: &Graph) -> Vec<Option<moe_ir::RopeScaling>> {
+    g.nodes()
+        .filter_map(|(_, n)| match &n.op {
+            moe_ir::Op::Attention(a) => Some(a.rope_scaling),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn deepseek_rope_scaling_is_carried_or_refused() {
+    use moe_ir::{RopeScaling, YarnScaling, F64};
+    let small = ["num_hidden_layers=2", "first_k_dense_replace=1"];
+    let yarn = |mscale: f64| {
+        Some(RopeScaling::Yarn(YarnScaling {
+            factor: F64(40.0),
+            original_max_position_embeddings: 4096,
+            beta_fast: F64(32.0),
+            beta_slow: F64(1.0),
+            mscale: F64(mscale),
+            mscale_all_dim: F64(mscale),
+        }))
+    };
+    let v3 = rope_scalings(&import(&config("deepseek-v3"), &small).unwrap());
+    assert_eq!(v3, vec![yarn(1.0); 2]);
+    let lite = rope_scalings(&import(&config("deepseek-v2-lite"), &small).unwrap());
+    assert_eq!(lite, vec![yarn(0.707); 2]);
+    let none = rope_scalings(
+        &import(
+            &config("deepseek-v3"),
+            &[small[0], small[1], "rope_scaling=null"],
+        )
+        .unwrap(),
+    );
+    assert_eq!(none, vec![None; 2]);
+    let linear = rope_scalings(
+        &import(
+            &config("deepseek-v2"),
+            &[
+                small[0],
+                small[1],
+                r#"rope_scaling={"type": "linear", "factor": 2}"#,
+            ],
+        )
+        .unwrap(),
+    );
+    assert_eq!(
+        linear,
+        vec![Some(RopeScaling::Linear { factor: F64(2.0) }); 2]
+    );
+    err_names(
+        "deepseek-v3",
+        &["rope_scaling.type=\"dynamic\""],
+        "rope_scaling.type",
+    );
+    err_names(
+        "deepseek-v2",
+        &["rope_scaling.factor=\"big\""],
+        "rope_scaling.factor",
+    );
+    // Families whose scaling the importer does not read keep plain RoPE.
+    let mixtral = import(&config("mixtral-8x7b"), &["num_hidden_layers=1"]).unwrap();
+    assert_eq!(rope_scalings(&mixtral), vec![None]);
+}

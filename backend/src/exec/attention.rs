@@ -6,7 +6,10 @@
 //! `x * cos + (-x2, x1) * sin`) with frequencies `theta^(-2i/rope_dim)` at positions `0..seq` of
 //! each sequence, applied to the last `rope_dim` dims of each query and key head (with a shared
 //! key, the key head is its per-head part followed by the shared part); sinks add one logit per
-//! head to the softmax's denominator only.
+//! head to the softmax's denominator only. `rope_scaling` changes the frequencies, scales cos and
+//! sin, and (YaRN) the softmax scale: see [`rope`].
+
+mod rope;
 
 use super::OpResult;
 use crate::value::{Dense, Ints};
@@ -14,6 +17,7 @@ use burn::tensor::activation;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use moe_ir::{AttentionAttrs, Mask};
+use rope::Rope;
 
 /// Which heads this rank holds: its query heads are `first_head..first_head + local heads`; its
 /// kv-head block starts at `first_kv_head` (0 when keys and values are replicated).
@@ -36,21 +40,23 @@ fn visible(mask: Mask, i: usize, j: usize) -> bool {
     }
 }
 
-/// Rotates the last `rd` dims of `x` `[b, h, s, d]` by RoPE at positions `0..s`.
-fn rope<B: Backend>(x: Tensor<B, 4>, rd: usize, theta: f64) -> Tensor<B, 4> {
+/// Rotates the last `rd = 2 * r.inv_freq.len()` dims of `x` `[b, h, s, d]` by RoPE at positions
+/// `0..s`.
+fn rope<B: Backend>(x: Tensor<B, 4>, r: &Rope) -> Tensor<B, 4> {
     let [b, h, s, d] = x.dims();
+    let half = r.inv_freq.len();
+    let rd = 2 * half;
     if rd == 0 {
         return x;
     }
-    let half = rd / 2;
     let device = x.device();
     let mut cos = Vec::with_capacity(s * rd);
     let mut sin = Vec::with_capacity(s * rd);
     for p in 0..s {
         for i in 0..rd {
-            let f = theta.powf(-2.0 * (i % half) as f64 / rd as f64);
-            cos.push((p as f64 * f).cos());
-            sin.push((p as f64 * f).sin());
+            let angle = p as f64 * r.inv_freq[i % half];
+            cos.push(angle.cos() * r.cos_sin_scale);
+            sin.push(angle.sin() * r.cos_sin_scale);
         }
     }
     let cos = Dense::<B>::from_host(cos, &[1, 1, s, rd], &device).t;
@@ -97,7 +103,8 @@ pub(crate) fn attention<B: Backend>(
     let kvl = v.shape()[1] / vd;
     let group = (a.heads / a.kv_heads) as usize;
     let device = q.t.device();
-    let q = rope(split_heads(q, seq, hl), rd, a.rope_theta.0);
+    let rot = Rope::of(a);
+    let q = rope(split_heads(q, seq, hl), &rot);
     let mut k = split_heads(k, kv_seq, kvl);
     if let Some(ks) = k_shared {
         let [b, _, s, _] = k.dims();
@@ -105,7 +112,7 @@ pub(crate) fn attention<B: Backend>(
         let sd = ks.dims()[3];
         k = Tensor::cat(vec![k, ks.expand([b, kvl, s, sd])], 3);
     }
-    let k = rope(k, rd, a.rope_theta.0);
+    let k = rope(k, &rot);
     let v = split_heads(v, kv_seq, kvl);
     // The kv head of each local query head.
     let mut kv_of = Vec::with_capacity(hl);
@@ -126,7 +133,8 @@ pub(crate) fn attention<B: Backend>(
     let k = k.select(1, kv_of.clone());
     let v = v.select(1, kv_of);
     let b = q.dims()[0];
-    let mut scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt());
+    let scale = rope::softmax_scale(a) / (hd as f64).sqrt();
+    let mut scores = q.matmul(k.swap_dims(2, 3)) * scale;
     if a.mask != Mask::Full {
         let mut bias = Vec::with_capacity(seq * kv_seq);
         for i in 0..seq {
@@ -163,6 +171,7 @@ mod tests {
             rope_dim: 0,
             shared_k_dim: 0,
             rope_theta: F64(10_000.0),
+            rope_scaling: None,
             seq,
             kv_seq: seq,
             mask,
@@ -226,8 +235,101 @@ mod tests {
     fn rope_rotates_by_position() {
         // head_dim 2 rotated with theta: position 1 rotates (1, 0) by 1 radian.
         let x = dense(&[1., 0., 1., 0.], &[1, 1, 2, 2]).t;
-        let y = Dense::of(rope(x, 2, 10_000.0)).to_host();
+        let a = AttentionAttrs {
+            rope_dim: 2,
+            ..attrs(1, 1, 2, 2, Mask::Full)
+        };
+        let y = Dense::of(rope(x, &Rope::of(&a))).to_host();
         assert_close(&y, &[1., 0., 1f64.cos(), 1f64.sin()], 1e-6);
+    }
+
+    /// Rotate-half RoPE of one `d`-vector at position `p` by hand.
+    fn rotate(x: &[f64], p: f64, inv_freq: &[f64], scale: f64) -> Vec<f64> {
+        let h = x.len() / 2;
+        (0..x.len())
+            .map(|i| {
+                let (c, s) = ((p * inv_freq[i % h]).cos(), (p * inv_freq[i % h]).sin());
+                let other = if i < h { -x[i + h] } else { x[i - h] };
+                (x[i] * c + other * s) * scale
+            })
+            .collect()
+    }
+
+    #[test]
+    fn yarn_scales_frequencies_cos_sin_and_softmax() {
+        use moe_ir::{RopeScaling, YarnScaling};
+        // One head of width 8, all of it rotated, 3 positions, full mask.
+        let yarn = YarnScaling {
+            factor: F64(4.0),
+            original_max_position_embeddings: 4096,
+            beta_fast: F64(32.0),
+            beta_slow: F64(1.0),
+            mscale: F64(2.0),
+            mscale_all_dim: F64(1.0),
+        };
+        let a = AttentionAttrs {
+            rope_dim: 8,
+            rope_scaling: Some(RopeScaling::Yarn(yarn)),
+            ..attrs(1, 1, 8, 3, Mask::Full)
+        };
+        let q: Vec<f64> = (0..24).map(|i| (0.7 * i as f64).sin()).collect();
+        let k: Vec<f64> = (0..24).map(|i| (1.3 * i as f64 + 0.5).cos()).collect();
+        let v: Vec<f64> = (0..24).map(|i| 0.1 * i as f64 - 1.0).collect();
+        let y = attention(
+            &a,
+            dense(&q, &[3, 8]),
+            dense(&k, &[3, 8]),
+            dense(&v, &[3, 8]),
+            None,
+            None,
+            ALL,
+        )
+        .unwrap();
+        // By hand (see rope.rs): frequencies 1, 0.1, 0.01 * (1/8 + 1/2), 0.001 / 4; m(s) =
+        // 0.1 s ln 4 + 1; cos and sin times m(2) / m(1); softmax scale times m(1)^2.
+        let m = |s: f64| 0.1 * s * 4f64.ln() + 1.0;
+        let inv = [1.0, 0.1, 0.006_25, 0.000_25];
+        let rq: Vec<Vec<f64>> = (0..3)
+            .map(|p| rotate(&q[p * 8..p * 8 + 8], p as f64, &inv, m(2.0) / m(1.0)))
+            .collect();
+        let rk: Vec<Vec<f64>> = (0..3)
+            .map(|p| rotate(&k[p * 8..p * 8 + 8], p as f64, &inv, m(2.0) / m(1.0)))
+            .collect();
+        let scale = m(1.0).powi(2) / 8f64.sqrt();
+        let mut want = Vec::new();
+        for qi in &rq {
+            let logits: Vec<f64> = rk
+                .iter()
+                .map(|kj| qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>() * scale)
+                .collect();
+            let z: f64 = logits.iter().map(|l| l.exp()).sum();
+            for c in 0..8 {
+                want.push((0..3).map(|j| logits[j].exp() / z * v[j * 8 + c]).sum());
+            }
+        }
+        assert_close(&y.to_host(), &want, 1e-5);
+        // Without the scaling the result differs.
+        let plain = AttentionAttrs {
+            rope_scaling: None,
+            ..a
+        };
+        let y0 = attention(
+            &plain,
+            dense(&q, &[3, 8]),
+            dense(&k, &[3, 8]),
+            dense(&v, &[3, 8]),
+            None,
+            None,
+            ALL,
+        )
+        .unwrap();
+        let diff = y0
+            .to_host()
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(diff > 1e-3, "{diff}");
     }
 
     #[test]

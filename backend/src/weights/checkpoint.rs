@@ -1,10 +1,13 @@
 //! Safetensors checkpoints: one or more files (the shards of an HF checkpoint), given as bytes.
 
+use super::scheme::Scheme;
 use crate::error::WeightError;
 use burn::tensor::{bf16, f16};
 use safetensors::tensor::TensorInfo;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::OnceLock;
 
 /// One tensor read from a checkpoint, converted to f32.
 #[derive(Clone, Debug, PartialEq)]
@@ -26,6 +29,8 @@ struct File {
 pub struct Checkpoint {
     files: Vec<File>,
     index: BTreeMap<String, (usize, TensorInfo)>,
+    /// The key scheme, told from the keys on first use (files are all added by then).
+    scheme: OnceLock<Scheme>,
 }
 
 impl Checkpoint {
@@ -64,6 +69,7 @@ impl Checkpoint {
             bytes,
             data_start: 8 + header,
         });
+        self.scheme = OnceLock::new();
         Ok(())
     }
 
@@ -80,6 +86,32 @@ impl Checkpoint {
     /// Whether a tensor `key` is present.
     pub fn contains(&self, key: &str) -> bool {
         self.index.contains_key(key)
+    }
+
+    /// The shape of tensor `key`, when present (no data is read).
+    pub(crate) fn shape(&self, key: &str) -> Option<&[usize]> {
+        self.index.get(key).map(|(_, info)| info.shape.as_slice())
+    }
+
+    /// The keys starting with `prefix`, in order.
+    pub(crate) fn keys_with_prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = &'a str> + 'a {
+        self.index
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .map(|(k, _)| k.as_str())
+            .take_while(move |k| k.starts_with(prefix))
+    }
+
+    /// Whether some key starts with `prefix`.
+    pub(crate) fn has_prefix(&self, prefix: &str) -> bool {
+        self.keys_with_prefix(prefix).next().is_some()
+    }
+
+    /// The naming scheme of the keys.
+    pub(crate) fn scheme(&self) -> &Scheme {
+        self.scheme.get_or_init(|| Scheme::of(self))
     }
 
     /// Reads tensor `key` (for weight `weight`, named in errors) as f32.

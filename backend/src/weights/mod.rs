@@ -1,9 +1,14 @@
 //! Weights and inputs: seeded initialisation, or tensors from a safetensors checkpoint mapped to
-//! the graph's weight names. Both give a weight's **full** (global) tensor; the executor slices
-//! each rank's shard out of it, so the numbers never depend on the mesh.
+//! the graph's weight names (under those names, or under the Hugging Face keys they stand for:
+//! transposed, stacked per expert, or cut out of fused tensors; see `names`). Both give a
+//! weight's **full** (global) tensor; the executor slices each rank's shard out of it, so the
+//! numbers never depend on the mesh.
 
 mod checkpoint;
+mod fused;
+mod mla;
 mod names;
+mod scheme;
 pub(crate) mod seeded;
 
 pub use checkpoint::Checkpoint;
@@ -19,7 +24,7 @@ pub enum Weights {
     /// Seeded initialisation (the run's seed; see docs/BACKEND.md for the distributions).
     Seeded,
     /// Tensors of a safetensors checkpoint, by the graph's weight names or their Hugging Face
-    /// checkpoint keys.
+    /// checkpoint keys (docs/BACKEND.md, "Weights and inputs", lists the mappings).
     Checkpoint(Checkpoint),
 }
 
@@ -82,6 +87,16 @@ fn misshapen(name: &str, key: &str, shape: &[u64], found: &[usize]) -> WeightErr
         key: key.to_string(),
         expected: shape.to_vec(),
         found: found.to_vec(),
+        tried: Vec::new(),
+    }
+}
+
+fn unsplit(name: &str, key: &str, why: String) -> WeightError {
+    WeightError::Split {
+        weight: name.to_string(),
+        key: key.to_string(),
+        why,
+        tried: Vec::new(),
     }
 }
 
@@ -89,41 +104,48 @@ fn same(shape: &[u64], found: &[usize]) -> bool {
     shape.len() == found.len() && shape.iter().zip(found).all(|(&a, &b)| a as usize == b)
 }
 
-/// `[rows, cols]` row-major -> `[cols, rows]`.
-fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; data.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = data[r * cols + c];
-        }
-    }
-    out
-}
-
 fn from_checkpoint(c: &Checkpoint, name: &str, shape: &[u64]) -> Result<Vec<f32>, WeightError> {
-    let sources = names::sources(name, shape);
+    let sources = names::sources(name, shape, c.scheme());
+    let tried: Vec<String> = sources.iter().map(Source::describe).collect();
     // The first source present with the right shape wins; a present one of the wrong shape is
     // reported when no other fits (`lm_head.weight` is both the graph's name and HF's key of the
     // transposed matrix).
     let mut misfit = None;
     for src in sources.iter().filter(|s| c.contains(s.first_key())) {
         match read_source(c, name, shape, src) {
-            Err(e @ WeightError::Shape { .. }) => {
+            Err(e @ (WeightError::Shape { .. } | WeightError::Split { .. })) => {
                 misfit.get_or_insert(e);
             }
             r => return r,
         }
     }
-    Err(misfit.unwrap_or_else(|| WeightError::Missing {
-        weight: name.to_string(),
-        tried: sources
-            .iter()
-            .map(|s| match s {
-                Source::Experts(k) if k.len() > 1 => format!("{} .. {}", k[0], k[k.len() - 1]),
-                s => s.first_key().to_string(),
-            })
-            .collect(),
-    }))
+    Err(match misfit {
+        Some(WeightError::Shape {
+            weight,
+            key,
+            expected,
+            found,
+            ..
+        }) => WeightError::Shape {
+            weight,
+            key,
+            expected,
+            found,
+            tried,
+        },
+        Some(WeightError::Split {
+            weight, key, why, ..
+        }) => WeightError::Split {
+            weight,
+            key,
+            why,
+            tried,
+        },
+        _ => WeightError::Missing {
+            weight: name.to_string(),
+            tried,
+        },
+    })
 }
 
 /// Reads weight `name` of `shape` from `src`.
@@ -149,23 +171,40 @@ fn read_source(
         }
         Source::Transposed(key) => {
             let t = read(key)?;
-            let want = [shape[1], shape[0]];
+            let &[rows, cols] = shape else {
+                return Err(misshapen(name, key, shape, &t.shape));
+            };
+            let want = [cols, rows];
             if !same(&want, &t.shape) {
                 return Err(misshapen(name, key, &want, &t.shape));
             }
-            Ok(transpose(&t.data, t.shape[0], t.shape[1]))
+            Ok(fused::transpose(&t.data, t.shape[0], t.shape[1]))
         }
         Source::Experts(keys) => {
-            let want = [shape[2], shape[1]];
+            let &[_, rows, cols] = shape else {
+                return Err(misshapen(name, src.first_key(), shape, &[]));
+            };
+            let want = [cols, rows];
             let mut out = Vec::with_capacity(shape.iter().product::<u64>() as usize);
             for key in keys {
                 let t = read(key)?;
                 if !same(&want, &t.shape) {
                     return Err(misshapen(name, key, &want, &t.shape));
                 }
-                out.extend(transpose(&t.data, t.shape[0], t.shape[1]));
+                out.extend(fused::transpose(&t.data, t.shape[0], t.shape[1]));
             }
             Ok(out)
+        }
+        Source::Fused { key, cut } => {
+            let t = read(key)?;
+            fused::apply(cut, &t, shape).map_err(|why| unsplit(name, key, why))
+        }
+        Source::Mla { key, part, layer } => {
+            let fused_shape = c.shape(key).unwrap_or_default().to_vec();
+            let cut = mla::cut(c, layer, *part, &fused_shape, shape)
+                .map_err(|why| unsplit(name, key, why))?;
+            let t = read(key)?;
+            fused::apply(&cut, &t, shape).map_err(|why| unsplit(name, key, why))
         }
     }
 }

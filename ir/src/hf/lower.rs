@@ -193,14 +193,16 @@ impl Lower<'_> {
                         k = self.norm(&format!("{p}.k_norm"), k, kv_heads * head_dim, rms)?;
                     }
                 }
+                let rope_dim = if layer.rope && !cross { head_dim } else { 0 };
                 let attrs = AttentionAttrs {
                     heads,
                     kv_heads,
                     head_dim,
                     v_head_dim: head_dim,
-                    rope_dim: if layer.rope && !cross { head_dim } else { 0 },
+                    rope_dim,
                     shared_k_dim: 0,
                     rope_theta: theta,
+                    rope_scaling: a.rope_scaling.filter(|_| rope_dim > 0),
                     seq,
                     kv_seq: seq,
                     mask,
@@ -250,6 +252,7 @@ impl Lower<'_> {
                     rope_dim: qk_rope_dim,
                     shared_k_dim: qk_rope_dim,
                     rope_theta: theta,
+                    rope_scaling: a.rope_scaling,
                     seq,
                     kv_seq: seq,
                     mask,

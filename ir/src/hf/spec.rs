@@ -1,7 +1,7 @@
 //! The normalized description of a model that every family parser produces and the lowering
 //! consumes. Families differ in key names and nesting; once parsed, they differ only in these fields.
 
-use crate::{Activation, Groups, Mask, Score};
+use crate::{Activation, Groups, Mask, RopeScaling, Score};
 
 /// The supported families, by `model_type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -104,6 +104,8 @@ pub enum AttnKind {
 pub struct AttentionSpec {
     pub kind: AttnKind,
     pub rope_theta: f64,
+    /// RoPE frequency scaling (the config's `rope_scaling`), on the layers that apply RoPE.
+    pub rope_scaling: Option<RopeScaling>,
     pub qk_norm: QkNorm,
     /// Biases on q, k, v projections.
     pub qkv_bias: bool,

@@ -1,7 +1,7 @@
 //! Typing rules of dense math: embedding, matmuls, elementwise ops, norms, attention.
 
 use super::*;
-use crate::op::AttentionAttrs;
+use crate::op::{AttentionAttrs, RopeScaling};
 
 pub(super) fn embedding(inputs: &[&TensorType]) -> Result<TensorType> {
     arity(inputs, 2)?;
@@ -281,6 +281,7 @@ pub(super) fn attention(
             a.head_dim, a.shared_k_dim, a.rope_dim, a.seq, a.kv_seq
         )));
     }
+    rope_scaling(a)?;
     let (q, k) = (inputs[0], inputs[1]);
     expect_dim(
         inputs,
@@ -362,6 +363,50 @@ pub(super) fn attention(
     ))
 }
 
+/// The ranges of `rope_scaling` (see [`RopeScaling`]).
+fn rope_scaling(a: &AttentionAttrs) -> Result<()> {
+    let Some(s) = a.rope_scaling else {
+        return Ok(());
+    };
+    let bad = |why: String| Err(TypeError::Attr(format!("rope_scaling: {why}")));
+    if a.rope_dim == 0 {
+        return bad("needs rope_dim > 0 (there is no RoPE to scale)".into());
+    }
+    let positive = |name: &str, v: f64| {
+        if v.is_finite() && v > 0.0 {
+            Ok(())
+        } else {
+            bad(format!("{name} must be a positive number, is {v}"))
+        }
+    };
+    match s {
+        RopeScaling::Linear { factor } => positive("factor", factor.0),
+        RopeScaling::Yarn(y) => {
+            positive("factor", y.factor.0)?;
+            positive("beta_fast", y.beta_fast.0)?;
+            positive("beta_slow", y.beta_slow.0)?;
+            if y.original_max_position_embeddings == 0 {
+                return bad("original_max_position_embeddings must be positive".into());
+            }
+            for (name, v) in [
+                ("mscale", y.mscale.0),
+                ("mscale_all_dim", y.mscale_all_dim.0),
+            ] {
+                if !v.is_finite() {
+                    return bad(format!("{name} must be a finite number, is {v}"));
+                }
+            }
+            if !(a.rope_theta.0.is_finite() && a.rope_theta.0 > 1.0) {
+                return bad(format!(
+                    "yarn needs rope_theta > 1 (its logarithm divides), is {}",
+                    a.rope_theta
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -403,5 +448,71 @@ mod tests {
         assert!(infer(&Op::RmsNorm { eps: 1e-6.into() }, &[&q, &w], &m).is_ok());
         let full = TensorType::new(DType::F32, [128]);
         assert!(infer(&Op::RmsNorm { eps: 1e-6.into() }, &[&q, &full], &m).is_err());
+    }
+
+    #[test]
+    fn rope_scaling_needs_rope_and_sane_numbers() {
+        use crate::{AttentionAttrs, Mask, RopeScaling, YarnScaling, F64};
+        let m = Mesh::single();
+        let x = TensorType::new(DType::F32, [4, 8]);
+        let yarn = YarnScaling {
+            factor: F64(40.0),
+            original_max_position_embeddings: 4096,
+            beta_fast: F64(32.0),
+            beta_slow: F64(1.0),
+            mscale: F64(1.0),
+            mscale_all_dim: F64(1.0),
+        };
+        let a = AttentionAttrs {
+            heads: 2,
+            kv_heads: 2,
+            head_dim: 4,
+            v_head_dim: 4,
+            rope_dim: 4,
+            shared_k_dim: 0,
+            rope_theta: F64(10_000.0),
+            rope_scaling: Some(RopeScaling::Yarn(yarn)),
+            seq: 4,
+            kv_seq: 4,
+            mask: Mask::Causal,
+            sinks: false,
+        };
+        let typed = |a: AttentionAttrs| infer(&Op::Attention(a), &[&x, &x, &x], &m);
+        assert_eq!(typed(a).unwrap()[0], x);
+        let linear = Some(RopeScaling::Linear { factor: F64(2.0) });
+        assert!(typed(AttentionAttrs {
+            rope_scaling: linear,
+            ..a
+        })
+        .is_ok());
+        let bad = [
+            AttentionAttrs { rope_dim: 0, ..a },
+            AttentionAttrs {
+                rope_scaling: Some(RopeScaling::Linear { factor: F64(0.0) }),
+                ..a
+            },
+            AttentionAttrs {
+                rope_scaling: Some(RopeScaling::Yarn(YarnScaling {
+                    beta_slow: F64(f64::NAN),
+                    ..yarn
+                })),
+                ..a
+            },
+            AttentionAttrs {
+                rope_scaling: Some(RopeScaling::Yarn(YarnScaling {
+                    original_max_position_embeddings: 0,
+                    ..yarn
+                })),
+                ..a
+            },
+            AttentionAttrs {
+                rope_theta: F64(1.0),
+                ..a
+            },
+        ];
+        for b in bad {
+            let e = typed(b).unwrap_err();
+            assert!(e.to_string().contains("rope_scaling"), "{b:?}: {e}");
+        }
     }
 }

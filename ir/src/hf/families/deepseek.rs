@@ -12,8 +12,10 @@
 //! `greedy` takes the top-k, `group_limited_greedy` (V2) first keeps the `topk_group` best of
 //! `n_group` groups, `noaux_tc` (V3) does the same on scores plus `e_score_correction_bias`. V3
 //! renormalizes with `norm_topk_prob` and always scales by `routed_scaling_factor`; V2 either
-//! renormalizes (`norm_topk_prob` with k > 1) or scales. transformers: `models/deepseek_v2/`,
-//! `models/deepseek_v3/`.
+//! renormalizes (`norm_topk_prob` with k > 1) or scales.
+//!
+//! RoPE: `rope_scaling` (`yarn` as DeepSeek defines it, or `linear`; others are refused) becomes
+//! the attention op's `rope_scaling`. transformers: `models/deepseek_v2/`, `models/deepseek_v3/`.
 
 use super::*;
 use crate::{GroupScore, Groups};
@@ -152,6 +154,7 @@ pub(super) fn parse(cfg: Cfg<'_>, version: Version) -> Result<ModelSpec, ImportE
         v_head_dim: cfg.pos("v_head_dim")?,
     };
     let mut attention = plain_attention(kind, rope_theta(cfg, 10_000.0)?);
+    attention.rope_scaling = rope::rope_scaling(cfg)?;
     let bias = cfg.bool_or("attention_bias", false)?;
     attention.qkv_bias = bias;
     attention.o_bias = bias;

@@ -8,6 +8,7 @@ mod mixtral;
 mod olmoe;
 mod qwen2_moe;
 mod qwen3_moe;
+mod rope;
 mod switch;
 
 use super::spec::*;
@@ -210,6 +211,7 @@ pub(super) fn plain_attention(kind: AttnKind, rope_theta: f64) -> AttentionSpec 
     AttentionSpec {
         kind,
         rope_theta,
+        rope_scaling: None,
         qk_norm: QkNorm::None,
         qkv_bias: false,
         o_bias: false,
