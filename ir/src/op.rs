@@ -100,10 +100,25 @@ pub struct AttentionAttrs {
     /// RoPE base frequency.
     #[serde(default = "rope_theta")]
     pub rope_theta: F64,
+    /// Which dims of the rotated part RoPE turns together (see [`RopePairs`]); `halves` (the
+    /// default, not written) or `interleaved`. Typing: `interleaved` only with `rope_dim > 0`.
+    #[serde(default, skip_serializing_if = "RopePairs::is_halves")]
+    pub rope_pairs: RopePairs,
     /// RoPE frequency scaling for long contexts (see [`RopeScaling`]); `None` (the default, not
     /// written): plain RoPE. Typing: only with `rope_dim > 0`, and the [`RopeScaling`] ranges.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<RopeScaling>,
+    /// After RoPE, every query and key head (all `head_dim` dims; with a shared key part, the
+    /// whole key head) is divided by `sqrt(mean(x^2) + eps)`, with no weight: Llama 4's
+    /// `use_qk_norm` (`Llama4TextL2Norm`). The value is `eps`; `None` (the default, not
+    /// written): no normalization. Typing: `eps` finite and positive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qk_norm_eps: Option<F64>,
+    /// A per-position factor on the queries (after RoPE and `qk_norm_eps`), see
+    /// [`QueryTemperature`]: Llama 4's attention temperature tuning of its NoPE layers. `None`
+    /// (the default, not written): none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_temperature: Option<QueryTemperature>,
     /// Tokens per query sequence: token rows are `batch x seq`, sequence-major.
     pub seq: u64,
     /// Tokens per key/value sequence; equals `seq` for self-attention.
@@ -119,15 +134,75 @@ fn rope_theta() -> F64 {
     F64(10_000.0)
 }
 
+/// How RoPE pairs the `rope_dim` rotated dims of a head: each pair `(a, b)` with frequency index
+/// `i < rope_dim / 2` turns by the angle `p * f[i]` at position `p` (`f` as in [`RopeScaling`]):
+/// `a' = a cos - b sin`, `b' = b cos + a sin`.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum RopePairs {
+    /// Dim `i` with dim `i + rope_dim / 2` ("rotate half"; transformers' `rotate_half`: Llama,
+    /// Mixtral, Qwen2/3-MoE, OLMoE, DBRX, GPT-OSS).
+    #[default]
+    Halves,
+    /// Dim `2i` with dim `2i + 1` (the complex-number form: Llama 4's `view_as_complex`,
+    /// DeepSeek-V2/V3 with `rope_interleave`).
+    Interleaved,
+}
+
+impl RopePairs {
+    /// Whether this is the default pairing (which model.json leaves out).
+    pub fn is_halves(&self) -> bool {
+        *self == RopePairs::Halves
+    }
+}
+
+/// Llama 4's attention temperature tuning: the query at position `p` (0-based within its
+/// sequence) is multiplied by `1 + attn_scale * ln(1 + floor((p + 1) / floor_scale))`
+/// (transformers' `Llama4TextAttention`, applied on its NoPE layers). The factor is 1 below
+/// position `floor_scale - 1`. Typing: `floor_scale` finite and positive, `attn_scale` finite.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct QueryTemperature {
+    /// Positions per step of the factor (Llama 4: 8192).
+    pub floor_scale: F64,
+    /// The factor's growth per step on a log scale (Llama 4: 0.1).
+    pub attn_scale: F64,
+}
+
+impl QueryTemperature {
+    /// The factor on the query at position `p`.
+    pub fn factor(&self, p: u64) -> f64 {
+        1.0 + self.attn_scale.0 * ((p as f64 + 1.0) / self.floor_scale.0).floor().ln_1p()
+    }
+}
+
 /// RoPE frequency scaling: a Hugging Face config's `rope_scaling`, as an attribute of
 /// `attention`. With `d = rope_dim`, `base = rope_theta` and the plain inverse frequencies
 /// `f[i] = base^(-2i/d)` (`i < d/2`):
 /// - `linear`: positions are divided by `factor` (every frequency is `f[i] / factor`).
-/// - `yarn`: DeepSeek-V2/V3's YaRN (`DeepseekV3YarnRotaryEmbedding`), see [`YarnScaling`].
+/// - `yarn`: YaRN as DeepSeek-V2/V3 and transformers' `_compute_yarn_parameters` define it, see
+///   [`YarnScaling`].
+/// - `llama3`: Llama 3.1's (and Llama 4's) band-wise interpolation, see [`Llama3Scaling`].
 ///
 /// Typing: `factor` finite and positive; for `yarn` also `beta_fast`, `beta_slow` and
 /// `original_max_position_embeddings` positive, `mscale` and `mscale_all_dim` finite, and
-/// `rope_theta > 1` (its logarithm divides).
+/// `rope_theta > 1` (its logarithm divides); for `llama3` also `low_freq_factor` positive,
+/// `high_freq_factor` greater than it (finite), `original_max_position_embeddings` positive.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
 )]
@@ -135,21 +210,52 @@ fn rope_theta() -> F64 {
 pub enum RopeScaling {
     /// Position interpolation: positions divided by `factor`.
     Linear { factor: F64 },
-    /// YaRN, as DeepSeek-V2/V3 define it.
+    /// YaRN, as DeepSeek-V2/V3 (and transformers' generic YaRN) define it.
     Yarn(YarnScaling),
+    /// Llama 3.1's frequency-band interpolation (transformers' `_compute_llama3_parameters`).
+    Llama3(Llama3Scaling),
+}
+
+/// Llama 3.1's RoPE scaling (transformers' `_compute_llama3_parameters`; Llama 4 uses it too).
+/// With `f[i]` the plain inverse frequencies of [`RopeScaling`], the wavelength
+/// `w[i] = 2 pi / f[i]` and `L = original_max_position_embeddings`:
+/// - `w[i] < L / high_freq_factor` (high frequencies): `f[i]` kept;
+/// - `w[i] > L / low_freq_factor` (low frequencies): `f[i] / factor`;
+/// - otherwise, with `s = (L / w[i] - low_freq_factor) / (high_freq_factor - low_freq_factor)`:
+///   `(1 - s) * f[i] / factor + s * f[i]`.
+///
+/// cos, sin and the softmax scale are unchanged.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct Llama3Scaling {
+    /// Context extension factor (Llama 4 Scout: 8).
+    pub factor: F64,
+    /// Wavelengths above `original_max_position_embeddings / low_freq_factor` are interpolated
+    /// (Llama 4 Scout: 1).
+    pub low_freq_factor: F64,
+    /// Wavelengths below `original_max_position_embeddings / high_freq_factor` are kept (Llama 4
+    /// Scout: 4).
+    pub high_freq_factor: F64,
+    /// The pre-training context (Llama 4 Scout: 8192).
+    pub original_max_position_embeddings: u64,
 }
 
 /// YaRN RoPE scaling as DeepSeek-V2/V3 define it (their `DeepseekV3YarnRotaryEmbedding` and
-/// attention). With `f[i]` the plain inverse frequencies of [`RopeScaling`] and `d = rope_dim`:
+/// attention) and transformers' `_compute_yarn_parameters` computes it. With `f[i]` the plain
+/// inverse frequencies of [`RopeScaling`] and `d = rope_dim`:
 /// - correction range: `dim(b) = d * ln(original_max_position_embeddings / (2 pi b)) / (2 ln base)`,
-///   `low = max(floor(dim(beta_fast)), 0)`, `high = min(ceil(dim(beta_slow)), d - 1)`;
+///   `low = max(floor(dim(beta_fast)), 0)`, `high = min(ceil(dim(beta_slow)), d - 1)`; without
+///   `truncate`, `dim(beta_fast)` and `dim(beta_slow)` are not rounded (GPT-OSS);
 /// - ramp `r[i] = clamp((i - low) / (high - low), 0, 1)` for `i < d/2` (`high` raised by 0.001
 ///   when equal to `low`);
 /// - inverse frequencies `f[i] / factor * r[i] + f[i] * (1 - r[i])`: the low frequencies are
 ///   interpolated, the high ones kept;
 /// - with `m(s) = 1` when `factor <= 1`, else `0.1 * s * ln(factor) + 1`: cos and sin are
 ///   multiplied by `m(mscale) / m(mscale_all_dim)`, and the softmax scale `1 / sqrt(head_dim)` by
-///   `m(mscale_all_dim)^2`.
+///   `m(mscale_all_dim)^2`. transformers' generic YaRN (no `mscale` keys) multiplies cos and sin
+///   by `m(1)` and leaves the softmax scale: `mscale` 1, `mscale_all_dim` 0.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
 )]
@@ -168,6 +274,18 @@ pub struct YarnScaling {
     /// The `mscale_all_dim` of the cos/sin multiplier's denominator and of the softmax scale
     /// (DeepSeek default: 0, which makes `m` 1).
     pub mscale_all_dim: F64,
+    /// Whether the correction range is rounded outwards to whole dims (transformers' `truncate`;
+    /// default true, not written; GPT-OSS: false).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub truncate: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// Attention mask: which keys each query attends to (positions within a sequence).
@@ -287,15 +405,19 @@ pub enum Op {
     /// `attention(q, k, v[, k_shared][, sinks])`: q `[B*seq, heads*head_dim]`,
     /// k `[B*kv_seq, kv_heads*(head_dim - shared_k_dim)]`, v `[B*kv_seq, kv_heads*v_head_dim]`,
     /// k_shared `[B*kv_seq, shared_k_dim]`, sinks `[heads]` -> `[B*seq, heads*v_head_dim]`.
-    /// RoPE (base `rope_theta`, scaled by `rope_scaling` when given) rotates the last `rope_dim`
-    /// dims of each query and key head (of the shared key when there is one); `mask` says which
-    /// keys a query sees.
+    /// RoPE (base `rope_theta`, scaled by `rope_scaling` when given, dims paired as
+    /// `rope_pairs` says) rotates the last `rope_dim` dims of each query and key head (of the
+    /// shared key when there is one); then `qk_norm_eps` normalizes each query and key head and
+    /// `query_temperature` scales each query by its position; `mask` says which keys a query
+    /// sees.
     /// Sharding: token dims split alike, each rank holding whole sequences; the head dims of q, k, v
     /// split alike (head parallelism; heads and kv_heads divisible by the split), or q's split and
     /// k, v replicated (heads divisible by the split; each rank reads the kv heads its query heads
     /// use: GQA with fewer kv heads than ranks); k_shared replicated on the head split; sinks split
     /// like the heads; nothing partial.
-    Attention(AttentionAttrs),
+    /// (Boxed: the attributes are the largest of any op, and every e-node of the passes holds an
+    /// op.)
+    Attention(Box<AttentionAttrs>),
 
     // ----- routing -----
     /// `router(logits[, select_bias])`: logits `[T, E]` float, select_bias `[E]` ->
@@ -529,8 +651,11 @@ mod tests {
             beta_slow: F64(1.0),
             mscale: F64(1.0),
             mscale_all_dim: F64(1.0),
+            truncate: true,
         };
         assert_eq!(y.rope_scaling, Some(RopeScaling::Yarn(want)));
+        // `truncate` defaults to true and is written only when false.
+        assert!(!serde_json::to_string(&op).unwrap().contains("truncate"));
         let back: Op = serde_json::from_str(&serde_json::to_string(&op).unwrap()).unwrap();
         assert_eq!(back, op);
         let linear = plain.replace(
@@ -540,11 +665,43 @@ mod tests {
         let op: Op = serde_json::from_str(&linear).unwrap();
         assert!(matches!(
             op,
-            Op::Attention(AttentionAttrs {
-                rope_scaling: Some(RopeScaling::Linear { factor: F64(2.0) }),
-                ..
-            })
+            Op::Attention(ref a) if a.rope_scaling == Some(RopeScaling::Linear { factor: F64(2.0) })
         ));
+        let llama3 = plain.replace(
+            r#""mask""#,
+            r#""rope_scaling": {"llama3": {"factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}, "mask""#,
+        );
+        let op: Op = serde_json::from_str(&llama3).unwrap();
+        let want = Llama3Scaling {
+            factor: F64(8.0),
+            low_freq_factor: F64(1.0),
+            high_freq_factor: F64(4.0),
+            original_max_position_embeddings: 8192,
+        };
+        let Op::Attention(l) = &op else {
+            panic!("not attention: {op:?}")
+        };
+        assert_eq!(l.rope_scaling, Some(RopeScaling::Llama3(want)));
+        let back: Op = serde_json::from_str(&serde_json::to_string(&op).unwrap()).unwrap();
+        assert_eq!(back, op);
+        let untruncated = plain.replace(
+            r#""mask""#,
+            r#""rope_scaling": {"yarn": {"factor": 32.0, "original_max_position_embeddings": 4096,
+                "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 0.0,
+                "truncate": false}}, "mask""#,
+        );
+        let op: Op = serde_json::from_str(&untruncated).unwrap();
+        assert!(matches!(
+            op,
+            Op::Attention(ref a) if matches!(
+                a.rope_scaling,
+                Some(RopeScaling::Yarn(YarnScaling { truncate: false, .. }))
+            )
+        ));
+        assert!(serde_json::to_string(&op)
+            .unwrap()
+            .contains(r#""truncate":false"#));
         // Unknown scaling types and fields are refused.
         for bad in [
             r#""rope_scaling": {"dynamic": {"factor": 2.0}}, "mask""#,
@@ -552,5 +709,65 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<Op>(&plain.replace(r#""mask""#, bad)).is_err());
         }
+    }
+
+    #[test]
+    fn new_attention_attributes_default_and_round_trip() {
+        let plain = r#"{"attention": {"heads": 2, "kv_heads": 2, "head_dim": 4, "v_head_dim": 4,
+            "rope_dim": 4, "rope_theta": 10000.0, "seq": 4, "kv_seq": 4, "mask": "causal"}}"#;
+        let Op::Attention(a) = serde_json::from_str(plain).unwrap() else {
+            panic!("not attention")
+        };
+        assert_eq!(a.rope_pairs, RopePairs::Halves);
+        assert_eq!(a.qk_norm_eps, None);
+        assert_eq!(a.query_temperature, None);
+        // Defaults are not written: old model.json files keep their bytes.
+        let text = serde_json::to_string(&Op::Attention(a)).unwrap();
+        for key in ["rope_pairs", "qk_norm_eps", "query_temperature"] {
+            assert!(!text.contains(key), "{text}");
+        }
+        let full = plain.replace(
+            r#""mask""#,
+            r#""rope_pairs": "interleaved", "qk_norm_eps": 1e-5,
+               "query_temperature": {"floor_scale": 8192.0, "attn_scale": 0.1}, "mask""#,
+        );
+        let op: Op = serde_json::from_str(&full).unwrap();
+        let Op::Attention(b) = &op else {
+            panic!("not attention: {op:?}")
+        };
+        assert_eq!(b.rope_pairs, RopePairs::Interleaved);
+        assert_eq!(b.qk_norm_eps, Some(F64(1e-5)));
+        assert_eq!(
+            b.query_temperature,
+            Some(QueryTemperature {
+                floor_scale: F64(8192.0),
+                attn_scale: F64(0.1)
+            })
+        );
+        let text = serde_json::to_string(&op).unwrap();
+        assert!(text.contains(r#""rope_pairs":"interleaved""#), "{text}");
+        let back: Op = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, op);
+        for bad in [
+            r#""rope_pairs": "adjacent", "mask""#,
+            r#""query_temperature": {"floor_scale": 8192.0}, "mask""#,
+        ] {
+            assert!(serde_json::from_str::<Op>(&plain.replace(r#""mask""#, bad)).is_err());
+        }
+    }
+
+    #[test]
+    fn query_temperature_by_hand() {
+        let t = QueryTemperature {
+            floor_scale: F64(4.0),
+            attn_scale: F64(0.5),
+        };
+        // floor((p + 1) / 4): 0 for p < 3, 1 for p = 3..6, 2 for p = 7.
+        let want = [0., 0., 0., 2., 2., 2., 2., 3.].map(|n: f64| 1.0 + 0.5 * n.max(1.0).ln());
+        for (p, w) in want.iter().enumerate() {
+            let f = t.factor(p as u64);
+            assert!((f - w).abs() < 1e-15, "position {p}: {f} vs {w}");
+        }
+        assert_eq!(t.factor(2), 1.0);
     }
 }

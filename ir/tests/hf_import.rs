@@ -533,6 +533,7 @@ fn deepseek_rope_scaling_is_carried_or_refused() {
             beta_slow: F64(1.0),
             mscale: F64(mscale),
             mscale_all_dim: F64(mscale),
+            truncate: true,
         }))
     };
     let v3 = rope_scalings(&import(&config("deepseek-v3"), &small).unwrap());

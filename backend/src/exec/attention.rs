@@ -1,13 +1,16 @@
 //! Scaled dot-product attention on one rank's heads: GQA, MLA's shared key part, RoPE, masks
 //! (full, causal, sliding window, chunked) and per-head sinks.
 //!
-//! Conventions (documented in docs/BACKEND.md): scores are `q.k / sqrt(head_dim)`; RoPE is the
-//! "rotate half" form (Llama / Mixtral / Qwen: the rotated dims split into two halves `x1, x2`,
-//! `x * cos + (-x2, x1) * sin`) with frequencies `theta^(-2i/rope_dim)` at positions `0..seq` of
-//! each sequence, applied to the last `rope_dim` dims of each query and key head (with a shared
-//! key, the key head is its per-head part followed by the shared part); sinks add one logit per
+//! Conventions (documented in docs/BACKEND.md): scores are `q.k / sqrt(head_dim)`; RoPE turns
+//! pairs of dims, `(a, b) -> (a cos - b sin, b cos + a sin)`, paired as `rope_pairs` says
+//! (`halves`: dim `i` with `i + rope_dim/2`, transformers' "rotate half"; `interleaved`: `2i` with
+//! `2i + 1`, the complex form of Llama 4 and DeepSeek), with frequencies `theta^(-2i/rope_dim)`
+//! at positions `0..seq` of each sequence, applied to the last `rope_dim` dims of each query and
+//! key head (with a shared key, the key head is its per-head part followed by the shared part);
+//! then `qk_norm_eps` RMS-normalizes every query and key head (no weight) and
+//! `query_temperature` multiplies each query by its position's factor; sinks add one logit per
 //! head to the softmax's denominator only. `rope_scaling` changes the frequencies, scales cos and
-//! sin, and (YaRN) the softmax scale: see [`rope`].
+//! sin, and (DeepSeek's YaRN) the softmax scale: see [`rope`].
 
 mod rope;
 
@@ -16,7 +19,7 @@ use crate::value::{Dense, Ints};
 use burn::tensor::activation;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use moe_ir::{AttentionAttrs, Mask};
+use moe_ir::{AttentionAttrs, Mask, QueryTemperature};
 use rope::Rope;
 
 /// Which heads this rank holds: its query heads are `first_head..first_head + local heads`; its
@@ -41,36 +44,50 @@ fn visible(mask: Mask, i: usize, j: usize) -> bool {
 }
 
 /// Rotates the last `rd = 2 * r.inv_freq.len()` dims of `x` `[b, h, s, d]` by RoPE at positions
-/// `0..s`.
+/// `0..s`: rotated dim `j` becomes `x[j] cos + sign * x[partner] sin` (see [`rope::Slot`]).
 fn rope<B: Backend>(x: Tensor<B, 4>, r: &Rope) -> Tensor<B, 4> {
     let [b, h, s, d] = x.dims();
-    let half = r.inv_freq.len();
-    let rd = 2 * half;
+    let rd = 2 * r.inv_freq.len();
     if rd == 0 {
         return x;
     }
     let device = x.device();
+    let slots = r.slots();
     let mut cos = Vec::with_capacity(s * rd);
     let mut sin = Vec::with_capacity(s * rd);
     for p in 0..s {
-        for i in 0..rd {
-            let angle = p as f64 * r.inv_freq[i % half];
+        for slot in &slots {
+            let angle = p as f64 * r.inv_freq[slot.freq];
             cos.push(angle.cos() * r.cos_sin_scale);
-            sin.push(angle.sin() * r.cos_sin_scale);
+            sin.push(slot.sign * angle.sin() * r.cos_sin_scale);
         }
     }
     let cos = Dense::<B>::from_host(cos, &[1, 1, s, rd], &device).t;
     let sin = Dense::<B>::from_host(sin, &[1, 1, s, rd], &device).t;
+    let partner = slots.iter().map(|slot| slot.partner as i64).collect();
+    let partner = Ints::new(vec![rd], partner).to_tensor::<B>(&device);
     let keep = (d > rd).then(|| x.clone().narrow(3, 0, d - rd));
     let r = x.narrow(3, d - rd, rd);
-    let x1 = r.clone().narrow(3, 0, half);
-    let x2 = r.clone().narrow(3, half, half);
-    let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-    let out = r * cos + rotated * sin;
+    let out = r.clone() * cos + r.select(3, partner) * sin;
     match keep {
         Some(keep) => Tensor::cat(vec![keep, out], 3).reshape([b, h, s, d]),
         None => out,
     }
+}
+
+/// Every head of `x` `[b, h, s, d]` divided by `sqrt(mean(x^2) + eps)` over its `d` dims (no
+/// weight: Llama 4's `Llama4TextL2Norm`).
+fn rms_heads<B: Backend>(x: Tensor<B, 4>, eps: f64) -> Tensor<B, 4> {
+    let ms = x.clone().square().mean_dim(3);
+    x / (ms + eps).sqrt()
+}
+
+/// `q` `[b, h, s, d]` with the query at position `p` multiplied by `t.factor(p)`.
+fn temperature<B: Backend>(q: Tensor<B, 4>, t: &QueryTemperature) -> Tensor<B, 4> {
+    let s = q.dims()[2];
+    let factors = (0..s as u64).map(|p| t.factor(p)).collect();
+    let factors = Dense::<B>::from_host(factors, &[1, 1, s, 1], &q.device()).t;
+    q * factors
 }
 
 /// `[b * s, heads * d]` -> `[b, heads, s, d]`.
@@ -104,7 +121,7 @@ pub(crate) fn attention<B: Backend>(
     let group = (a.heads / a.kv_heads) as usize;
     let device = q.t.device();
     let rot = Rope::of(a);
-    let q = rope(split_heads(q, seq, hl), &rot);
+    let mut q = rope(split_heads(q, seq, hl), &rot);
     let mut k = split_heads(k, kv_seq, kvl);
     if let Some(ks) = k_shared {
         let [b, _, s, _] = k.dims();
@@ -112,7 +129,14 @@ pub(crate) fn attention<B: Backend>(
         let sd = ks.dims()[3];
         k = Tensor::cat(vec![k, ks.expand([b, kvl, s, sd])], 3);
     }
-    let k = rope(k, &rot);
+    let mut k = rope(k, &rot);
+    if let Some(eps) = a.qk_norm_eps {
+        q = rms_heads(q, eps.0);
+        k = rms_heads(k, eps.0);
+    }
+    if let Some(t) = &a.query_temperature {
+        q = temperature(q, t);
+    }
     let v = split_heads(v, kv_seq, kvl);
     // The kv head of each local query head.
     let mut kv_of = Vec::with_capacity(hl);
@@ -160,7 +184,7 @@ pub(crate) fn attention<B: Backend>(
 mod tests {
     use super::*;
     use crate::testing::{assert_close, dense};
-    use moe_ir::F64;
+    use moe_ir::{RopePairs, F64};
 
     fn attrs(heads: u64, kv_heads: u64, d: u64, seq: u64, mask: Mask) -> AttentionAttrs {
         AttentionAttrs {
@@ -171,7 +195,10 @@ mod tests {
             rope_dim: 0,
             shared_k_dim: 0,
             rope_theta: F64(10_000.0),
+            rope_pairs: RopePairs::Halves,
             rope_scaling: None,
+            qk_norm_eps: None,
+            query_temperature: None,
             seq,
             kv_seq: seq,
             mask,
@@ -266,6 +293,7 @@ mod tests {
             beta_slow: F64(1.0),
             mscale: F64(2.0),
             mscale_all_dim: F64(1.0),
+            truncate: true,
         };
         let a = AttentionAttrs {
             rope_dim: 8,
@@ -330,6 +358,255 @@ mod tests {
             .map(|(a, b)| (a - b).abs())
             .fold(0.0, f64::max);
         assert!(diff > 1e-3, "{diff}");
+    }
+
+    /// Llama 4's `apply_rotary_emb` for one head at position `p`: `view_as_complex` of
+    /// `x.reshape(..., -1, 2)` (dims `2i, 2i + 1` are the real and imaginary part of number `i`)
+    /// times `freqs_cis[i] = polar(1, p * inv_freq[i])`, then `view_as_real(...).flatten`.
+    fn complex_rotate(x: &[f64], p: f64, inv_freq: &[f64]) -> Vec<f64> {
+        let mut out = Vec::with_capacity(x.len());
+        for (i, f) in inv_freq.iter().enumerate() {
+            let (re, im) = (x[2 * i], x[2 * i + 1]);
+            let (c, s) = ((p * f).cos(), (p * f).sin());
+            out.push(re * c - im * s);
+            out.push(re * s + im * c);
+        }
+        out
+    }
+
+    #[test]
+    fn interleaved_rope_turns_neighbours_not_halves() {
+        // One head of width 4, all rotated, base 1e4: frequencies 1 and 0.01. Position 1 of
+        // x = (1, 2, 3, 4).
+        let x = dense(&[0., 0., 0., 0., 1., 2., 3., 4.], &[1, 1, 2, 4]).t;
+        let a = AttentionAttrs {
+            rope_dim: 4,
+            ..attrs(1, 1, 4, 2, Mask::Full)
+        };
+        let (c1, s1, c2, s2) = (1f64.cos(), 1f64.sin(), 0.01f64.cos(), 0.01f64.sin());
+        // Interleaved: (1, 2) turned by 1 radian, (3, 4) by 0.01.
+        let inter = AttentionAttrs {
+            rope_pairs: RopePairs::Interleaved,
+            ..a
+        };
+        let y = Dense::of(rope(x.clone(), &Rope::of(&inter))).to_host();
+        let want = [
+            1. * c1 - 2. * s1,
+            2. * c1 + 1. * s1,
+            3. * c2 - 4. * s2,
+            4. * c2 + 3. * s2,
+        ];
+        assert_close(&y[4..], &want, 1e-12);
+        assert_close(
+            &y[4..],
+            &complex_rotate(&[1., 2., 3., 4.], 1.0, &[1.0, 0.01]),
+            1e-12,
+        );
+        // Position 0 is not turned.
+        assert_close(&y[..4], &[0.; 4], 0.0);
+        // Halves: (1, 3) turned by 1 radian, (2, 4) by 0.01: another result.
+        let y = Dense::of(rope(x, &Rope::of(&a))).to_host();
+        let halves = [
+            1. * c1 - 3. * s1,
+            2. * c2 - 4. * s2,
+            3. * c1 + 1. * s1,
+            4. * c2 + 2. * s2,
+        ];
+        assert_close(&y[4..], &halves, 1e-12);
+        let diff = want
+            .iter()
+            .zip(&halves)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(diff > 0.5, "{diff}");
+    }
+
+    #[test]
+    fn interleaved_rope_is_llama4_complex_rotation_on_partial_heads() {
+        // head_dim 6, the last 4 rotated (the first 2 kept), 3 positions, base 100: the rotated
+        // part of every position is Llama 4's complex rotation.
+        let a = AttentionAttrs {
+            rope_dim: 4,
+            rope_theta: F64(100.0),
+            rope_pairs: RopePairs::Interleaved,
+            ..attrs(1, 1, 6, 3, Mask::Full)
+        };
+        let x: Vec<f64> = (0..18).map(|i| (0.9 * i as f64 + 0.3).sin()).collect();
+        let y = Dense::of(rope(dense(&x, &[1, 1, 3, 6]).t, &Rope::of(&a))).to_host();
+        for p in 0..3 {
+            let row = &x[p * 6..p * 6 + 6];
+            let mut want = row[..2].to_vec();
+            want.extend(complex_rotate(&row[2..], p as f64, &[1.0, 0.1]));
+            assert_close(&y[p * 6..p * 6 + 6], &want, 1e-12);
+        }
+    }
+
+    /// DeepSeek-V3's `apply_rotary_pos_emb_interleave` moves the rotated dims
+    /// `view(..., d/2, 2).transpose(4, 3).reshape(..., d)` (evens first, then odds) and applies
+    /// rotate-half: the same rotation as `interleaved`, with the output dims permuted alike in
+    /// queries and keys, which dot products do not see.
+    fn deinterleave(x: &[f64], width: usize, rd: usize) -> Vec<f64> {
+        x.chunks(width)
+            .flat_map(|head| {
+                let (keep, rot) = head.split_at(width - rd);
+                let evens = rot.iter().step_by(2).copied();
+                let odds = rot.iter().skip(1).step_by(2).copied();
+                keep.iter()
+                    .copied()
+                    .chain(evens)
+                    .chain(odds)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn interleaved_attention_is_deepseeks_deinterleave_trick() {
+        // MLA-like: 2 heads of width 6 = 2 per-head + 4 shared (rotated), 4 positions, causal.
+        let a = AttentionAttrs {
+            rope_dim: 4,
+            shared_k_dim: 4,
+            v_head_dim: 3,
+            rope_theta: F64(50.0),
+            ..attrs(2, 2, 6, 4, Mask::Causal)
+        };
+        let q: Vec<f64> = (0..48).map(|i| (0.37 * i as f64).sin()).collect();
+        let k: Vec<f64> = (0..16).map(|i| (0.53 * i as f64 + 1.0).cos()).collect();
+        let ks: Vec<f64> = (0..16).map(|i| (0.71 * i as f64 - 0.4).sin()).collect();
+        let v: Vec<f64> = (0..24).map(|i| 0.2 * i as f64 - 2.0).collect();
+        let run = |a: &AttentionAttrs, q: &[f64], ks: &[f64]| {
+            attention(
+                a,
+                dense(q, &[4, 12]),
+                dense(&k, &[4, 4]),
+                dense(&v, &[4, 6]),
+                Some(dense(ks, &[4, 4])),
+                None,
+                ALL,
+            )
+            .unwrap()
+            .to_host()
+        };
+        let inter = AttentionAttrs {
+            rope_pairs: RopePairs::Interleaved,
+            ..a
+        };
+        let y = run(&inter, &q, &ks);
+        let trick = run(&a, &deinterleave(&q, 6, 4), &deinterleave(&ks, 4, 4));
+        assert_close(&y, &trick, 1e-12);
+        let halves = run(&a, &q, &ks);
+        let diff = y
+            .iter()
+            .zip(&halves)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(diff > 1e-3, "interleaved and halves agree: {diff}");
+    }
+
+    #[test]
+    fn qk_norm_and_temperature_by_hand() {
+        // One head of width 4, all rotated (interleaved), 4 positions, causal. Queries and keys
+        // are RMS-normalized after RoPE (eps 1e-5), then query p is multiplied by
+        // 1 + 0.5 ln(1 + floor((p + 1) / 2)): 1, 1 + 0.5 ln 2, 1 + 0.5 ln 2, 1 + 0.5 ln 3.
+        let t = QueryTemperature {
+            floor_scale: F64(2.0),
+            attn_scale: F64(0.5),
+        };
+        let a = AttentionAttrs {
+            rope_dim: 4,
+            rope_pairs: RopePairs::Interleaved,
+            qk_norm_eps: Some(F64(1e-5)),
+            query_temperature: Some(t),
+            ..attrs(1, 1, 4, 4, Mask::Causal)
+        };
+        let q: Vec<f64> = (0..16).map(|i| 2.0 * (0.7 * i as f64).sin()).collect();
+        let k: Vec<f64> = (0..16)
+            .map(|i| 3.0 * (1.3 * i as f64 + 0.5).cos())
+            .collect();
+        let v: Vec<f64> = (0..16).map(|i| 0.1 * i as f64 - 1.0).collect();
+        let run = |a: &AttentionAttrs| {
+            attention(
+                a,
+                dense(&q, &[4, 4]),
+                dense(&k, &[4, 4]),
+                dense(&v, &[4, 4]),
+                None,
+                None,
+                ALL,
+            )
+            .unwrap()
+            .to_host()
+        };
+        let inv = [1.0, 0.01];
+        let rms = |x: Vec<f64>| {
+            let ms = x.iter().map(|e| e * e).sum::<f64>() / x.len() as f64;
+            x.iter()
+                .map(|e| e / (ms + 1e-5).sqrt())
+                .collect::<Vec<f64>>()
+        };
+        let factor = [
+            1.0,
+            1.0 + 0.5 * 2f64.ln(),
+            1.0 + 0.5 * 2f64.ln(),
+            1.0 + 0.5 * 3f64.ln(),
+        ];
+        let reference = |norm: bool, temp: bool| {
+            let rq: Vec<Vec<f64>> = (0..4)
+                .map(|p| {
+                    let r = complex_rotate(&q[p * 4..p * 4 + 4], p as f64, &inv);
+                    let r = if norm { rms(r) } else { r };
+                    let f = if temp { factor[p] } else { 1.0 };
+                    r.iter().map(|e| e * f).collect()
+                })
+                .collect();
+            let rk: Vec<Vec<f64>> = (0..4)
+                .map(|p| {
+                    let r = complex_rotate(&k[p * 4..p * 4 + 4], p as f64, &inv);
+                    if norm {
+                        rms(r)
+                    } else {
+                        r
+                    }
+                })
+                .collect();
+            let mut out = Vec::new();
+            for (i, qi) in rq.iter().enumerate() {
+                let logits: Vec<f64> = rk[..=i]
+                    .iter()
+                    .map(|kj| qi.iter().zip(kj).map(|(a, b)| a * b).sum::<f64>() / 2.0)
+                    .collect();
+                let z: f64 = logits.iter().map(|l| l.exp()).sum();
+                for c in 0..4 {
+                    out.push((0..=i).map(|j| logits[j].exp() / z * v[j * 4 + c]).sum());
+                }
+            }
+            out
+        };
+        assert_close(&run(&a), &reference(true, true), 1e-12);
+        let no_temp = AttentionAttrs {
+            query_temperature: None,
+            ..a
+        };
+        assert_close(&run(&no_temp), &reference(true, false), 1e-12);
+        let no_norm = AttentionAttrs {
+            qk_norm_eps: None,
+            ..a
+        };
+        assert_close(&run(&no_norm), &reference(false, true), 1e-12);
+        // Each changes the result.
+        let plain = reference(false, false);
+        for (got, what) in [
+            (run(&a), "both"),
+            (run(&no_temp), "norm"),
+            (run(&no_norm), "temperature"),
+        ] {
+            let diff = got
+                .iter()
+                .zip(&plain)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(diff > 1e-3, "{what}: {diff}");
+        }
     }
 
     #[test]

@@ -8,8 +8,8 @@
 use super::spec::*;
 use super::{ImportError, ImportOptions};
 use crate::{
-    Activation, AttentionAttrs, DType, FfnLayout, Graph, Mask, Mesh, Op, RouterAttrs, Scope,
-    TensorType, Value, F64,
+    Activation, AttentionAttrs, DType, FfnLayout, Graph, Mask, Mesh, Op, RopePairs, RouterAttrs,
+    Scope, TensorType, Value, F64,
 };
 
 /// Axes an imported graph may have.
@@ -202,7 +202,10 @@ impl Lower<'_> {
                     rope_dim,
                     shared_k_dim: 0,
                     rope_theta: theta,
+                    rope_pairs: RopePairs::Halves,
                     rope_scaling: a.rope_scaling.filter(|_| rope_dim > 0),
+                    qk_norm_eps: None,
+                    query_temperature: None,
                     seq,
                     kv_seq: seq,
                     mask,
@@ -252,7 +255,10 @@ impl Lower<'_> {
                     rope_dim: qk_rope_dim,
                     shared_k_dim: qk_rope_dim,
                     rope_theta: theta,
+                    rope_pairs: RopePairs::Halves,
                     rope_scaling: a.rope_scaling,
+                    qk_norm_eps: None,
+                    query_temperature: None,
                     seq,
                     kv_seq: seq,
                     mask,
@@ -266,7 +272,7 @@ impl Lower<'_> {
         if a.sinks {
             ins.push(self.weight(&format!("{p}.sinks"), &[attrs.heads])?);
         }
-        let o = self.op(&format!("{p}.sdpa"), Op::Attention(attrs), &ins)?;
+        let o = self.op(&format!("{p}.sdpa"), Op::Attention(Box::new(attrs)), &ins)?;
         self.linear(
             &format!("{p}.o_proj"),
             o,

@@ -282,6 +282,7 @@ pub(super) fn attention(
         )));
     }
     rope_scaling(a)?;
+    position_attrs(a)?;
     let (q, k) = (inputs[0], inputs[1]);
     expect_dim(
         inputs,
@@ -363,6 +364,32 @@ pub(super) fn attention(
     ))
 }
 
+/// The ranges of `rope_pairs`, `qk_norm_eps` and `query_temperature`.
+fn position_attrs(a: &AttentionAttrs) -> Result<()> {
+    if !a.rope_pairs.is_halves() && a.rope_dim == 0 {
+        return Err(TypeError::Attr(
+            "rope_pairs: interleaved needs rope_dim > 0 (there is no RoPE to pair)".into(),
+        ));
+    }
+    if let Some(eps) = a.qk_norm_eps {
+        if !(eps.0.is_finite() && eps.0 > 0.0) {
+            return Err(TypeError::Attr(format!(
+                "qk_norm_eps must be a positive number, is {eps}"
+            )));
+        }
+    }
+    if let Some(t) = a.query_temperature {
+        if !(t.floor_scale.0.is_finite() && t.floor_scale.0 > 0.0 && t.attn_scale.0.is_finite()) {
+            return Err(TypeError::Attr(format!(
+                "query_temperature needs a positive floor_scale and a finite attn_scale, \
+                 has floor_scale {} and attn_scale {}",
+                t.floor_scale, t.attn_scale
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The ranges of `rope_scaling` (see [`RopeScaling`]).
 fn rope_scaling(a: &AttentionAttrs) -> Result<()> {
     let Some(s) = a.rope_scaling else {
@@ -401,6 +428,20 @@ fn rope_scaling(a: &AttentionAttrs) -> Result<()> {
                     "yarn needs rope_theta > 1 (its logarithm divides), is {}",
                     a.rope_theta
                 ));
+            }
+            Ok(())
+        }
+        RopeScaling::Llama3(l) => {
+            positive("factor", l.factor.0)?;
+            positive("low_freq_factor", l.low_freq_factor.0)?;
+            if !(l.high_freq_factor.0.is_finite() && l.high_freq_factor.0 > l.low_freq_factor.0) {
+                return bad(format!(
+                    "llama3 needs high_freq_factor > low_freq_factor, has {} and {}",
+                    l.high_freq_factor, l.low_freq_factor
+                ));
+            }
+            if l.original_max_position_embeddings == 0 {
+                return bad("original_max_position_embeddings must be positive".into());
             }
             Ok(())
         }
@@ -452,7 +493,9 @@ mod tests {
 
     #[test]
     fn rope_scaling_needs_rope_and_sane_numbers() {
-        use crate::{AttentionAttrs, Mask, RopeScaling, YarnScaling, F64};
+        use crate::{
+            AttentionAttrs, Llama3Scaling, Mask, RopePairs, RopeScaling, YarnScaling, F64,
+        };
         let m = Mesh::single();
         let x = TensorType::new(DType::F32, [4, 8]);
         let yarn = YarnScaling {
@@ -462,6 +505,7 @@ mod tests {
             beta_slow: F64(1.0),
             mscale: F64(1.0),
             mscale_all_dim: F64(1.0),
+            truncate: true,
         };
         let a = AttentionAttrs {
             heads: 2,
@@ -471,17 +515,31 @@ mod tests {
             rope_dim: 4,
             shared_k_dim: 0,
             rope_theta: F64(10_000.0),
+            rope_pairs: RopePairs::Halves,
             rope_scaling: Some(RopeScaling::Yarn(yarn)),
+            qk_norm_eps: None,
+            query_temperature: None,
             seq: 4,
             kv_seq: 4,
             mask: Mask::Causal,
             sinks: false,
         };
-        let typed = |a: AttentionAttrs| infer(&Op::Attention(a), &[&x, &x, &x], &m);
+        let typed = |a: AttentionAttrs| infer(&Op::Attention(Box::new(a)), &[&x, &x, &x], &m);
         assert_eq!(typed(a).unwrap()[0], x);
         let linear = Some(RopeScaling::Linear { factor: F64(2.0) });
         assert!(typed(AttentionAttrs {
             rope_scaling: linear,
+            ..a
+        })
+        .is_ok());
+        let llama3 = Llama3Scaling {
+            factor: F64(8.0),
+            low_freq_factor: F64(1.0),
+            high_freq_factor: F64(4.0),
+            original_max_position_embeddings: 8192,
+        };
+        assert!(typed(AttentionAttrs {
+            rope_scaling: Some(RopeScaling::Llama3(llama3)),
             ..a
         })
         .is_ok());
@@ -509,10 +567,108 @@ mod tests {
                 rope_theta: F64(1.0),
                 ..a
             },
+            AttentionAttrs {
+                rope_scaling: Some(RopeScaling::Llama3(Llama3Scaling {
+                    high_freq_factor: F64(1.0),
+                    ..llama3
+                })),
+                ..a
+            },
+            AttentionAttrs {
+                rope_scaling: Some(RopeScaling::Llama3(Llama3Scaling {
+                    low_freq_factor: F64(0.0),
+                    ..llama3
+                })),
+                ..a
+            },
+            AttentionAttrs {
+                rope_scaling: Some(RopeScaling::Llama3(Llama3Scaling {
+                    original_max_position_embeddings: 0,
+                    ..llama3
+                })),
+                ..a
+            },
         ];
         for b in bad {
             let e = typed(b).unwrap_err();
             assert!(e.to_string().contains("rope_scaling"), "{b:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn pairing_norm_and_temperature_ranges() {
+        use crate::{AttentionAttrs, Mask, QueryTemperature, RopePairs, F64};
+        let m = Mesh::single();
+        let x = TensorType::new(DType::F32, [4, 8]);
+        let a = AttentionAttrs {
+            heads: 2,
+            kv_heads: 2,
+            head_dim: 4,
+            v_head_dim: 4,
+            rope_dim: 4,
+            shared_k_dim: 0,
+            rope_theta: F64(10_000.0),
+            rope_pairs: RopePairs::Interleaved,
+            rope_scaling: None,
+            qk_norm_eps: Some(F64(1e-5)),
+            query_temperature: Some(QueryTemperature {
+                floor_scale: F64(8192.0),
+                attn_scale: F64(0.1),
+            }),
+            seq: 4,
+            kv_seq: 4,
+            mask: Mask::Causal,
+            sinks: false,
+        };
+        let typed = |a: AttentionAttrs| infer(&Op::Attention(Box::new(a)), &[&x, &x, &x], &m);
+        assert_eq!(typed(a).unwrap()[0], x);
+        // Without RoPE, halves (the default) is fine and interleaved is refused.
+        assert!(typed(AttentionAttrs {
+            rope_dim: 0,
+            rope_pairs: RopePairs::Halves,
+            ..a
+        })
+        .is_ok());
+        let bad = [
+            (AttentionAttrs { rope_dim: 0, ..a }, "rope_pairs"),
+            (
+                AttentionAttrs {
+                    qk_norm_eps: Some(F64(0.0)),
+                    ..a
+                },
+                "qk_norm_eps",
+            ),
+            (
+                AttentionAttrs {
+                    qk_norm_eps: Some(F64(f64::INFINITY)),
+                    ..a
+                },
+                "qk_norm_eps",
+            ),
+            (
+                AttentionAttrs {
+                    query_temperature: Some(QueryTemperature {
+                        floor_scale: F64(0.0),
+                        attn_scale: F64(0.1),
+                    }),
+                    ..a
+                },
+                "query_temperature",
+            ),
+            (
+                AttentionAttrs {
+                    query_temperature: Some(QueryTemperature {
+                        floor_scale: F64(8.0),
+                        attn_scale: F64(f64::NAN),
+                    }),
+                    ..a
+                },
+                "query_temperature",
+            ),
+        ];
+        for (b, key) in bad {
+            let e = typed(b).unwrap_err();
+            assert!(e.to_string().contains(key), "{b:?}: {e}");
         }
     }
 }

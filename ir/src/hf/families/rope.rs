@@ -62,6 +62,7 @@ pub(super) fn rope_scaling(cfg: Cfg<'_>) -> Result<Option<RopeScaling>, ImportEr
                 beta_slow: positive(sc, "beta_slow", sc.f64_or("beta_slow", 1.0)?)?,
                 mscale: mscale("mscale", 1.0)?,
                 mscale_all_dim: mscale("mscale_all_dim", 0.0)?,
+                truncate: true,
             })))
         }
         other => Err(sc.invalid(
@@ -101,6 +102,7 @@ mod tests {
             beta_slow: F64(1.0),
             mscale: F64(0.707),
             mscale_all_dim: F64(0.707),
+            truncate: true,
         };
         assert_eq!(read(v).unwrap(), Some(RopeScaling::Yarn(want)));
         let v = json!({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}});
@@ -111,6 +113,7 @@ mod tests {
             beta_slow: F64(1.0),
             mscale: F64(1.0),
             mscale_all_dim: F64(0.0),
+            truncate: true,
         };
         assert_eq!(read(v).unwrap(), Some(RopeScaling::Yarn(want)));
         // transformers v5 spelling.
