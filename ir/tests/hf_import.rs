@@ -573,7 +573,196 @@ fn deepseek_rope_scaling_is_carried_or_refused() {
         &["rope_scaling.factor=\"big\""],
         "rope_scaling.factor",
     );
-    // Families whose scaling the importer does not read keep plain RoPE.
+    // Families without a scaling keep plain RoPE; one set on them is read as transformers does.
     let mixtral = import(&config("mixtral-8x7b"), &["num_hidden_layers=1"]).unwrap();
     assert_eq!(rope_scalings(&mixtral), vec![None]);
+    let qwen = import(
+        &config("qwen3-30b-a3b"),
+        &[
+            "num_hidden_layers=1",
+            r#"rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}"#,
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        rope_scalings(&qwen),
+        vec![Some(RopeScaling::Yarn(YarnScaling {
+            factor: F64(4.0),
+            original_max_position_embeddings: 32768,
+            beta_fast: F64(32.0),
+            beta_slow: F64(1.0),
+            mscale: F64(1.0),
+            mscale_all_dim: F64(0.0),
+            truncate: true,
+        }))]
+    );
+    err_names(
+        "olmoe-1b-7b",
+        &[r#"rope_scaling={"rope_type": "dynamic", "factor": 2.0}"#],
+        "rope_scaling.rope_type",
+    );
+}
+
+/// The attention ops of an import, in arena order.
+fn attentions(g: &Graph) -> Vec<moe_ir::AttentionAttrs> {
+    g.nodes()
+        .filter_map(|(_, n)| match &n.op {
+            moe_ir::Op::Attention(a) => Some(**a),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn rope_pairs_by_family() {
+    use moe_ir::RopePairs::{Halves, Interleaved};
+    // transformers: rotate_half (Mixtral, Qwen2/3-MoE, OLMoE, DBRX), GPT-OSS's chunk(2);
+    // DeepSeek's interleave trick and Llama 4's view_as_complex pair adjacent dims.
+    for (name, sets, want) in [
+        ("mixtral-8x7b", &["num_hidden_layers=1"][..], Halves),
+        ("qwen1.5-moe-a2.7b", &["num_hidden_layers=1"], Halves),
+        ("qwen3-30b-a3b", &["num_hidden_layers=1"], Halves),
+        ("olmoe-1b-7b", &["num_hidden_layers=1"], Halves),
+        ("dbrx", &["n_layers=1"], Halves),
+        (
+            "gpt-oss-20b",
+            &["num_hidden_layers=1", r#"layer_types=["full_attention"]"#],
+            Halves,
+        ),
+        ("deepseek-v2-lite", &["num_hidden_layers=1"], Interleaved),
+        ("deepseek-v2", &["num_hidden_layers=1"], Interleaved),
+        (
+            "deepseek-v3",
+            &["num_hidden_layers=1", "first_k_dense_replace=0"],
+            Interleaved,
+        ),
+        (
+            "deepseek-v3",
+            &[
+                "num_hidden_layers=1",
+                "first_k_dense_replace=0",
+                "rope_interleave=false",
+            ],
+            Halves,
+        ),
+        (
+            "llama4-scout",
+            &[
+                "text_config.num_hidden_layers=3",
+                "text_config.moe_layers=[0,1,2]",
+            ],
+            Interleaved,
+        ),
+        (
+            "llama4-maverick",
+            &["text_config.num_hidden_layers=2"],
+            Interleaved,
+        ),
+    ] {
+        let g = import(&config(name), sets).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let pairs: Vec<_> = attentions(&g).iter().map(|a| a.rope_pairs).collect();
+        assert!(
+            !pairs.is_empty() && pairs.iter().all(|&p| p == want),
+            "{name} {sets:?}: {pairs:?}"
+        );
+    }
+    err_names("deepseek-v2", &["rope_interleave=false"], "rope_interleave");
+    // Switch has no RoPE: nothing is paired.
+    let sw = import(&config("switch-base-8"), &[]).unwrap();
+    assert!(attentions(&sw).iter().all(|a| a.rope_pairs == Halves));
+}
+
+#[test]
+fn llama4_rope_norm_and_temperature_by_layer() {
+    use moe_ir::{Llama3Scaling, QueryTemperature, RopePairs, RopeScaling, F64};
+    // Scout: layer 3 is NoPE (no_rope_layers), the others RoPE.
+    let scout = [
+        "text_config.num_hidden_layers=4",
+        "text_config.moe_layers=[0,1,2,3]",
+    ];
+    let g = import(&config("llama4-scout"), &scout).unwrap();
+    let a = attentions(&g);
+    assert_eq!(a.len(), 4);
+    let llama3 = Some(RopeScaling::Llama3(Llama3Scaling {
+        factor: F64(8.0),
+        low_freq_factor: F64(1.0),
+        high_freq_factor: F64(4.0),
+        original_max_position_embeddings: 8192,
+    }));
+    let temperature = Some(QueryTemperature {
+        floor_scale: F64(8192.0),
+        attn_scale: F64(0.1),
+    });
+    for rope in &a[..3] {
+        assert_eq!(rope.rope_dim, 128);
+        assert_eq!(rope.rope_pairs, RopePairs::Interleaved);
+        assert_eq!(rope.rope_scaling, llama3);
+        assert_eq!(rope.qk_norm_eps, Some(F64(1e-5)));
+        assert_eq!(rope.query_temperature, None);
+    }
+    let nope = a[3];
+    assert_eq!(nope.rope_dim, 0);
+    assert_eq!(nope.rope_pairs, RopePairs::Halves);
+    assert_eq!((nope.rope_scaling, nope.qk_norm_eps), (None, None));
+    assert_eq!(nope.query_temperature, temperature);
+    // Maverick: no scaling, no qk norm (use_qk_norm false); the temperature by default.
+    let g = import(
+        &config("llama4-maverick"),
+        &["text_config.num_hidden_layers=4"],
+    )
+    .unwrap();
+    let a = attentions(&g);
+    assert!(a[..3]
+        .iter()
+        .all(|x| x.rope_scaling.is_none() && x.qk_norm_eps.is_none()));
+    assert_eq!(a[3].query_temperature, temperature);
+    // Switched off.
+    let g = import(
+        &config("llama4-scout"),
+        &[
+            scout[0],
+            scout[1],
+            "text_config.use_qk_norm=false",
+            "text_config.attn_temperature_tuning=false",
+        ],
+    )
+    .unwrap();
+    assert!(attentions(&g)
+        .iter()
+        .all(|x| x.qk_norm_eps.is_none() && x.query_temperature.is_none()));
+    err_names(
+        "llama4-scout",
+        &[r#"text_config.rope_scaling.rope_type="longrope""#],
+        "text_config.rope_scaling.rope_type",
+    );
+    err_names(
+        "llama4-scout",
+        &["text_config.rope_scaling.high_freq_factor=0.5"],
+        "text_config.rope_scaling.high_freq_factor",
+    );
+}
+
+#[test]
+fn gpt_oss_yarn_is_transformers_yarn() {
+    use moe_ir::{RopeScaling, YarnScaling, F64};
+    let small = [
+        "num_hidden_layers=2",
+        r#"layer_types=["sliding_attention","full_attention"]"#,
+    ];
+    let g = import(&config("gpt-oss-20b"), &small).unwrap();
+    let want = Some(RopeScaling::Yarn(YarnScaling {
+        factor: F64(32.0),
+        original_max_position_embeddings: 4096,
+        beta_fast: F64(32.0),
+        beta_slow: F64(1.0),
+        mscale: F64(1.0),
+        mscale_all_dim: F64(0.0),
+        truncate: false,
+    }));
+    assert_eq!(rope_scalings(&g), vec![want; 2]);
+    err_names(
+        "gpt-oss-20b",
+        &[small[0], small[1], "rope_scaling.mscale_all_dim=1.0"],
+        "rope_scaling.mscale_all_dim",
+    );
 }

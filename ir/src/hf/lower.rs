@@ -194,6 +194,7 @@ impl Lower<'_> {
                     }
                 }
                 let rope_dim = if layer.rope && !cross { head_dim } else { 0 };
+                let roped = rope_dim > 0;
                 let attrs = AttentionAttrs {
                     heads,
                     kv_heads,
@@ -202,10 +203,14 @@ impl Lower<'_> {
                     rope_dim,
                     shared_k_dim: 0,
                     rope_theta: theta,
-                    rope_pairs: RopePairs::Halves,
-                    rope_scaling: a.rope_scaling.filter(|_| rope_dim > 0),
-                    qk_norm_eps: None,
-                    query_temperature: None,
+                    rope_pairs: if roped {
+                        a.rope_pairs
+                    } else {
+                        RopePairs::Halves
+                    },
+                    rope_scaling: a.rope_scaling.filter(|_| roped),
+                    qk_norm_eps: a.rope_qk_norm.filter(|_| roped).map(F64),
+                    query_temperature: a.nope_temperature.filter(|_| !layer.rope && !cross),
                     seq,
                     kv_seq: seq,
                     mask,
@@ -255,10 +260,10 @@ impl Lower<'_> {
                     rope_dim: qk_rope_dim,
                     shared_k_dim: qk_rope_dim,
                     rope_theta: theta,
-                    rope_pairs: RopePairs::Halves,
+                    rope_pairs: a.rope_pairs,
                     rope_scaling: a.rope_scaling,
-                    qk_norm_eps: None,
-                    query_temperature: None,
+                    qk_norm_eps: a.rope_qk_norm.map(F64),
+                    query_temperature: a.nope_temperature.filter(|_| !layer.rope && !cross),
                     seq,
                     kv_seq: seq,
                     mask,

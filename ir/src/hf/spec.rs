@@ -1,7 +1,7 @@
 //! The normalized description of a model that every family parser produces and the lowering
 //! consumes. Families differ in key names and nesting; once parsed, they differ only in these fields.
 
-use crate::{Activation, Groups, Mask, RopeScaling, Score};
+use crate::{Activation, Groups, Mask, QueryTemperature, RopePairs, RopeScaling, Score};
 
 /// The supported families, by `model_type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -104,8 +104,16 @@ pub enum AttnKind {
 pub struct AttentionSpec {
     pub kind: AttnKind,
     pub rope_theta: f64,
+    /// How RoPE pairs the rotated dims, on the layers that apply RoPE.
+    pub rope_pairs: RopePairs,
     /// RoPE frequency scaling (the config's `rope_scaling`), on the layers that apply RoPE.
     pub rope_scaling: Option<RopeScaling>,
+    /// The `eps` of a weightless RMS norm of every rotated query and key head (Llama 4's
+    /// `use_qk_norm`), on the layers that apply RoPE.
+    pub rope_qk_norm: Option<f64>,
+    /// A per-position query factor on the self-attention layers that skip RoPE (Llama 4's
+    /// attention temperature tuning).
+    pub nope_temperature: Option<QueryTemperature>,
     pub qk_norm: QkNorm,
     /// Biases on q, k, v projections.
     pub qkv_bias: bool,

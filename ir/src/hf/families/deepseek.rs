@@ -14,11 +14,15 @@
 //! renormalizes with `norm_topk_prob` and always scales by `routed_scaling_factor`; V2 either
 //! renormalizes (`norm_topk_prob` with k > 1) or scales.
 //!
-//! RoPE: `rope_scaling` (`yarn` as DeepSeek defines it, or `linear`; others are refused) becomes
-//! the attention op's `rope_scaling`. transformers: `models/deepseek_v2/`, `models/deepseek_v3/`.
+//! RoPE: `rope_scaling` (`yarn` as DeepSeek defines it, `linear` or `llama3`; others are refused)
+//! becomes the attention op's `rope_scaling`. The rotated dims are paired adjacently (`2i, 2i+1`:
+//! DeepSeek's `q_pe.view(..., d/2, 2).transpose` and transformers' `apply_rotary_emb` (V2) /
+//! `apply_rotary_pos_emb_interleave` (V3)); V3 honours `rope_interleave` (default true: false
+//! pairs halves as Llama does), V2's modeling code has no such switch and refuses it false.
+//! transformers: `models/deepseek_v2/`, `models/deepseek_v3/`.
 
 use super::*;
-use crate::{GroupScore, Groups};
+use crate::{GroupScore, Groups, RopePairs};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Version {
@@ -154,7 +158,8 @@ pub(super) fn parse(cfg: Cfg<'_>, version: Version) -> Result<ModelSpec, ImportE
         v_head_dim: cfg.pos("v_head_dim")?,
     };
     let mut attention = plain_attention(kind, rope_theta(cfg, 10_000.0)?);
-    attention.rope_scaling = rope::rope_scaling(cfg)?;
+    attention.rope_scaling = rope::rope_scaling(cfg, rope::Yarn::DeepSeek)?;
+    attention.rope_pairs = rope_pairs(cfg, version)?;
     let bias = cfg.bool_or("attention_bias", false)?;
     attention.qkv_bias = bias;
     attention.o_bias = bias;
@@ -186,6 +191,19 @@ pub(super) fn parse(cfg: Cfg<'_>, version: Version) -> Result<ModelSpec, ImportE
             },
         },
     )
+}
+
+/// How RoPE pairs the rotated dims: interleaved, unless V3's `rope_interleave` is false.
+fn rope_pairs(cfg: Cfg<'_>, version: Version) -> Result<RopePairs, ImportError> {
+    match (version, cfg.opt_bool("rope_interleave")?) {
+        (_, None | Some(true)) => Ok(RopePairs::Interleaved),
+        (Version::V3, Some(false)) => Ok(RopePairs::Halves),
+        (Version::V2, Some(false)) => Err(cfg.invalid(
+            "rope_interleave",
+            "= false is not supported for DeepSeek-V2: its modeling code always pairs adjacent \
+             dims (only DeepSeek-V3 reads rope_interleave)",
+        )),
+    }
 }
 
 /// `n_group` / `topk_group` of group-limited routing; one group is no grouping.
@@ -237,6 +255,24 @@ fn groups(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn rope_pairs_follow_rope_interleave() {
+        let read = |v: serde_json::Value, version| rope_pairs(Cfg::root(&v).unwrap(), version);
+        for version in [Version::V2, Version::V3] {
+            assert_eq!(read(json!({}), version).unwrap(), RopePairs::Interleaved);
+            let v = json!({"rope_interleave": true});
+            assert_eq!(read(v, version).unwrap(), RopePairs::Interleaved);
+        }
+        let off = json!({"rope_interleave": false});
+        assert_eq!(read(off.clone(), Version::V3).unwrap(), RopePairs::Halves);
+        let e = read(off, Version::V2).unwrap_err().to_string();
+        assert!(e.contains("`rope_interleave`"), "{e}");
+        let e = read(json!({"rope_interleave": 1}), Version::V3)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`rope_interleave`"), "{e}");
+    }
 
     #[test]
     fn group_checks() {

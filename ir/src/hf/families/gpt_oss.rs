@@ -4,6 +4,9 @@
 //! ([`Activation::OaiSwiglu`], fixed `swiglu_alpha` 1.702 and `swiglu_limit` 7). Attention: GQA
 //! with explicit `head_dim`, `attention_bias` on all four projections, a learned sink per head, and
 //! sliding-window / full layers from `layer_types` (default: even layers use `sliding_window`).
+//! RoPE pairs halves (`_apply_rotary_emb`'s `chunk(2)`); `rope_scaling` is YaRN as transformers
+//! computes it (`truncate` false in the published configs: an unrounded correction range; cos and
+//! sin times `0.1 ln(factor) + 1`).
 //!
 //! Not modeled: the experts' biases (`gate_up_proj_bias` `[E, 2F]`, `down_proj_bias` `[E, H]`,
 //! about 0.03% of the parameters). transformers: `models/gpt_oss/`.
@@ -59,6 +62,7 @@ pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
     attention.qkv_bias = bias;
     attention.o_bias = bias;
     attention.sinks = true;
+    attention.rope_scaling = rope::rope_scaling(cfg, rope::Yarn::Transformers)?;
     let mut r = router(Score::Softmax, true);
     r.bias = true;
     decoder_only(

@@ -7,10 +7,18 @@
 //! normalized), beside one shared expert of `intermediate_size`; dense layers use an MLP of
 //! `intermediate_size_mlp`. RoPE is skipped on NoPE layers: `no_rope_layers[i] == 0`, by default
 //! every `no_rope_layer_interval`-th layer (3, 7, ...); RoPE layers use chunked attention
-//! (`attention_chunk_size`), NoPE layers full causal attention (or `layer_types`). `use_qk_norm` is
-//! a weightless L2 norm. transformers: `models/llama4/`.
+//! (`attention_chunk_size`), NoPE layers full causal attention (or `layer_types`).
+//!
+//! RoPE pairs adjacent dims (`view_as_complex`: `rope_pairs` interleaved), with `rope_scaling`
+//! (`llama3` in Scout) on the RoPE layers. `use_qk_norm` (default true) is a weightless RMS norm
+//! (`Llama4TextL2Norm`, eps `rms_norm_eps`) of the rotated query and key heads, on the RoPE
+//! layers only; `attn_temperature_tuning` (default true; any non-zero number counts, as in
+//! Python) scales the queries of the NoPE layers by `1 + attn_scale * ln(1 + floor((p + 1) /
+//! floor_scale))` (defaults 0.1 and 8192). transformers: `models/llama4/`.
 
 use super::*;
+use crate::{QueryTemperature, RopePairs, F64};
+use serde_json::Value;
 
 /// The text-model keys this parser reads.
 const TEXT_KEYS: &[&str] = &[
@@ -33,6 +41,12 @@ const TEXT_KEYS: &[&str] = &[
     "head_dim",
     "rope_theta",
     "rope_parameters",
+    "rope_scaling",
+    "max_position_embeddings",
+    "use_qk_norm",
+    "attn_temperature_tuning",
+    "floor_scale",
+    "attn_scale",
     "vocab_size",
     "rms_norm_eps",
 ];
@@ -94,6 +108,19 @@ pub(super) fn parse(root: Cfg<'_>) -> Result<ModelSpec, ImportError> {
     );
     attention.qkv_bias = bias;
     attention.o_bias = bias;
+    attention.rope_pairs = RopePairs::Interleaved;
+    attention.rope_scaling = rope::rope_scaling(cfg, rope::Yarn::Transformers)?;
+    if cfg.bool_or("use_qk_norm", true)? {
+        let eps = cfg.f64_or("rms_norm_eps", 1e-5)?;
+        if !(eps.is_finite() && eps > 0.0) {
+            return Err(cfg.invalid(
+                "rms_norm_eps",
+                format!("must be a positive number (the eps of use_qk_norm), is {eps}"),
+            ));
+        }
+        attention.rope_qk_norm = Some(eps);
+    }
+    attention.nope_temperature = temperature(cfg)?;
     let tie = match cfg.opt_bool("tie_word_embeddings")? {
         Some(t) => t,
         None => root.bool_or("tie_word_embeddings", false)?,
@@ -118,6 +145,40 @@ pub(super) fn parse(root: Cfg<'_>) -> Result<ModelSpec, ImportError> {
             },
         },
     )
+}
+
+/// The query temperature of the NoPE layers: `attn_temperature_tuning` (default true; a number
+/// counts when non-zero and an explicit null is off, as Python's truthiness has it) with
+/// `floor_scale` (default 8192) and `attn_scale` (default 0.1).
+fn temperature(cfg: Cfg<'_>) -> Result<Option<QueryTemperature>, ImportError> {
+    const KEY: &str = "attn_temperature_tuning";
+    let on = match cfg.get(KEY) {
+        None => !cfg.is_null(KEY),
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Number(n)) => n.as_f64() != Some(0.0),
+        Some(v) => return Err(cfg.invalid(KEY, format!("must be true, false or a number, is {v}"))),
+    };
+    if !on {
+        return Ok(None);
+    }
+    let floor_scale = cfg.f64_or("floor_scale", 8192.0)?;
+    if !(floor_scale.is_finite() && floor_scale > 0.0) {
+        return Err(cfg.invalid(
+            "floor_scale",
+            format!("must be a positive number, is {floor_scale}"),
+        ));
+    }
+    let attn_scale = cfg.f64_or("attn_scale", 0.1)?;
+    if !attn_scale.is_finite() {
+        return Err(cfg.invalid(
+            "attn_scale",
+            format!("must be a finite number, is {attn_scale}"),
+        ));
+    }
+    Ok(Some(QueryTemperature {
+        floor_scale: F64(floor_scale),
+        attn_scale: F64(attn_scale),
+    }))
 }
 
 /// The MoE layer indices. `moe_layers` wins over `interleave_moe_layer_step` in transformers;
@@ -209,6 +270,53 @@ mod tests {
             rope_layers(Cfg::root(&v).unwrap(), 4).unwrap(),
             [true, true, true, false]
         );
+    }
+
+    #[test]
+    fn temperature_follows_pythons_truthiness() {
+        let read = |v: Value| temperature(Cfg::root(&v).unwrap());
+        let default = Some(QueryTemperature {
+            floor_scale: F64(8192.0),
+            attn_scale: F64(0.1),
+        });
+        assert_eq!(read(json!({})).unwrap(), default);
+        assert_eq!(
+            read(json!({"attn_temperature_tuning": true})).unwrap(),
+            default
+        );
+        // Scout's config says 4.
+        assert_eq!(
+            read(json!({"attn_temperature_tuning": 4})).unwrap(),
+            default
+        );
+        assert_eq!(read(json!({"attn_temperature_tuning": 0})).unwrap(), None);
+        assert_eq!(
+            read(json!({"attn_temperature_tuning": false})).unwrap(),
+            None
+        );
+        assert_eq!(
+            read(json!({"attn_temperature_tuning": null})).unwrap(),
+            None
+        );
+        let v = json!({"floor_scale": 16, "attn_scale": 0.5});
+        assert_eq!(
+            read(v).unwrap(),
+            Some(QueryTemperature {
+                floor_scale: F64(16.0),
+                attn_scale: F64(0.5)
+            })
+        );
+        for (v, key) in [
+            (
+                json!({"attn_temperature_tuning": "yes"}),
+                "attn_temperature_tuning",
+            ),
+            (json!({"floor_scale": 0}), "floor_scale"),
+            (json!({"attn_scale": "big"}), "attn_scale"),
+        ] {
+            let e = read(v).unwrap_err().to_string();
+            assert!(e.contains(&format!("`{key}`")), "{e}");
+        }
     }
 
     #[test]

@@ -26,7 +26,10 @@ pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
             attention: AttentionSpec {
                 kind: mha(cfg, hidden, "num_attention_heads", "num_key_value_heads")?,
                 rope_theta: rope_theta(cfg, 1e6)?,
-                rope_scaling: None,
+                rope_pairs: crate::RopePairs::Halves,
+                rope_scaling: rope::rope_scaling(cfg, rope::Yarn::Transformers)?,
+                rope_qk_norm: None,
+                nope_temperature: None,
                 qk_norm: QkNorm::None,
                 qkv_bias: false,
                 o_bias: false,

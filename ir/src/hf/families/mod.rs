@@ -1,4 +1,6 @@
-//! One parser per family: config keys -> [`ModelSpec`]. Shared readers live here.
+//! One parser per family: config keys -> [`ModelSpec`]. Shared readers live here; `rope.rs`
+//! reads `rope_scaling` for every family with RoPE but DBRX (which has none). RoPE pairs halves
+//! (transformers' `rotate_half`) except in DeepSeek and Llama 4, which pair adjacent dims.
 
 mod dbrx;
 mod deepseek;
@@ -13,7 +15,7 @@ mod switch;
 
 use super::spec::*;
 use super::{Cfg, ImportError};
-use crate::{Activation, Mask, Score};
+use crate::{Activation, Mask, RopePairs, Score};
 
 /// Parses `cfg` as `family`.
 pub(super) fn parse(family: Family, cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
@@ -190,7 +192,7 @@ pub(super) fn rope_theta(cfg: Cfg<'_>, default: f64) -> Result<f64, ImportError>
     if let Some(t) = cfg.opt_f64("rope_theta")? {
         return positive_f64(cfg, "rope_theta", t);
     }
-    if let Some(rp) = cfg.sub("rope_parameters", "rope_parameters.")? {
+    if let Some(rp) = cfg.sub("rope_parameters", rope::prefixes(cfg).1)? {
         if let Some(t) = rp.opt_f64("rope_theta")? {
             return positive_f64(rp, "rope_theta", t);
         }
@@ -211,7 +213,10 @@ pub(super) fn plain_attention(kind: AttnKind, rope_theta: f64) -> AttentionSpec 
     AttentionSpec {
         kind,
         rope_theta,
+        rope_pairs: RopePairs::Halves,
         rope_scaling: None,
+        rope_qk_norm: None,
+        nope_temperature: None,
         qk_norm: QkNorm::None,
         qkv_bias: false,
         o_bias: false,

@@ -20,6 +20,7 @@ pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
         mha(cfg, hidden, "num_attention_heads", "num_key_value_heads")?,
         rope_theta(cfg, 10_000.0)?,
     );
+    attention.rope_scaling = rope::rope_scaling(cfg, rope::Yarn::Transformers)?;
     attention.qk_norm = QkNorm::Full;
     attention.qkv_bias = bias;
     attention.o_bias = bias;
