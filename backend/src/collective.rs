@@ -42,6 +42,22 @@ pub(crate) trait Collectives<B: Backend> {
     fn recv(&mut self, tag: Tag, to: u64) -> Option<Local<B>>;
     /// Whether a value for rank `to` under `tag` is waiting.
     fn ready(&self, tag: Tag, to: u64) -> bool;
+    /// The device rank `rank` computes on, when this layer places ranks itself (one GPU per
+    /// rank); `None`: the executor's one device.
+    fn device_of(&self, _rank: u64) -> Option<B::Device> {
+        None
+    }
+    /// The failure of the last call, if it failed (a transport error: the values it returned are
+    /// not valid). The executor reports it as the error of the node that made the call.
+    fn take_failure(&mut self) -> Option<String> {
+        None
+    }
+    /// Whether the executor may run the ranks' local ops on several host threads. GPU layers
+    /// say no: burn-cuda gives every host thread its own stream (and memory pool), so one
+    /// thread keeps the ranks' work on one stream per GPU.
+    fn threaded(&self) -> bool {
+        true
+    }
 }
 
 /// Exact in-process collectives for ranks simulated in one process, with a mailbox keyed by

@@ -70,4 +70,14 @@ pub enum ExecError {
     Pipeline { node: String, why: String },
     #[error(transparent)]
     Weight(#[from] WeightError),
+    #[error("{device} cannot compute in {precision}: {why}")]
+    Precision {
+        device: &'static str,
+        precision: &'static str,
+        why: &'static str,
+    },
+    #[error("{gpus} GPUs for a mesh of {ranks} ranks: use 1 GPU (every rank on GPU 0) or {ranks} (rank r on GPU r)")]
+    Placement { gpus: usize, ranks: u64 },
+    #[error("CUDA: {0}")]
+    Cuda(String),
 }

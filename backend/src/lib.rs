@@ -2,12 +2,13 @@
 //!
 //! A validated [`moe_ir::Graph`] is an SPMD program: every rank of its mesh runs it on its local
 //! blocks. [`run`] executes one with every rank simulated in this process on the CPU
-//! (burn-ndarray), collectives exact and in-process; [`verify`] runs two programs on the same
-//! weights and inputs and compares them. Weights are [`Weights::Seeded`] (a weight's full tensor
+//! (burn-ndarray), collectives exact and in-process, or with feature `cuda` on GPUs through
+//! burn-cuda ([`Device::Cuda`]); [`verify`] runs two programs on the same weights and inputs and
+//! compares them; [`cross_check`] runs one program on two devices or precisions. Weights are [`Weights::Seeded`] (a weight's full tensor
 //! depends only on the seed, its name and its global shape; each rank holds its slice) or read
 //! from a safetensors [`Checkpoint`].
 //!
-//! Computation is in f32 (or f64) whatever the declared dtype. Routing decisions are exact and
+//! Computation is in f32 (or f64; bf16 on CUDA) whatever the declared dtype. Routing decisions are exact and
 //! deterministic: computed on the host, ties to the lower expert index.
 //!
 //! This is the only crate that depends on burn; burn types never appear in its public API.
@@ -20,6 +21,7 @@
 //! ```
 
 mod collective;
+mod crosscheck;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod error;
@@ -32,6 +34,7 @@ mod value;
 mod verify;
 mod weights;
 
+pub use crosscheck::{cross_check, CrossCheck, CrossCheckOptions, OutputAgreement};
 pub use error::{ExecError, WeightError};
 pub use exec::StepRun;
 pub use run::{run, Device, HostTensor, Precision, RunOptions, RunReport};

@@ -16,6 +16,10 @@ pub enum Device {
     /// burn-ndarray on the CPU; every rank of the mesh simulated in this process.
     #[default]
     Cpu,
+    /// burn-cuda (feature `cuda`) on `gpus` GPUs of this process: 1 puts every rank of the mesh on
+    /// GPU 0 (exact in-process collectives on the device); as many as the mesh has ranks puts
+    /// rank r on GPU r (collectives through NCCL).
+    Cuda { gpus: usize },
 }
 
 /// The float type computations use. Whatever the graph's declared dtype (bf16, f16, f32), the
@@ -25,6 +29,19 @@ pub enum Precision {
     #[default]
     F32,
     F64,
+    /// bfloat16 tensors and arithmetic (CUDA only; burn-ndarray has no bf16 backend).
+    Bf16,
+}
+
+impl Precision {
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F64 => "f64",
+            Precision::Bf16 => "bf16",
+        }
+    }
 }
 
 /// Options of a run.
@@ -105,6 +122,25 @@ pub(crate) fn run_capturing(
         (Device::Cpu, Precision::F64) => {
             on::<NdArray<f64>>(g, NdArrayDevice::Cpu, weights, opts, capture)
         }
+        (Device::Cpu, Precision::Bf16) => Err(ExecError::Precision {
+            device: "the CPU backend (burn-ndarray)",
+            precision: "bf16",
+            why: "it computes in f32 or f64 only; use --backend cuda for bf16",
+        }),
+        #[cfg(feature = "cuda")]
+        (Device::Cuda { gpus }, precision) => crate::cuda::exec::execute(
+            g,
+            gpus,
+            precision,
+            weights,
+            opts.seed,
+            opts.micro_batches,
+            capture,
+        ),
+        #[cfg(not(feature = "cuda"))]
+        (Device::Cuda { .. }, _) => Err(ExecError::Cuda(
+            "built without CUDA: rebuild with --features cuda".into(),
+        )),
     }
 }
 

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 pub enum BackendArg {
     /// burn-ndarray on the CPU, every rank of the mesh simulated in this process.
     Cpu,
-    /// NVIDIA GPUs (not in this build yet).
+    /// NVIDIA GPUs through burn-cuda (a build with `--features cuda`): `--gpus 1` puts every
+    /// rank on GPU 0, `--gpus W` with W the mesh's ranks puts rank r on GPU r (NCCL).
     Cuda,
 }
 
@@ -23,6 +24,8 @@ pub enum BackendArg {
 pub enum PrecisionArg {
     F32,
     F64,
+    /// bfloat16 (CUDA only).
+    Bf16,
 }
 
 /// Execution options (shared by `run` and `verify`).
@@ -51,22 +54,28 @@ pub struct ExecArgs {
     /// (for `verify`, the larger of the two graphs'), else 1.
     #[arg(long, value_name = "M", value_parser = clap::value_parser!(u32).range(1..))]
     pub micro_batches: Option<u32>,
+    /// GPUs of `--backend cuda`: 1 (every rank on GPU 0) or the mesh's rank count (rank r on
+    /// GPU r).
+    #[arg(long, value_name = "W")]
+    pub gpus: Option<usize>,
 }
 
 impl ExecArgs {
     /// The backend's run options.
     pub fn options(&self) -> Result<RunOptions> {
         let device = match self.backend {
-            BackendArg::Cpu => Device::Cpu,
-            BackendArg::Cuda => {
-                return Err(miette!(
-                    "--backend cuda: this moe-opt has no CUDA executor yet; use --backend cpu"
-                ))
+            BackendArg::Cpu if self.gpus.is_some() => {
+                return Err(miette!("--gpus applies to --backend cuda"))
             }
+            BackendArg::Cpu => Device::Cpu,
+            BackendArg::Cuda => Device::Cuda {
+                gpus: self.gpus.unwrap_or(1),
+            },
         };
         let precision = match self.precision {
             PrecisionArg::F32 => Precision::F32,
             PrecisionArg::F64 => Precision::F64,
+            PrecisionArg::Bf16 => Precision::Bf16,
         };
         Ok(RunOptions {
             device,

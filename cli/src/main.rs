@@ -3,6 +3,7 @@
 //! Only this crate reads files, writes files and chooses exit codes: 0 success, 1 invalid input
 //! or a failed check, 2 usage errors (clap).
 
+mod cases;
 mod cmd;
 mod exec;
 mod io;
@@ -43,6 +44,9 @@ enum Command {
     /// Time one MoE layer as dense TP MLP, PPMoE and all-to-all on GPUs (`--micro`: GEMM,
     /// gather and NCCL checks). Needs a build with `--features cuda`.
     Bench(cmd::bench::Args),
+    /// Run small models on CUDA and on the CPU with the same weights and inputs; exit 1 when an
+    /// output differs beyond the precision's tolerance. Needs a build with `--features cuda`.
+    CheckGpu(cmd::check_gpu::Args),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => cmd::verify::run(a),
         Command::Schema(a) => cmd::schema::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::CheckGpu(a) => cmd::check_gpu::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

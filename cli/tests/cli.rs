@@ -356,9 +356,21 @@ fn verify_accepts_a_rewrite_and_catches_a_planted_bug() {
 
 #[test]
 fn run_refuses_what_it_cannot_do_with_exit_1() {
-    let o = moe_opt(&["run", LAYER, "--backend", "cuda"], None);
+    // The layer has 4 ranks: 3 GPUs is neither one GPU nor one per rank.
+    let o = moe_opt(&["run", LAYER, "--backend", "cuda", "--gpus", "3"], None);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("no CUDA executor"), "{}", stderr(&o));
+    let why = if cfg!(feature = "cuda") {
+        "3 GPUs for a mesh of 4"
+    } else {
+        "built without CUDA"
+    };
+    assert!(stderr(&o).contains(why), "{}", stderr(&o));
+    let o = moe_opt(&["run", LAYER, "--gpus", "2"], None);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--gpus applies to --backend cuda"));
+    let o = moe_opt(&["run", LAYER, "--precision", "bf16"], None);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("cannot compute in"), "{}", stderr(&o));
     let o = moe_opt(&["run", LAYER, "--tokens", "7"], None);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("not --tokens 7"), "{}", stderr(&o));

@@ -7,7 +7,9 @@
 //!   reference;
 //! - [`kernels`]: the `.cu` source and its launches (row gather, top-k combine, routing sort);
 //! - [`nccl`]: all_reduce, all_gather, reduce_scatter and grouped send/recv over W GPUs;
-//! - [`bench`]: `moe-opt bench --backend cuda`, the layer benchmark and the micro checks.
+//! - [`bench`]: `moe-opt bench --backend cuda`, the layer benchmark and the micro checks;
+//! - `exec`, `one_gpu`, `collectives`, `layout`: `run --backend cuda --gpus W`, the generic executor on
+//!   burn-cuda with every rank on GPU 0 (W = 1) or rank r on GPU r and NCCL collectives.
 //!
 //! Ordering with burn is by synchronisation (see [`device`]); inside this path everything is
 //! stream-ordered on one stream per GPU.
@@ -16,11 +18,15 @@
 #![allow(unsafe_code)]
 
 pub mod bench;
+pub(crate) mod collectives;
 pub mod device;
 pub mod error;
+pub(crate) mod exec;
 pub mod gemm;
 pub mod kernels;
+pub(crate) mod layout;
 pub mod libs;
 pub mod nccl;
+pub(crate) mod one_gpu;
 
 pub use error::{CudaError, Result};

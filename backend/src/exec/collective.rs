@@ -57,6 +57,9 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                 } => self.coll.all_to_all(parts, *split_dim, *concat_dim),
                 _ => unreachable!("only collectives have an axis"),
             };
+            if let Some(why) = self.coll.take_failure() {
+                return Err(self.node_err(id, format!("group of rank {r}: {why}")));
+            }
             if outs.len() != group.len() {
                 return Err(self.node_err(id, "the collective layer returned a result per member count that differs from the group"));
             }

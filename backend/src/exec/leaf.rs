@@ -7,7 +7,7 @@ use crate::rank::{self, Block};
 use crate::value::{Dense, Ints, Local};
 use crate::weights::seeded::{self, Init};
 use crate::weights::{self, Global, Weights};
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{Backend, DeviceId, DeviceOps};
 use moe_ir::pipeline::checkpoint_key;
 use moe_ir::{NodeId, Op, TensorType, Value};
 use std::collections::BTreeMap;
@@ -26,7 +26,7 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
         let out = match &node.op {
             Op::Zeros(_) => ranks
                 .iter()
-                .map(|_| zeros(ty, &local, &self.device))
+                .map(|&r| zeros(ty, &local, &self.device_for(r)))
                 .collect(),
             Op::Recv { channel, .. } => {
                 let mut out = Vec::with_capacity(ranks.len());
@@ -98,22 +98,21 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
         ranks: &[u64],
         block: impl Fn(&Block) -> Global,
     ) -> Vec<Local<B>> {
-        let mut made: BTreeMap<(Block, bool), Local<B>> = BTreeMap::new();
+        let mut made: BTreeMap<(Block, bool, DeviceId), Local<B>> = BTreeMap::new();
         ranks
             .iter()
             .map(|&r| {
                 let coords = self.mesh.coords(r);
                 let b = rank::block(ty, self.mesh, &coords);
                 let holds = rank::holds_partial_leaf(ty, self.mesh, &coords);
-                made.entry((b.clone(), holds))
+                let device = self.device_for(r);
+                made.entry((b.clone(), holds, device.id()))
                     .or_insert_with(|| {
                         if !holds {
-                            return zeros(ty, &b.shape, &self.device);
+                            return zeros(ty, &b.shape, &device);
                         }
                         match block(&b) {
-                            Global::Float(v) => {
-                                Local::Float(Dense::from_f32(v, &b.shape, &self.device))
-                            }
+                            Global::Float(v) => Local::Float(Dense::from_f32(v, &b.shape, &device)),
                             Global::Int(v) => Local::Int(Ints::new(b.shape.clone(), v)),
                         }
                     })

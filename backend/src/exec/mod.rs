@@ -440,6 +440,13 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
         }
     }
 
+    /// The device rank `r` computes on: the collective layer's placement, else the one device.
+    fn device_for(&self, r: u64) -> B::Device {
+        self.coll
+            .device_of(r)
+            .unwrap_or_else(|| self.device.clone())
+    }
+
     fn slot(&self, v: Value) -> usize {
         self.slot0[v.node.index()] + v.output as usize
     }
@@ -540,9 +547,11 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
             self.local(node, r, inputs)
                 .map_err(|why| self.node_err(id, why))
         };
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(ranks.len());
+        let threads = match self.coll.threaded() {
+            true => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            false => 1,
+        }
+        .min(ranks.len());
         let per_rank: Vec<Result<Vec<Local<B>>, ExecError>> = if threads > 1 {
             let chunk = ranks.len().div_ceil(threads);
             std::thread::scope(|s| {
@@ -635,6 +644,9 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
             }
             let x = self.get(id, v, r)?;
             self.coll.send(tag, to, x);
+            if let Some(why) = self.coll.take_failure() {
+                return Err(self.node_err(id, format!("send from rank {r} to rank {to}: {why}")));
+            }
         }
         Ok(())
     }

@@ -149,7 +149,7 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                 let (ids, ws, counts) = routing::local_routes(&idx, &w, le)?;
                 Ok(vec![
                     Local::Int(Ints::new(vec![rows], ids)),
-                    Local::Float(Dense::from_host(ws, &[rows], &self.device)),
+                    Local::Float(Dense::from_host(ws, &[rows], &self.device_for(r))),
                     Local::Int(Ints::new(vec![count], counts)),
                 ])
             }

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod check_gpu;
 pub mod import;
 pub mod inspect;
 pub mod rewrite;

@@ -1,4 +1,4 @@
-//! `moe-opt run MODEL --backend cpu [--tokens N] [--weights W] [--seed S]`.
+//! `moe-opt run MODEL --backend cpu|cuda [--gpus W] [--tokens N] [--weights W] [--seed S] [--repeat N]`.
 
 use crate::exec::{load_at, ExecArgs};
 use crate::io::{read_input, write_output};
@@ -14,6 +14,10 @@ pub struct Args {
     /// Also print the time spent per op kind (all ranks together), largest first.
     #[arg(long)]
     profile: bool,
+    /// Run N times in this process and print each run's time (the first pays one-time costs:
+    /// CUDA kernel compilation and autotuning); outputs and profile are the last run's.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    repeat: usize,
     #[command(flatten)]
     exec: ExecArgs,
     #[command(flatten)]
@@ -67,7 +71,12 @@ pub fn run(a: Args) -> Result<()> {
     let text = read_input(&a.model)?;
     let g = load_at(&a.model, &text, &a.import, a.exec.tokens)?;
     let weights = a.exec.weights()?;
-    let r = execute(&g, &weights, &opts).map_err(|e| miette!("{}: {e}", a.model))?;
+    let mut r = execute(&g, &weights, &opts).map_err(|e| miette!("{}: {e}", a.model))?;
+    let mut times = vec![(r.total, r.setup)];
+    for _ in 1..a.repeat {
+        r = execute(&g, &weights, &opts).map_err(|e| miette!("{}: {e}", a.model))?;
+        times.push((r.total, r.setup));
+    }
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -90,6 +99,16 @@ pub fn run(a: Args) -> Result<()> {
         r.setup.as_secs_f64() * 1e3,
         r.total.saturating_sub(r.setup).as_secs_f64() * 1e3
     );
+    if times.len() > 1 {
+        let each: Vec<String> = times
+            .iter()
+            .map(|(t, s)| {
+                let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+                format!("{:.1} ({:.1})", ms(*t), ms(t.saturating_sub(*s)))
+            })
+            .collect();
+        let _ = writeln!(out, "runs, ms total (compute): {}", each.join(", "));
+    }
     if a.profile {
         let mut ops = r.op_times.clone();
         ops.sort_by(|x, y| y.1.cmp(&x.1).then(x.0.cmp(y.0)));
