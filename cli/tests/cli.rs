@@ -339,6 +339,25 @@ fn verify_accepts_a_rewrite_and_catches_a_planted_bug() {
     );
     let o = moe_opt(&["verify", &b, &bad], None);
     assert!(String::from_utf8_lossy(&o.stdout).contains("first differing node: `l1.index_add`"));
+    // A router that scores otherwise: the first differing node is a router, and verify says
+    // what a differing router means.
+    let mut g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&b).expect("rewritten graph")).expect("json");
+    let nodes = g["nodes"].as_array_mut().expect("nodes");
+    let n = nodes
+        .iter_mut()
+        .find(|n| n["name"] == "l1.moe.router")
+        .expect("layer 1's router");
+    n["op"]["router"]["scale"] = serde_json::json!(2.0);
+    let scaled = dir.path().join("scaled.json");
+    std::fs::write(&scaled, g.to_string()).expect("write");
+    let o = moe_opt(&["verify", &b, &scaled.to_string_lossy()], None);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        out.contains("first differing node: `l1.moe.router`") && out.contains("chooses experts"),
+        "{out}"
+    );
     // A config against a rewritten graph: the import options apply to the config only.
     let mut args = vec![
         "verify",

@@ -89,6 +89,19 @@ pub fn run(a: Args) -> Result<()> {
                 "first differing node: `{}` output {} (max abs {:.3e}, max rel {:.3e})",
                 n.node, n.output, n.diff.max_abs, n.diff.rel
             );
+            let router = ga
+                .find(&n.node)
+                .is_some_and(|id| matches!(ga.node(id).op, moe_ir::Op::Router(_)));
+            if router {
+                let _ = writeln!(
+                    out,
+                    "  `{}` chooses experts: a token whose top scores are nearly tied can pick another expert when \
+                     rounding differs (TF32/bf16 GEMMs on CUDA, partial sums added in another order), and \
+                     everything after it differs; `moe-opt check-gpu` compares devices leaving out what a \
+                     flipped choice reaches, and `--precision f64` on the CPU makes ties vanishingly rare",
+                    n.node
+                );
+            }
         }
         None => {
             let _ = writeln!(out, "no node shared by name and type differs");
