@@ -153,7 +153,8 @@ pub(crate) struct Exec<'a, B: Backend, C: Collectives<B> + Sync> {
     keep: BTreeSet<usize>,
     /// Nodes whose global values are captured.
     capture: &'a BTreeSet<NodeId>,
-    captured: BTreeMap<NodeId, Vec<Vec<HostTensor>>>,
+    /// Per captured node, per micro-batch: the global value of each output.
+    captured: BTreeMap<NodeId, BTreeMap<u32, Vec<HostTensor>>>,
     /// The ranks that ran each node.
     ran_on: Vec<Vec<u64>>,
     leaves: Duration,
@@ -271,9 +272,9 @@ pub(crate) fn execute_unchecked<B: Backend, C: Collectives<B> + Sync>(
     let captured = std::mem::take(&mut ex.captured)
         .into_iter()
         .map(|(id, per_micro)| {
-            let outs = per_micro.first().map_or(0, Vec::len);
+            let outs = per_micro.values().next().map_or(0, Vec::len);
             let mut by_output: Vec<Vec<HostTensor>> = vec![Vec::new(); outs];
-            for values in per_micro {
+            for values in per_micro.into_values() {
                 for (k, t) in values.into_iter().enumerate() {
                     by_output[k].push(t);
                 }
@@ -515,7 +516,16 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
             let globals = (0..node.outputs.len() as u32)
                 .map(|output| self.global(Value { node: id, output }, micro))
                 .collect::<Result<Vec<_>, _>>()?;
-            self.captured.entry(id).or_default().push(globals);
+            self.captured.entry(id).or_default().insert(micro, globals);
+        }
+        // Outputs nothing reads (a router's unused weights) are not kept past their node.
+        if !fixed {
+            for k in 0..node.outputs.len() {
+                let slot = self.slot0[id.index()] + k;
+                if self.uses[slot] == 0 && !self.keep.contains(&slot) {
+                    self.live.remove(&(micro, slot));
+                }
+            }
         }
         for &v in &node.inputs {
             if self.fixed[v.node.index()] {
