@@ -138,6 +138,22 @@ impl Hf {
         }
     }
 
+    /// What decoder-only checkpoints name alike: `{root}embed_tokens`, `{root}norm`, the LM head
+    /// under `head`, and each of `layers` layers' two norms under `{root}layers.{i}.`.
+    pub fn decoder_common(&mut self, root: &str, head: &str, layers: usize) {
+        self.direct("embed_tokens.weight", format!("{root}embed_tokens.weight"));
+        self.direct("norm.weight", format!("{root}norm.weight"));
+        self.linear("lm_head.weight", head);
+        for i in 0..layers {
+            for n in ["input_layernorm", "post_attention_layernorm"] {
+                self.direct(
+                    &format!("l{i}.{n}.weight"),
+                    format!("{root}layers.{i}.{n}.weight"),
+                );
+            }
+        }
+    }
+
     /// The HF tensors; panics if a graph weight was not written.
     pub fn finish(self) -> Vec<Tensor> {
         let left: Vec<&String> = self.graph.keys().collect();

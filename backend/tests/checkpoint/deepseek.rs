@@ -50,18 +50,11 @@ fn v2_lite() -> Graph {
 
 fn hf(g: &Graph) -> Vec<Tensor> {
     let mut w = Hf::new(g);
-    w.direct("embed_tokens.weight", "model.embed_tokens.weight");
-    w.direct("norm.weight", "model.norm.weight");
-    w.linear("lm_head.weight", "lm_head.weight");
+    w.decoder_common("model.", "lm_head.weight", 2);
     for i in 0..2 {
         let p = format!("model.layers.{i}.");
         let a = format!("l{i}.self_attn.");
-        for n in [
-            "input_layernorm",
-            "post_attention_layernorm",
-            "self_attn.kv_a_layernorm",
-            "self_attn.q_a_layernorm",
-        ] {
+        for n in ["self_attn.kv_a_layernorm", "self_attn.q_a_layernorm"] {
             let name = format!("l{i}.{n}.weight");
             if w.has(&name) {
                 w.direct(&name, format!("{p}{n}.weight"));

@@ -22,14 +22,9 @@ fn graph() -> Graph {
 
 fn hf(g: &Graph) -> Vec<Tensor> {
     let mut w = Hf::new(g);
-    w.direct("embed_tokens.weight", "model.embed_tokens.weight");
-    w.direct("norm.weight", "model.norm.weight");
-    w.linear("lm_head.weight", "lm_head.weight");
+    w.decoder_common("model.", "lm_head.weight", 2);
     for i in 0..2 {
         let p = format!("model.layers.{i}.");
-        for n in ["input_layernorm", "post_attention_layernorm"] {
-            w.direct(&format!("l{i}.{n}.weight"), format!("{p}{n}.weight"));
-        }
         for n in ["q_proj", "k_proj", "v_proj", "o_proj"] {
             let name = format!("l{i}.self_attn.{n}.weight");
             w.linear(&name, format!("{p}self_attn.{n}.weight"));
