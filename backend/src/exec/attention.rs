@@ -183,7 +183,7 @@ pub(crate) fn attention<B: Backend>(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::testing::{assert_close, dense};
+    use crate::testing::{assert_close, dense, max_abs_diff};
     use moe_ir::{RopePairs, F64};
 
     fn attrs(heads: u64, kv_heads: u64, d: u64, seq: u64, mask: Mask) -> AttentionAttrs {
@@ -351,12 +351,7 @@ mod tests {
             ALL,
         )
         .unwrap();
-        let diff = y0
-            .to_host()
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max);
+        let diff = max_abs_diff(&y0.to_host(), &want);
         assert!(diff > 1e-3, "{diff}");
     }
 
@@ -413,11 +408,7 @@ mod tests {
             4. * c2 + 2. * s2,
         ];
         assert_close(&y[4..], &halves, 1e-12);
-        let diff = want
-            .iter()
-            .zip(&halves)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max);
+        let diff = max_abs_diff(&want, &halves);
         assert!(diff > 0.5, "{diff}");
     }
 
@@ -495,11 +486,7 @@ mod tests {
         let trick = run(&a, &deinterleave(&q, 6, 4), &deinterleave(&ks, 4, 4));
         assert_close(&y, &trick, 1e-12);
         let halves = run(&a, &q, &ks);
-        let diff = y
-            .iter()
-            .zip(&halves)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f64::max);
+        let diff = max_abs_diff(&y, &halves);
         assert!(diff > 1e-3, "interleaved and halves agree: {diff}");
     }
 
@@ -600,11 +587,7 @@ mod tests {
             (run(&no_temp), "norm"),
             (run(&no_norm), "temperature"),
         ] {
-            let diff = got
-                .iter()
-                .zip(&plain)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f64::max);
+            let diff = max_abs_diff(&got, &plain);
             assert!(diff > 1e-3, "{what}: {diff}");
         }
     }
