@@ -91,6 +91,19 @@ struct Program {
 }
 
 impl Program {
+    /// The program of `stage`, run by `ranks`, with forward `steps`; nodes are added after.
+    fn new(stage: u32, ranks: Vec<u64>, steps: Vec<(u32, u32)>) -> Program {
+        Program {
+            stage,
+            ranks,
+            fixed: Vec::new(),
+            by_vstage: BTreeMap::new(),
+            steps,
+            step: 0,
+            pos: 0,
+        }
+    }
+
     /// The node to run next and its micro-batch, or `None` when the program is done.
     fn current(&self) -> Option<(NodeId, u32)> {
         let &(m, v) = self.steps.get(self.step)?;
@@ -307,83 +320,75 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
     /// forward steps for `micro_batches` micro-batches.
     fn programs(&self, micro_batches: u32) -> Result<Vec<Program>, ExecError> {
         let all: Vec<u64> = (0..self.mesh.ranks()).collect();
-        let spec = self.g.pipeline.as_ref();
         let pp = pipeline_axis(self.g).and_then(|a| self.mesh.axis_index(a));
-        let (Some(spec), Some(i)) = (spec, pp) else {
-            let mut p = Program {
-                stage: 0,
-                ranks: all,
-                fixed: Vec::new(),
-                by_vstage: BTreeMap::new(),
-                steps: (0..micro_batches).map(|m| (m, 0)).collect(),
-                step: 0,
-                pos: 0,
-            };
-            for (id, n) in self.g.nodes() {
-                if is_fixed(&n.op) {
-                    p.fixed.push(id);
-                } else {
-                    p.by_vstage.entry(0).or_default().push(id);
-                }
+        let staged = self.g.pipeline.as_ref().zip(pp);
+        let mut out = match staged {
+            None => vec![Program::new(
+                0,
+                all,
+                (0..micro_batches).map(|m| (m, 0)).collect(),
+            )],
+            Some((spec, i)) => {
+                let order =
+                    steps(spec.schedule, self.mesh.axes[i].size, micro_batches).map_err(|e| {
+                        ExecError::Invalid(format!(
+                            "pipeline schedule {} with {micro_batches} micro-batches: {e}",
+                            spec.schedule
+                        ))
+                    })?;
+                (0u32..)
+                    .zip(order)
+                    .map(|(s, steps)| {
+                        let ranks = all
+                            .iter()
+                            .copied()
+                            .filter(|&r| self.mesh.coords(r)[i] == s)
+                            .collect();
+                        let forward = steps
+                            .into_iter()
+                            .filter(|st| st.phase == Phase::Forward)
+                            .map(|st| (st.micro, st.vstage))
+                            .collect();
+                        Program::new(s, ranks, forward)
+                    })
+                    .collect()
             }
-            return Ok(vec![p]);
         };
-        let axis = &self.mesh.axes[i];
-        let stages = axis.size;
-        let order = steps(spec.schedule, stages, micro_batches).map_err(|e| {
-            ExecError::Invalid(format!(
-                "pipeline schedule {} with {micro_batches} micro-batches: {e}",
-                spec.schedule
-            ))
-        })?;
-        let mut out: Vec<Program> = order
-            .into_iter()
-            .enumerate()
-            .map(|(s, steps)| Program {
-                stage: s as u32,
-                ranks: all
-                    .iter()
-                    .copied()
-                    .filter(|&r| self.mesh.coords(r)[i] == s as u32)
-                    .collect(),
-                fixed: Vec::new(),
-                by_vstage: BTreeMap::new(),
-                steps: steps
-                    .into_iter()
-                    .filter(|st| st.phase == Phase::Forward)
-                    .map(|st| (st.micro, st.vstage))
-                    .collect(),
-                step: 0,
-                pos: 0,
-            })
-            .collect();
         for (id, n) in self.g.nodes() {
             let stage = n.stage.unwrap_or(0);
-            let Some(p) = out.get_mut(stage as usize) else {
-                return Err(ExecError::Pipeline {
-                    node: n.name.clone(),
-                    why: format!(
-                        "stage {stage} does not exist on the mesh's `{}` axis of {}",
-                        axis.name, axis.size
-                    ),
-                });
+            let v = match staged {
+                None => 0,
+                Some((spec, i)) => {
+                    let axis = &self.mesh.axes[i];
+                    if stage >= axis.size {
+                        return Err(ExecError::Pipeline {
+                            node: n.name.clone(),
+                            why: format!(
+                                "stage {stage} does not exist on the mesh's `{}` axis of {}",
+                                axis.name, axis.size
+                            ),
+                        });
+                    }
+                    let v = spec.virtual_stage_of(n.scope);
+                    if !is_fixed(&n.op) && v % axis.size != stage {
+                        return Err(ExecError::Pipeline {
+                            node: n.name.clone(),
+                            why: format!(
+                                "its scope {} belongs to virtual stage {v}, which runs on stage {}, but the node is on stage {stage}: no step of the schedule runs it",
+                                n.scope,
+                                v % axis.size
+                            ),
+                        });
+                    }
+                    v
+                }
             };
+            let p = &mut out[if staged.is_some() { stage as usize } else { 0 }];
             if is_fixed(&n.op) {
                 p.fixed.push(id);
-                continue;
+            } else {
+                p.by_vstage.entry(v).or_default().push(id);
             }
-            let v = spec.virtual_stage_of(n.scope);
-            if v % stages != stage {
-                return Err(ExecError::Pipeline {
-                    node: n.name.clone(),
-                    why: format!(
-                        "its scope {} belongs to virtual stage {v}, which runs on stage {}, but the node is on stage {stage}: no step of the schedule runs it",
-                        n.scope,
-                        v % stages
-                    ),
-                });
-            }
-            p.by_vstage.entry(v).or_default().push(id);
         }
         Ok(out)
     }
