@@ -60,7 +60,7 @@ pub(crate) fn execute(
     catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|payload| {
         Err(ExecError::Cuda(format!(
             "burn-cuda failed: {}",
-            panic_text(payload.as_ref())
+            libs::panic_text(payload.as_ref(), "a panic without a message")
         )))
     })
 }
@@ -137,16 +137,6 @@ fn on<F: FloatElement>(
         micro_batches,
         capture,
     )
-}
-
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else if let Some(s) = p.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else {
-        "a panic without a message".into()
-    }
 }
 
 #[cfg(test)]

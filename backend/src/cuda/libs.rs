@@ -45,17 +45,18 @@ pub fn load(name: &'static str) -> Result<()> {
     std::panic::set_hook(hook);
     r.map_err(|payload| CudaError::Library {
         name,
-        detail: first_sentence(&panic_text(payload.as_ref())),
+        detail: first_sentence(&panic_text(payload.as_ref(), "unknown loader error")),
     })
 }
 
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+/// The message of a caught panic's payload, or `otherwise` when it carries none.
+pub(crate) fn panic_text(p: &(dyn std::any::Any + Send), otherwise: &str) -> String {
     if let Some(s) = p.downcast_ref::<String>() {
         s.clone()
     } else if let Some(s) = p.downcast_ref::<&str>() {
         (*s).to_string()
     } else {
-        "unknown loader error".into()
+        otherwise.into()
     }
 }
 
