@@ -44,19 +44,17 @@ fn schedule_line(g: &moe_ir::Graph, r: &moe_backend::RunReport) -> String {
     let stages = r.trace.iter().map(|s| s.stage + 1).max().unwrap_or(1);
     let first: Vec<String> = (0..stages)
         .map(|s| {
-            let own: Vec<String> = r
+            let mut own: Vec<String> = r
                 .trace
                 .iter()
                 .filter(|t| t.stage == s)
-                .take(6)
                 .map(|t| format!("F{}.{}", t.micro, t.vstage))
                 .collect();
-            let more = if r.trace.iter().filter(|t| t.stage == s).count() > 6 {
-                " .."
-            } else {
-                ""
-            };
-            format!("stage {s}: {}{more}", own.join(" "))
+            if own.len() > 6 {
+                own.truncate(6);
+                own.push("..".into());
+            }
+            format!("stage {s}: {}", own.join(" "))
         })
         .collect();
     format!(
