@@ -89,7 +89,13 @@ fn sum<B: Backend>(parts: Vec<Local<B>>) -> Option<Local<B>> {
             }
             Local::Int(a)
         }
-        (a, _) => a,
+        (a, b) => match (a.plain(), b.plain()) {
+            (Local::Float(a), Local::Float(b)) => Local::Float(Dense {
+                t: a.t + b.t,
+                rank: a.rank,
+            }),
+            (a, _) => a,
+        },
     }))
 }
 
@@ -97,16 +103,18 @@ fn narrow<B: Backend>(v: &Local<B>, dim: usize, start: usize, len: usize) -> Loc
     match v {
         Local::Float(d) => Local::Float(d.clone().narrow(dim, start, len)),
         Local::Int(i) => Local::Int(i.narrow(dim, start, len)),
+        lazy => narrow(&lazy.clone().plain(), dim, start, len),
     }
 }
 
 fn cat<B: Backend>(parts: Vec<Local<B>>, dim: usize) -> Local<B> {
+    let parts: Vec<Local<B>> = parts.into_iter().map(Local::plain).collect();
     if matches!(parts.first(), Some(Local::Int(_))) {
         let ints: Vec<Ints> = parts
             .into_iter()
             .filter_map(|p| match p {
                 Local::Int(i) => Some(i),
-                Local::Float(_) => None,
+                _ => None,
             })
             .collect();
         return Local::Int(Ints::cat(&ints, dim));
@@ -115,7 +123,7 @@ fn cat<B: Backend>(parts: Vec<Local<B>>, dim: usize) -> Local<B> {
         .into_iter()
         .filter_map(|p| match p {
             Local::Float(d) => Some(d),
-            Local::Int(_) => None,
+            _ => None,
         })
         .collect();
     Local::Float(Dense::cat(dense, dim))

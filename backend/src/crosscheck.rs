@@ -293,6 +293,7 @@ mod tests {
             precision,
             seed,
             micro_batches: None,
+            profile: false,
         }
     }
 
@@ -337,6 +338,7 @@ mod tests {
             micro_batches: 1,
             trace: Vec::new(),
             leaves: Duration::ZERO,
+            compute: Duration::ZERO,
             total: Duration::ZERO,
             op_times: BTreeMap::new(),
         }

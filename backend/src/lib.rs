@@ -26,6 +26,7 @@ mod crosscheck;
 pub mod cuda;
 mod error;
 mod exec;
+mod flops;
 mod rank;
 mod run;
 #[cfg(test)]
@@ -37,6 +38,6 @@ mod weights;
 pub use crosscheck::{cross_check, CrossCheck, CrossCheckOptions, OutputAgreement};
 pub use error::{ExecError, WeightError};
 pub use exec::StepRun;
-pub use run::{run, Device, HostTensor, Precision, RunOptions, RunReport};
+pub use run::{run, useful_flops, Device, HostTensor, Precision, RunOptions, RunReport};
 pub use verify::{diff, verify, Diff, NodeDiff, OutputCheck, Verdict, VerifyOptions};
 pub use weights::{Checkpoint, Weights};

@@ -3,6 +3,7 @@
 use crate::collective::InProcess;
 use crate::error::ExecError;
 use crate::exec::{self, Executed, StepRun};
+pub use crate::flops::useful_flops;
 use crate::weights::Weights;
 use burn::tensor::backend::Backend;
 use burn_ndarray::{NdArray, NdArrayDevice};
@@ -55,6 +56,9 @@ pub struct RunOptions {
     /// graph's stages run them in its schedule's order). Default: the graph's pipeline's
     /// `micro_batches`, else 1.
     pub micro_batches: Option<u32>,
+    /// Synchronise the devices after every node, so that [`RunReport::op_times`] are device
+    /// times that add up to the compute time (slower: the host no longer runs ahead).
+    pub profile: bool,
 }
 
 /// A global (unsharded) tensor on the host, row-major.
@@ -87,12 +91,19 @@ pub struct RunReport {
     /// The forward steps in the order they completed: each stage's steps in its schedule's order,
     /// interleaved with the other stages' as the transfers allowed.
     pub trace: Vec<StepRun>,
-    /// Time spent making weights and inputs (seeded or read from the checkpoint, then sharded).
+    /// Time spent making the weights (seeded or read from the checkpoint, sharded, on the
+    /// device: synchronised).
     pub setup: Duration,
-    /// Time of the whole run (setup included).
+    /// Time from the weights being ready to the outputs computed on the devices (synchronised):
+    /// inputs and every op, not the outputs' download to the host.
+    pub compute: Duration,
+    /// Time of the whole run (setup and the outputs' download included).
     pub total: Duration,
-    /// Time per op kind (every rank's share added), by op name.
+    /// Time per op kind (every rank's share added), by op name: host issue time, or device time
+    /// with [`RunOptions::profile`].
     pub op_times: Vec<(&'static str, Duration)>,
+    /// The useful floating-point operations of the run (see [`useful_flops`]).
+    pub flops: f64,
 }
 
 /// Runs `g` on `opts.device` with `weights`; every rank of the mesh runs its program.
@@ -103,8 +114,10 @@ pub fn run(g: &Graph, weights: &Weights, opts: &RunOptions) -> Result<RunReport,
         micro_batches: e.micro_batches,
         trace: e.trace,
         setup: e.leaves,
+        compute: e.compute,
         total: e.total,
         op_times: e.op_times.into_iter().collect(),
+        flops: useful_flops(g) * f64::from(e.micro_batches),
     })
 }
 
@@ -136,6 +149,7 @@ pub(crate) fn run_capturing(
             opts.seed,
             opts.micro_batches,
             capture,
+            opts.profile,
         ),
         #[cfg(not(feature = "cuda"))]
         (Device::Cuda { .. }, _) => Err(ExecError::Cuda(
@@ -155,9 +169,11 @@ fn on<B: Backend>(
         g,
         device,
         InProcess::default(),
+        &exec::compute::Burn,
         weights,
         opts.seed,
         opts.micro_batches,
         capture,
+        opts.profile,
     )
 }

@@ -191,11 +191,102 @@ impl Ints {
     }
 }
 
+/// Integers on the burn device (i32 or i64 as the backend stores them), row-major: what a
+/// device kernel of the compute seam produced (a router's choices). `id` names the value, so a
+/// later op can tell that a [`Ragged`] buffer was dispatched by exactly these choices.
+#[derive(Clone, Debug)]
+pub(crate) struct DevInts<B: Backend> {
+    pub shape: Vec<usize>,
+    pub t: Tensor<B, 1, Int>,
+    pub id: u64,
+}
+
+impl<B: Backend> DevInts<B> {
+    /// Wraps a flat device tensor of `shape`'s element count, under a fresh id.
+    pub fn new(shape: Vec<usize>, t: Tensor<B, 1, Int>) -> DevInts<B> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        DevInts { shape, t, id }
+    }
+
+    /// The values on the host (a device read: waits for the work that makes them).
+    pub fn to_ints(&self) -> Ints {
+        let data = self.t.clone().into_data();
+        let v: Vec<i64> = data.iter::<i64>().collect();
+        Ints::new(self.shape.clone(), v)
+    }
+}
+
+/// A padded expert buffer `[experts, cap, H]` (the `dispatch` layout) held as its filled slots
+/// only, the way a dropless router fills it: expert `e`'s slots `0..kept(e)` are the rows
+/// `offsets[e] .. offsets[e] + kept(e)` of `rows`, where `kept(e) = min(offsets[e+1] - offsets[e],
+/// cap)`; every other slot is zero. Rows of an expert past `cap` (dropped pairs) may hold
+/// anything and are never read as slots.
+///
+/// `entry_row[t * k + j]` is the row of `rows` holding token `t`'s `j`-th choice, or -1 when that
+/// pair was dropped; it belongs to the router value `routing` (a [`DevInts`] id), so `combine`
+/// with those choices reads rows directly instead of slots.
+///
+/// It is a representation, not a value of its own: [`Ragged::to_dense`] gives the padded tensor
+/// every op that does not know it sees.
+#[derive(Clone, Debug)]
+pub(crate) struct Ragged<B: Backend> {
+    pub rows: Tensor<B, 2>,
+    /// `[experts + 1]`: first row of each expert, then the row count.
+    pub offsets: Tensor<B, 1, Int>,
+    pub entry_row: Tensor<B, 1, Int>,
+    pub routing: u64,
+    pub experts: usize,
+    pub cap: usize,
+}
+
+impl<B: Backend> Ragged<B> {
+    /// The logical (padded) shape `[experts, cap, H]`.
+    pub fn shape(&self) -> Vec<usize> {
+        vec![self.experts, self.cap, self.rows.dims()[1]]
+    }
+
+    /// The offsets on the host (a device read).
+    pub fn host_offsets(&self) -> Vec<i64> {
+        self.offsets.clone().into_data().iter::<i64>().collect()
+    }
+
+    /// The same buffer with new rows (an op applied row by row, e.g. the expert FFN).
+    pub fn with_rows(&self, rows: Tensor<B, 2>) -> Ragged<B> {
+        Ragged {
+            rows,
+            ..self.clone()
+        }
+    }
+
+    /// The padded tensor `[experts, cap, H]`: slot (e, s) is row `offsets[e] + s` for `s <
+    /// kept(e)`, zero otherwise.
+    pub fn to_dense(&self) -> Dense<B> {
+        let [n, h] = self.rows.dims();
+        let off = self.host_offsets();
+        let mut src = Vec::with_capacity(self.experts * self.cap);
+        for e in 0..self.experts {
+            let (lo, hi) = (off[e], off[e + 1]);
+            for s in 0..self.cap as i64 {
+                src.push(if lo + s < hi { lo + s } else { n as i64 });
+            }
+        }
+        let device = self.rows.device();
+        let ext = Tensor::cat(vec![self.rows.clone(), Tensor::zeros([1, h], &device)], 0);
+        let out = ext.select(0, Ints::new(vec![src.len()], src).to_tensor(&device));
+        Dense::of(out.reshape([self.experts, self.cap, h]))
+    }
+}
+
 /// A rank's local piece of one IR value.
 #[derive(Clone, Debug)]
 pub(crate) enum Local<B: Backend> {
     Float(Dense<B>),
     Int(Ints),
+    /// Integers a device kernel made (see [`DevInts`]); [`Local::plain`] reads them to the host.
+    DevInt(DevInts<B>),
+    /// A padded expert buffer held as its filled rows (see [`Ragged`]).
+    Ragged(Ragged<B>),
 }
 
 impl<B: Backend> Local<B> {
@@ -204,6 +295,18 @@ impl<B: Backend> Local<B> {
         match self {
             Local::Float(d) => d.shape(),
             Local::Int(i) => i.shape.clone(),
+            Local::DevInt(i) => i.shape.clone(),
+            Local::Ragged(r) => r.shape(),
+        }
+    }
+
+    /// The value in one of the two plain forms every op and collective handles: device integers
+    /// read to the host, a ragged buffer made padded.
+    pub fn plain(self) -> Local<B> {
+        match self {
+            Local::DevInt(i) => Local::Int(i.to_ints()),
+            Local::Ragged(r) => Local::Float(r.to_dense()),
+            plain => plain,
         }
     }
 
@@ -212,6 +315,8 @@ impl<B: Backend> Local<B> {
         match self {
             Local::Float(d) => d.to_host(),
             Local::Int(i) => i.data.iter().map(|&v| v as f64).collect(),
+            Local::DevInt(i) => i.to_ints().data.iter().map(|&v| v as f64).collect(),
+            Local::Ragged(r) => r.to_dense().to_host(),
         }
     }
 }

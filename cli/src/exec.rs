@@ -82,6 +82,7 @@ impl ExecArgs {
             precision,
             seed: self.seed,
             micro_batches: self.micro_batches,
+            profile: false,
         })
     }
 

@@ -94,7 +94,7 @@ fn floats<F: FloatElement>(parts: &[Local<Cuda<F>>]) -> Option<Vec<Dense<Cuda<F>
         .iter()
         .map(|p| match p {
             Local::Float(d) => Some(d.clone()),
-            Local::Int(_) => None,
+            _ => None,
         })
         .collect()
 }
@@ -378,7 +378,7 @@ impl<F: FloatElement> Collectives<Cuda<F>> for NcclCollectives<F> {
     }
 
     fn send(&mut self, tag: Tag, to: u64, value: Local<Cuda<F>>) {
-        let value = match value {
+        let value = match value.plain() {
             Local::Int(i) => Local::Int(i),
             Local::Float(d) => match self.move_to(d, to as usize) {
                 Ok(d) => Local::Float(d),
@@ -387,6 +387,7 @@ impl<F: FloatElement> Collectives<Cuda<F>> for NcclCollectives<F> {
                     return;
                 }
             },
+            lazy => lazy,
         };
         self.mailbox.insert((tag, to), value);
     }

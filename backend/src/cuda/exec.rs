@@ -17,6 +17,7 @@
 //! failure) is caught and returned as [`ExecError::Cuda`].
 
 use super::collectives::{Cuda, NcclCollectives};
+use super::compute::CudaCompute;
 use super::libs;
 use super::one_gpu::OneGpu;
 use crate::error::ExecError;
@@ -40,6 +41,7 @@ pub(crate) fn execute(
     seed: u64,
     micro_batches: Option<u32>,
     capture: &BTreeSet<NodeId>,
+    profile: bool,
 ) -> Result<Executed, ExecError> {
     let ranks = g.mesh.ranks();
     if gpus == 0 || (gpus > 1 && gpus as u64 != ranks) {
@@ -54,8 +56,8 @@ pub(crate) fn execute(
     }
     preflight(gpus)?;
     let run = || match precision {
-        Precision::Bf16 => on::<bf16>(g, gpus, weights, seed, micro_batches, capture),
-        _ => on::<f32>(g, gpus, weights, seed, micro_batches, capture),
+        Precision::Bf16 => on::<bf16>(g, gpus, weights, seed, micro_batches, capture, profile),
+        _ => on::<f32>(g, gpus, weights, seed, micro_batches, capture, profile),
     };
     catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|payload| {
         Err(ExecError::Cuda(format!(
@@ -113,18 +115,22 @@ fn on<F: FloatElement>(
     seed: u64,
     micro_batches: Option<u32>,
     capture: &BTreeSet<NodeId>,
+    profile: bool,
 ) -> Result<Executed, ExecError> {
     fix_precision::<F>(gpus)?;
     let gpu0 = CudaDevice::new(0);
+    let k = CudaCompute::<F>::default();
     if gpus == 1 {
         return exec::execute::<Cuda<F>, OneGpu<Cuda<F>>>(
             g,
             gpu0,
             OneGpu::default(),
+            &k,
             weights,
             seed,
             micro_batches,
             capture,
+            profile,
         );
     }
     let coll = NcclCollectives::<F>::new(gpus).map_err(|e| ExecError::Cuda(e.to_string()))?;
@@ -132,10 +138,12 @@ fn on<F: FloatElement>(
         g,
         gpu0,
         coll,
+        &k,
         weights,
         seed,
         micro_batches,
         capture,
+        profile,
     )
 }
 
@@ -163,6 +171,7 @@ mod tests {
                 0,
                 None,
                 &BTreeSet::new(),
+                false,
             );
             assert_eq!(e.unwrap_err(), ExecError::Placement { gpus, ranks: 4 });
         }
@@ -174,6 +183,7 @@ mod tests {
             0,
             None,
             &BTreeSet::new(),
+            false,
         );
         assert!(matches!(e, Err(ExecError::Precision { .. })));
     }
@@ -219,10 +229,12 @@ mod tests {
             &layer(),
             Default::default(),
             Failing::default(),
+            &crate::exec::compute::Burn,
             &Weights::Seeded,
             0,
             None,
             &BTreeSet::new(),
+            false,
         )
         .unwrap_err();
         let ExecError::Node { node, op, why } = e else {

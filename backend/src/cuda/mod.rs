@@ -18,7 +18,10 @@
 #![allow(unsafe_code)]
 
 pub mod bench;
+pub(crate) mod blas;
+pub(crate) mod buffer;
 pub(crate) mod collectives;
+pub(crate) mod compute;
 pub mod device;
 pub mod error;
 pub(crate) mod exec;
@@ -28,5 +31,6 @@ pub(crate) mod layout;
 pub mod libs;
 pub mod nccl;
 pub(crate) mod one_gpu;
+pub(crate) mod ops;
 
 pub use error::{CudaError, Result};

@@ -14,11 +14,12 @@
 
 mod rope;
 
+use super::moe::Bmm;
 use super::OpResult;
 use crate::value::{Dense, Ints};
 use burn::tensor::activation;
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{Bool, Tensor};
 use moe_ir::{AttentionAttrs, Mask, QueryTemperature};
 use rope::Rope;
 
@@ -41,6 +42,38 @@ fn visible(mask: Mask, i: usize, j: usize) -> bool {
         Mask::Sliding(w) => j <= i && i - j < w as usize,
         Mask::Chunked(c) => j <= i && i / c as usize == j / c as usize,
     }
+}
+
+/// The additive mask `[1, 1, seq, kv_seq]`: 0 where the query sees the key, [`MASKED`] (or a
+/// multiple of it) elsewhere; `None` for a full mask. Causal and sliding masks are made on the
+/// device from triangles; chunked masks on the host.
+fn mask_bias<B: Backend>(
+    mask: Mask,
+    seq: usize,
+    kv_seq: usize,
+    device: &B::Device,
+) -> Option<Tensor<B, 4>> {
+    let above = || Tensor::<B, 2, Bool>::tril_mask([seq, kv_seq], 0, device).float();
+    let bias = match mask {
+        Mask::Full => return None,
+        Mask::Causal => above() * MASKED,
+        // Also masked: keys `w` or more positions back (`i - j >= w`).
+        Mask::Sliding(w) => {
+            let back = 1 - (w.min(i64::MAX as u64) as i64);
+            let far = Tensor::<B, 2, Bool>::triu_mask([seq, kv_seq], back, device).float();
+            (above() + far) * MASKED
+        }
+        Mask::Chunked(_) => {
+            let mut bias = Vec::with_capacity(seq * kv_seq);
+            for i in 0..seq {
+                for j in 0..kv_seq {
+                    bias.push(if visible(mask, i, j) { 0.0 } else { MASKED });
+                }
+            }
+            return Some(Dense::<B>::from_f32(bias, &[1, 1, seq, kv_seq], device).t);
+        }
+    };
+    Some(bias.reshape([1, 1, seq, kv_seq]))
 }
 
 /// Rotates the last `rd = 2 * r.inv_freq.len()` dims of `x` `[b, h, s, d]` by RoPE at positions
@@ -99,7 +132,8 @@ fn split_heads<B: Backend>(x: Dense<B>, s: usize, heads: usize) -> Tensor<B, 4> 
         .swap_dims(1, 2)
 }
 
-/// `attention(q, k, v[, k_shared][, sinks])` on this rank's heads.
+/// `attention(q, k, v[, k_shared][, sinks])` on this rank's heads; products through `bmm`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn attention<B: Backend>(
     a: &AttentionAttrs,
     q: Dense<B>,
@@ -108,6 +142,7 @@ pub(crate) fn attention<B: Backend>(
     k_shared: Option<Dense<B>>,
     sinks: Option<Dense<B>>,
     heads: Heads,
+    bmm: Bmm<'_, B>,
 ) -> OpResult<Dense<B>> {
     let (seq, kv_seq) = (a.seq as usize, a.kv_seq as usize);
     let hd = a.head_dim as usize;
@@ -158,15 +193,14 @@ pub(crate) fn attention<B: Backend>(
     let v = v.select(1, kv_of);
     let b = q.dims()[0];
     let scale = rope::softmax_scale(a) / (hd as f64).sqrt();
-    let mut scores = q.matmul(k.swap_dims(2, 3)) * scale;
-    if a.mask != Mask::Full {
-        let mut bias = Vec::with_capacity(seq * kv_seq);
-        for i in 0..seq {
-            for j in 0..kv_seq {
-                bias.push(if visible(a.mask, i, j) { 0.0 } else { MASKED });
-            }
-        }
-        scores = scores + Dense::<B>::from_f32(bias, &[1, 1, seq, kv_seq], &device).t;
+    let flat = |t: Tensor<B, 4>| {
+        let [b, h, s, d] = t.dims();
+        t.reshape([b * h, s, d])
+    };
+    let scores = bmm(flat(q), flat(k.swap_dims(2, 3)))?;
+    let mut scores: Tensor<B, 4> = scores.reshape([b, hl, seq, kv_seq]) * scale;
+    if let Some(bias) = mask_bias::<B>(a.mask, seq, kv_seq, &device) {
+        scores = scores + bias;
     }
     let p = match sinks {
         None => activation::softmax(scores, 3),
@@ -175,7 +209,8 @@ pub(crate) fn attention<B: Backend>(
             activation::softmax(Tensor::cat(vec![scores, sink], 3), 3).narrow(3, 0, kv_seq)
         }
     };
-    let out = p.matmul(v).swap_dims(1, 2).reshape([b * seq, hl * vd]);
+    let out = bmm(flat(p), flat(v))?.reshape([b, hl, seq, vd]);
+    let out = out.swap_dims(1, 2).reshape([b * seq, hl * vd]);
     Ok(Dense::of(out))
 }
 
@@ -183,7 +218,7 @@ pub(crate) fn attention<B: Backend>(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::testing::{assert_close, dense, max_abs_diff};
+    use crate::testing::{assert_close, dense, max_abs_diff, Cpu};
     use moe_ir::{RopePairs, F64};
 
     fn attrs(heads: u64, kv_heads: u64, d: u64, seq: u64, mask: Mask) -> AttentionAttrs {
@@ -204,6 +239,19 @@ mod tests {
             mask,
             sinks: false,
         }
+    }
+
+    /// [`super::attention`] with burn's batched matmul.
+    fn attention(
+        a: &AttentionAttrs,
+        q: Dense<Cpu>,
+        k: Dense<Cpu>,
+        v: Dense<Cpu>,
+        ks: Option<Dense<Cpu>>,
+        sinks: Option<Dense<Cpu>>,
+        heads: Heads,
+    ) -> OpResult<Dense<Cpu>> {
+        super::attention(a, q, k, v, ks, sinks, heads, &|x, y| Ok(x.matmul(y)))
     }
 
     const ALL: Heads = Heads {

@@ -46,6 +46,12 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                 .iter()
                 .map(|&m| self.get(id, v, m))
                 .collect::<Result<Vec<_>, _>>()?;
+            // A group of one rank: every collective is the identity, whatever the value's form.
+            if let ([only], [pos]) = (&parts[..], &at[..]) {
+                result[*pos] = Some(only.clone());
+                continue;
+            }
+            let parts: Vec<Local<B>> = parts.into_iter().map(Local::plain).collect();
             let outs = match &node.op {
                 Op::AllReduce { .. } => self.coll.all_reduce(parts),
                 Op::AllGather { dim, .. } => self.coll.all_gather(parts, *dim),

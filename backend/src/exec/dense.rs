@@ -69,11 +69,6 @@ pub(crate) fn transpose<B: Backend>(x: Dense<B>) -> Dense<B> {
     }
 }
 
-/// `batch_matmul(a, b)`: `[B, M, K] @ [B, K, N]`.
-pub(crate) fn batch_matmul<B: Backend>(a: Dense<B>, b: Dense<B>) -> Dense<B> {
-    Dense::of(a.to::<3>().matmul(b.to::<3>()))
-}
-
 /// `add(a, b)` with right-aligned broadcasting.
 pub(crate) fn add<B: Backend>(a: Dense<B>, b: Dense<B>) -> Dense<B> {
     let rank = a.rank.max(b.rank);
@@ -206,12 +201,13 @@ mod tests {
     }
 
     #[test]
-    fn transpose_and_batch_matmul() {
+    fn transpose_and_the_default_batch_matmul() {
         let x = dense(&[1., 2., 3., 4., 5., 6.], &[2, 3]);
         assert_eq!(transpose(x).to_host(), vec![1., 4., 2., 5., 3., 6.]);
         let a = dense(&[1., 2., 3., 4.], &[2, 1, 2]);
         let b = dense(&[1., 1., 2., 0.], &[2, 2, 1]);
-        assert_eq!(batch_matmul(a, b).to_host(), vec![3., 6.]);
+        let y = super::super::compute::Compute::bmm(&super::super::compute::Burn, a.to::<3>(), b.to::<3>());
+        assert_eq!(Dense::of(y.unwrap()).to_host(), vec![3., 6.]);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Leaves: inputs and weights (each rank's block of the full tensor), zeros, and `recv`.
 
+use super::compute::SeededBlock;
 use super::Exec;
 use crate::collective::{Collectives, Tag};
 use crate::error::ExecError;
@@ -60,11 +61,15 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                 // Each rank's block is made directly, the same numbers as slicing the full tensor.
                 Weights::Seeded => {
                     let init = Init::for_weight(key, ty);
-                    self.shards(ty, ranks, |b| {
-                        Global::Float(seeded::block_values(
-                            self.seed, key, &ty.shape, init, &b.offsets, &b.shape,
-                        ))
-                    })
+                    let on_device = self.seeded_on_device(id, key, ty, init, ranks)?;
+                    match on_device {
+                        Some(values) => values,
+                        None => self.shards(ty, ranks, |b| {
+                            Global::Float(seeded::block_values(
+                                self.seed, key, &ty.shape, init, &b.offsets, &b.shape,
+                            ))
+                        }),
+                    }
                 }
                 Weights::Checkpoint(_) => {
                     let global = weights::weight(self.weights, self.seed, key, ty)?;
@@ -119,6 +124,54 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                     .clone()
             })
             .collect()
+    }
+
+    /// Each rank's block of seeded weight `key` made by the compute seam on the rank's device,
+    /// or `None` when the seam leaves it to the host (ranks with the same block and device share
+    /// one tensor, as in [`Self::shards`]).
+    fn seeded_on_device(
+        &self,
+        id: NodeId,
+        key: &str,
+        ty: &TensorType,
+        init: Init,
+        ranks: &[u64],
+    ) -> Result<Option<Vec<Local<B>>>, ExecError> {
+        let Init::Uniform { std } = init else {
+            return Ok(None);
+        };
+        if !ty.dtype.is_float() || !ty.partial.is_empty() {
+            return Ok(None);
+        }
+        let mut made: BTreeMap<(Block, DeviceId), Local<B>> = BTreeMap::new();
+        let mut out = Vec::with_capacity(ranks.len());
+        for &r in ranks {
+            let b = rank::block(ty, self.mesh, &self.mesh.coords(r));
+            let device = self.device_for(r);
+            let slot = (b.clone(), device.id());
+            if let Some(v) = made.get(&slot) {
+                out.push(v.clone());
+                continue;
+            }
+            let block = SeededBlock {
+                key: seeded::key(self.seed, key, &ty.shape),
+                scale: 3f64.sqrt() * std,
+                global: &ty.shape,
+                offsets: &b.offsets,
+                block: &b.shape,
+            };
+            let Some(d) = self
+                .k
+                .seeded(&block, &device)
+                .map_err(|why| self.node_err(id, why))?
+            else {
+                return Ok(None);
+            };
+            let v = Local::Float(d);
+            made.insert(slot, v.clone());
+            out.push(v);
+        }
+        Ok(Some(out))
     }
 
     /// Token ids of an integer input are drawn below the smallest vocabulary of the embeddings

@@ -16,19 +16,31 @@
 
 mod attention;
 mod collective;
+pub(crate) mod compute;
 mod dense;
 mod leaf;
-mod moe;
+pub(crate) mod moe;
 mod ops;
 mod routing;
 
+// The default bodies the CUDA seam falls back to for shapes or types its kernels do not take.
+#[cfg(feature = "cuda")]
+pub(crate) use dense::{act as dense_act, gated as dense_gated, matmul as dense_matmul};
+#[cfg(feature = "cuda")]
+pub(crate) use moe::expert_ffn_padded as moe_expert_ffn_padded;
+#[cfg(feature = "cuda")]
+pub(crate) use routing::{
+    combine as routing_combine, dispatch as routing_dispatch, router as routing_router,
+};
+
 use crate::collective::{Collectives, Tag};
+use compute::Compute;
 use crate::error::ExecError;
 use crate::rank;
 use crate::value::{Local, MAX_RANK};
 use crate::weights::Weights;
 use crate::HostTensor;
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{Backend, DeviceOps};
 use moe_ir::pipeline::{steps, Phase};
 use moe_ir::{Graph, Mesh, Node, NodeId, Op, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -65,11 +77,16 @@ pub(crate) struct Executed {
     /// The forward steps in the order they completed (every stage's own steps in its schedule's
     /// order, interleaved with the other stages' as the transfers allowed).
     pub trace: Vec<StepRun>,
-    /// Time spent making weights and inputs.
+    /// Time spent making weights and inputs (the devices synchronised after the weights).
     pub leaves: Duration,
+    /// Time from the weights being ready to the last output computed on its device (the
+    /// devices synchronised), inputs included, the outputs' download to the host not.
+    pub compute: Duration,
     /// Time of the whole execution.
     pub total: Duration,
-    /// Time per op kind (all ranks together), by op name.
+    /// Time per op kind (all ranks together), by op name: the host's time to issue it, or with
+    /// `profile` the time until the device finished it (the devices synchronised after every
+    /// node, so the times add up to `compute`).
     pub op_times: BTreeMap<&'static str, Duration>,
 }
 
@@ -146,6 +163,8 @@ pub(crate) struct Exec<'a, B: Backend, C: Collectives<B> + Sync> {
     mesh: &'a Mesh,
     device: B::Device,
     coll: C,
+    /// The compute seam the local ops call.
+    k: &'a dyn Compute<B>,
     weights: &'a Weights,
     seed: u64,
     /// First value slot of each node.
@@ -173,6 +192,8 @@ pub(crate) struct Exec<'a, B: Backend, C: Collectives<B> + Sync> {
     leaves: Duration,
     op_times: BTreeMap<&'static str, Duration>,
     trace: Vec<StepRun>,
+    /// Synchronise the devices after every node (per-op device times).
+    profile: bool,
 }
 
 impl<B: Backend, C: Collectives<B> + Sync> std::fmt::Debug for Exec<'_, B, C> {
@@ -186,16 +207,19 @@ pub(crate) fn default_micro_batches(g: &Graph) -> u32 {
     g.pipeline.as_ref().map_or(1, |p| p.micro_batches)
 }
 
-/// Runs `g` (validated first) with every rank simulated on `device`, collectives through `coll`:
+/// Runs `g` (validated first) with every rank simulated on `device`, collectives through `coll`,
+/// local ops through the compute seam `k`:
 /// `micro_batches` micro-batches (default: [`default_micro_batches`]).
 pub(crate) fn execute<B: Backend, C: Collectives<B> + Sync>(
     g: &Graph,
     device: B::Device,
     coll: C,
+    k: &dyn Compute<B>,
     weights: &Weights,
     seed: u64,
     micro_batches: Option<u32>,
     capture: &BTreeSet<NodeId>,
+    profile: bool,
 ) -> Result<Executed, ExecError> {
     moe_ir::validate(g).map_err(|e| ExecError::Invalid(e.to_string()))?;
     if let Some(s) = g.pipeline.as_ref().and_then(|p| p.only_stage) {
@@ -203,19 +227,32 @@ pub(crate) fn execute<B: Backend, C: Collectives<B> + Sync>(
             "the graph holds only the program of pipeline stage {s} (`--emit-stage`): run the whole partitioned graph"
         )));
     }
-    execute_unchecked(g, device, coll, weights, seed, micro_batches, capture)
+    execute_unchecked(
+        g,
+        device,
+        coll,
+        k,
+        weights,
+        seed,
+        micro_batches,
+        capture,
+        profile,
+    )
 }
 
 /// [`execute`] without validating `g` first (the caller did, or a test wants the executor's own
 /// checks).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn execute_unchecked<B: Backend, C: Collectives<B> + Sync>(
     g: &Graph,
     device: B::Device,
     coll: C,
+    k: &dyn Compute<B>,
     weights: &Weights,
     seed: u64,
     micro_batches: Option<u32>,
     capture: &BTreeSet<NodeId>,
+    profile: bool,
 ) -> Result<Executed, ExecError> {
     let start = Instant::now();
     let micro_batches = micro_batches.unwrap_or_else(|| default_micro_batches(g));
@@ -256,6 +293,7 @@ pub(crate) fn execute_unchecked<B: Backend, C: Collectives<B> + Sync>(
         mesh: &g.mesh,
         device,
         coll,
+        k,
         weights,
         seed,
         slot0,
@@ -272,9 +310,10 @@ pub(crate) fn execute_unchecked<B: Backend, C: Collectives<B> + Sync>(
         leaves: Duration::ZERO,
         op_times: BTreeMap::new(),
         trace: Vec::new(),
+        profile,
     };
     let mut programs = ex.programs(micro_batches)?;
-    ex.run(&mut programs)?;
+    let compute = ex.run(&mut programs)?;
     let mut outputs = Vec::with_capacity(g.outputs.len());
     for o in &g.outputs {
         let parts = (0..micro_batches)
@@ -301,6 +340,7 @@ pub(crate) fn execute_unchecked<B: Backend, C: Collectives<B> + Sync>(
         micro_batches,
         trace: std::mem::take(&mut ex.trace),
         leaves: ex.leaves,
+        compute,
         total: start.elapsed(),
         op_times: std::mem::take(&mut ex.op_times),
     })
@@ -393,9 +433,22 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
         Ok(out)
     }
 
-    /// Makes every program's weights, then advances the programs in turn until all are done; a
-    /// round without progress is a deadlock.
-    fn run(&mut self, programs: &mut [Program]) -> Result<(), ExecError> {
+    /// Waits until every device of the run has finished the work issued so far.
+    fn sync_devices(&self) -> Result<(), ExecError> {
+        let mut seen = BTreeSet::new();
+        for r in 0..self.mesh.ranks() {
+            let d = self.device_for(r);
+            if seen.insert(d.id()) {
+                B::sync(&d).map_err(|e| ExecError::Cuda(format!("device sync: {e:?}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes every program's weights, then advances the programs in turn until all are done (a
+    /// round without progress is a deadlock); returns the compute time (see [`Executed`]).
+    fn run(&mut self, programs: &mut [Program]) -> Result<Duration, ExecError> {
+        let weights = Instant::now();
         for p in programs.iter_mut() {
             for &id in &p.fixed {
                 self.node(id, 0, &p.ranks)?;
@@ -403,6 +456,17 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
             let done = p.advance(false);
             self.trace.extend(done);
         }
+        self.sync_devices()?;
+        self.leaves = weights.elapsed();
+        let start = Instant::now();
+        self.run_steps(programs)?;
+        self.sync_devices()?;
+        Ok(start.elapsed())
+    }
+
+    /// Advances the programs in turn until all are done; a round without progress is a
+    /// deadlock.
+    fn run_steps(&mut self, programs: &mut [Program]) -> Result<(), ExecError> {
         loop {
             let mut progressed = false;
             for p in programs.iter_mut() {
@@ -487,13 +551,7 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
         self.micro = micro;
         let started = Instant::now();
         let outs: Vec<Vec<Local<B>>> = match &node.op {
-            Op::Input(_) | Op::Weight(_) | Op::Zeros(_) | Op::Recv { .. } => {
-                let r = self.leaf(id, ranks);
-                if !matches!(node.op, Op::Recv { .. }) {
-                    self.leaves += started.elapsed();
-                }
-                r?
-            }
+            Op::Input(_) | Op::Weight(_) | Op::Zeros(_) | Op::Recv { .. } => self.leaf(id, ranks)?,
             Op::Send { channel } => {
                 self.send(id, *channel, ranks)?;
                 Vec::new()
@@ -501,6 +559,9 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
             op if op.collective_axis().is_some() => self.collective(id, ranks)?,
             _ => self.local_on(id, ranks)?,
         };
+        if self.profile && !self.fixed[id.index()] {
+            self.sync_devices()?;
+        }
         *self.op_times.entry(node.op.name()).or_default() += started.elapsed();
         self.ran_on[id.index()] = ranks.to_vec();
         let all = self.mesh.ranks() as usize;
@@ -740,10 +801,12 @@ mod tests {
             &g,
             Default::default(),
             InProcess::default(),
+            &compute::Burn,
             &Weights::Seeded,
             0,
             None,
             &BTreeSet::new(),
+            false,
         )
         .unwrap_err();
         assert_eq!(
@@ -761,10 +824,12 @@ mod tests {
                 &g,
                 Default::default(),
                 InProcess::default(),
+                &compute::Burn,
                 &Weights::Seeded,
                 0,
                 None,
-                &BTreeSet::new()
+                &BTreeSet::new(),
+                false
             ),
             Err(ExecError::Invalid(_))
         ));

@@ -3,6 +3,10 @@
 
 use super::dense::{act, gated};
 use super::OpResult;
+
+/// A batched matmul `[n, M, K] @ [n, K, N]` (the compute seam's `bmm`).
+pub(crate) type Bmm<'a, B> =
+    &'a dyn Fn(Tensor<B, 3>, Tensor<B, 3>) -> OpResult<Tensor<B, 3>>;
 use crate::value::{Dense, Ints};
 use burn::tensor::backend::Backend;
 use burn::tensor::{IndexingUpdateOp, Tensor};
@@ -25,13 +29,14 @@ impl<B: Backend> ExpertWeights<B> {
         up: Tensor<B, 3>,
         gate: Option<Tensor<B, 3>>,
         down: Tensor<B, 3>,
-    ) -> Tensor<B, 3> {
-        let u = x.clone().matmul(up);
+        bmm: Bmm<'_, B>,
+    ) -> OpResult<Tensor<B, 3>> {
+        let u = bmm(x.clone(), up)?;
         let h = match gate {
-            Some(g) => gated(self.act, x.matmul(g), u),
+            Some(g) => gated(self.act, bmm(x, g)?, u),
             None => act(self.act, u),
         };
-        h.matmul(down)
+        bmm(h, down)
     }
 }
 
@@ -44,6 +49,7 @@ impl<B: Backend> ExpertWeights<B> {
 pub(crate) fn expert_ffn_padded<B: Backend>(
     x: Dense<B>,
     w: &ExpertWeights<B>,
+    bmm: Bmm<'_, B>,
 ) -> OpResult<Dense<B>> {
     let [e, c, h] = x.shape()[..] else {
         return Err("slots must have rank 3".into());
@@ -51,7 +57,7 @@ pub(crate) fn expert_ffn_padded<B: Backend>(
     let mass = Dense::of(x.clone().to::<3>().abs().sum_dim(2)).to_host();
     let filled: Vec<usize> = (0..e * c).filter(|&r| mass[r] != 0.0).collect();
     if filled.len() * 4 >= e * c * 3 {
-        let y = w.apply(x.to::<3>(), w.up.clone(), w.gate.clone(), w.down.clone());
+        let y = w.apply(x.to::<3>(), w.up.clone(), w.gate.clone(), w.down.clone(), bmm)?;
         return Ok(Dense::of(y));
     }
     let device = x.t.device();
@@ -68,7 +74,7 @@ pub(crate) fn expert_ffn_padded<B: Backend>(
     );
     let flat = Dense::of(x.to::<2>());
     let rows = index_select(flat.clone(), &ids)?;
-    let y = expert_ffn_grouped(rows, &Ints::new(vec![e], counts), w)?;
+    let y = expert_ffn_grouped(rows, &Ints::new(vec![e], counts), w, bmm)?;
     let out = index_add(Dense::zeros(&[e * c, h], &device), &ids, y, None)?;
     Ok(out.reshape(&[e, c, h]))
 }
@@ -79,6 +85,7 @@ pub(crate) fn expert_ffn_grouped<B: Backend>(
     x: Dense<B>,
     counts: &Ints,
     w: &ExpertWeights<B>,
+    bmm: Bmm<'_, B>,
 ) -> OpResult<Dense<B>> {
     let [n, h] = x.shape()[..] else {
         return Err("rows must have rank 2".into());
@@ -105,7 +112,7 @@ pub(crate) fn expert_ffn_grouped<B: Backend>(
         }
         let one = |t: &Tensor<B, 3>| t.clone().narrow(0, e, 1);
         let rows = x.clone().narrow(0, at, c).reshape([1, c, h]);
-        let y = w.apply(rows, one(&w.up), w.gate.as_ref().map(one), one(&w.down));
+        let y = w.apply(rows, one(&w.up), w.gate.as_ref().map(one), one(&w.down), bmm)?;
         parts.push(y.reshape([c, h]));
         at += c;
     }
@@ -167,6 +174,12 @@ mod tests {
     use super::*;
     use crate::testing::{assert_close, dense};
 
+    type Cpu = crate::testing::Cpu;
+
+    fn bmm(a: Tensor<Cpu, 3>, b: Tensor<Cpu, 3>) -> OpResult<Tensor<Cpu, 3>> {
+        Ok(a.matmul(b))
+    }
+
     /// Two experts, H = 1, F = 1: expert 0 doubles then relu, expert 1 triples (up), down 1.
     fn weights(gate: bool) -> ExpertWeights<crate::testing::Cpu> {
         ExpertWeights {
@@ -180,28 +193,28 @@ mod tests {
     #[test]
     fn padded_experts_run_per_expert() {
         let x = dense(&[1., -1., 2., 5.], &[2, 2, 1]);
-        let y = expert_ffn_padded(x.clone(), &weights(false)).unwrap();
+        let y = expert_ffn_padded(x.clone(), &weights(false), &bmm).unwrap();
         assert_eq!(y.to_host(), vec![2., 0., 6., 15.]);
         // Gated: relu(x * g) * (x * up).
-        let y = expert_ffn_padded(x, &weights(true)).unwrap();
+        let y = expert_ffn_padded(x, &weights(true), &bmm).unwrap();
         assert_eq!(y.to_host(), vec![2., 0., 0., 0.]);
         // No filled slot at all: zeros.
-        let z = expert_ffn_padded(dense(&[0.; 4], &[2, 2, 1]), &weights(true)).unwrap();
+        let z = expert_ffn_padded(dense(&[0.; 4], &[2, 2, 1]), &weights(true), &bmm).unwrap();
         assert_eq!(z.to_host(), vec![0.; 4]);
         // Mostly empty slots: only the filled rows are computed, with the same results.
         let x = dense(&[0., 0., 3., 0., 0., 0., 0., 2.], &[2, 4, 1]);
-        let y = expert_ffn_padded(x, &weights(false)).unwrap();
+        let y = expert_ffn_padded(x, &weights(false), &bmm).unwrap();
         assert_eq!(y.to_host(), vec![0., 0., 6., 0., 0., 0., 0., 6.]);
     }
 
     #[test]
     fn grouped_experts_follow_counts_and_zero_the_padding() {
         let x = dense(&[1., 2., 3., 9.], &[4, 1]);
-        let y = expert_ffn_grouped(x.clone(), &Ints::new(vec![2], vec![1, 2]), &weights(false));
+        let y = expert_ffn_grouped(x.clone(), &Ints::new(vec![2], vec![1, 2]), &weights(false), &bmm);
         assert_eq!(y.unwrap().to_host(), vec![2., 6., 9., 0.]);
-        let y = expert_ffn_grouped(x.clone(), &Ints::new(vec![2], vec![0, 3]), &weights(false));
+        let y = expert_ffn_grouped(x.clone(), &Ints::new(vec![2], vec![0, 3]), &weights(false), &bmm);
         assert_eq!(y.unwrap().to_host(), vec![3., 6., 9., 0.]);
-        assert!(expert_ffn_grouped(x, &Ints::new(vec![2], vec![3, 3]), &weights(false)).is_err());
+        assert!(expert_ffn_grouped(x, &Ints::new(vec![2], vec![3, 3]), &weights(false), &bmm).is_err());
     }
 
     #[test]

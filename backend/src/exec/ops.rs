@@ -2,8 +2,9 @@
 //! reads the rank-dependent facts an op needs (which vocab rows, heads or experts the rank holds)
 //! from the input types and the rank's coordinates, then calls the op's function.
 
-use super::attention::{self, Heads};
-use super::moe::{self, ExpertWeights};
+use super::attention::Heads;
+use super::moe::ExpertWeights;
+use super::compute::{host_ints, plain_float};
 use super::{collective, dense, routing, Exec, OpResult};
 use crate::collective::Collectives;
 use crate::rank;
@@ -12,17 +13,18 @@ use burn::tensor::backend::Backend;
 use moe_ir::{Activation, FfnLayout, Node, Op, TensorType};
 
 fn float<B: Backend>(v: Option<Local<B>>) -> OpResult<Dense<B>> {
-    match v {
-        Some(Local::Float(d)) => Ok(d),
-        Some(Local::Int(_)) => Err("expected a float input, got integers".into()),
-        None => Err("missing input".into()),
-    }
+    plain_float(v.ok_or("missing input")?)
 }
 
 fn ints<B: Backend>(v: Option<Local<B>>) -> OpResult<Ints> {
+    host_ints(v.ok_or("missing input")?)
+}
+
+/// An integer input as it is (host or device integers), for the compute seam.
+fn any_ints<B: Backend>(v: Option<Local<B>>) -> OpResult<Local<B>> {
     match v {
-        Some(Local::Int(i)) => Ok(i),
-        Some(Local::Float(_)) => Err("expected an integer input, got floats".into()),
+        Some(i @ (Local::Int(_) | Local::DevInt(_))) => Ok(i),
+        Some(_) => Err("expected an integer input, got floats".into()),
         None => Err("missing input".into()),
     }
 }
@@ -53,9 +55,12 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                 let first = rank::block(tt, self.mesh, &coords).offsets[0];
                 f(dense::embedding(&ids, table, first, tt.shape[0] as usize)?)
             }
-            Op::Matmul => f(dense::matmul(float(it.next())?, float(it.next())?)),
+            Op::Matmul => f(self.k.matmul(float(it.next())?, float(it.next())?)?),
             Op::Transpose => f(dense::transpose(float(it.next())?)),
-            Op::BatchMatmul => f(dense::batch_matmul(float(it.next())?, float(it.next())?)),
+            Op::BatchMatmul => {
+                let (a, b) = (float(it.next())?, float(it.next())?);
+                f(Dense::of(self.k.bmm(a.to::<3>(), b.to::<3>())?))
+            }
             Op::Add => f(dense::add(float(it.next())?, float(it.next())?)),
             Op::Mul => f(dense::mul(float(it.next())?, float(it.next())?)),
             Op::Gelu => f(dense::unary(float(it.next())?, Some(Activation::Gelu))),
@@ -66,12 +71,12 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
             Op::Softmax => f(dense::softmax(float(it.next())?)),
             Op::RmsNorm { eps } => {
                 let (x, w) = (float(it.next())?, float(it.next())?);
-                f(dense::norm(x, w, None, eps.0, false))
+                f(self.k.norm(x, w, None, eps.0, false)?)
             }
             Op::LayerNorm { eps, bias } => {
                 let (x, w) = (float(it.next())?, float(it.next())?);
                 let b = if *bias { Some(float(it.next())?) } else { None };
-                f(dense::norm(x, w, b, eps.0, true))
+                f(self.k.norm(x, w, b, eps.0, true)?)
             }
             Op::Attention(a) => {
                 let (q, k, v) = (float(it.next())?, float(it.next())?, float(it.next())?);
@@ -93,7 +98,7 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                     first_head: (qi * (a.heads / qn)) as usize,
                     first_kv_head: (ki * (a.kv_heads / kn)) as usize,
                 };
-                f(attention::attention(a, q, k, v, ks, sinks, heads)?)
+                f(self.k.attention(a, q, k, v, ks, sinks, heads)?)
             }
             Op::Router(a) => {
                 let logits = float(it.next())?;
@@ -102,26 +107,26 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                 } else {
                     None
                 };
-                let (idx, w) = routing::router(a, logits, bias)?;
-                Ok(vec![Local::Int(idx), Local::Float(w)])
+                let (idx, w) = self.k.router(a, logits, bias)?;
+                Ok(vec![idx, Local::Float(w)])
             }
             Op::Dispatch { experts, capacity } => {
                 let x = float(it.next())?;
-                let idx = ints(it.next())?;
-                f(routing::dispatch(
+                let idx = any_ints(it.next())?;
+                Ok(vec![self.k.dispatch(
                     x,
-                    &idx,
+                    idx,
                     *experts as usize,
                     *capacity as usize,
-                )?)
+                )?])
             }
             Op::Combine { experts, capacity } => {
-                let y = float(it.next())?;
-                let idx = ints(it.next())?;
+                let y = it.next().ok_or("missing input")?;
+                let idx = any_ints(it.next())?;
                 let w = float(it.next())?;
-                f(routing::combine(
+                f(self.k.combine(
                     y,
-                    &idx,
+                    idx,
                     w,
                     *experts as usize,
                     *capacity as usize,
@@ -155,23 +160,23 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
             }
             Op::IndexSelect => {
                 let x = float(it.next())?;
-                f(moe::index_select(x, &ints(it.next())?)?)
+                f(self.k.index_select(x, any_ints(it.next())?)?)
             }
             Op::IndexAdd { scaled } => {
                 let buf = float(it.next())?;
-                let ids = ints(it.next())?;
+                let ids = any_ints(it.next())?;
                 let src = float(it.next())?;
                 let scale = if *scaled {
                     Some(float(it.next())?)
                 } else {
                     None
                 };
-                f(moe::index_add(buf, &ids, src, scale)?)
+                f(self.k.index_add(buf, ids, src, scale)?)
             }
             Op::ExpertFfn { layout, act, gated } => {
-                let x = float(it.next())?;
+                let x = it.next().ok_or("missing input")?;
                 let counts = match layout {
-                    FfnLayout::Grouped => Some(ints(it.next())?),
+                    FfnLayout::Grouped => Some(any_ints(it.next())?),
                     FfnLayout::Padded => None,
                 };
                 let up = float(it.next())?.to::<3>();
@@ -188,8 +193,8 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                     act: *act,
                 };
                 match counts {
-                    Some(c) => f(moe::expert_ffn_grouped(x, &c, &w)?),
-                    None => f(moe::expert_ffn_padded(x, &w)?),
+                    Some(c) => f(self.k.expert_ffn_grouped(plain_float(x)?, c, &w)?),
+                    None => Ok(vec![self.k.expert_ffn_padded(x, &w)?]),
                 }
             }
             Op::Shard { axis, dim } => {

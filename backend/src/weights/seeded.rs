@@ -9,16 +9,16 @@
 use moe_ir::TensorType;
 
 /// SplitMix64's finalizer: a bijective 64-bit mix.
-fn mix(mut z: u64) -> u64 {
+pub(crate) fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
 
-const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+pub(crate) const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// The key of a tensor: its seed, name and global shape.
-fn key(seed: u64, name: &str, shape: &[u64]) -> u64 {
+pub(crate) fn key(seed: u64, name: &str, shape: &[u64]) -> u64 {
     // FNV-1a over the name, then the shape, mixed with the seed.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in name.bytes().chain([0xff]) {

@@ -11,9 +11,15 @@ use std::fmt::Write as _;
 pub struct Args {
     /// model.json or Hugging Face config.json (`-` for stdin).
     model: String,
-    /// Also print the time spent per op kind (all ranks together), largest first.
+    /// Also print the time per op kind (all ranks together), largest first: device time, the
+    /// devices synchronised after every node (so the run is slower and the times add up to its
+    /// compute time).
     #[arg(long)]
     profile: bool,
+    /// The device's peak rate in TFLOP/s that achieved throughput is quoted against (default:
+    /// 790, an H200's measured bf16 dense GEMM rate, docs/GPU.md).
+    #[arg(long, default_value_t = 790.0, value_name = "TFLOPS")]
+    peak_tflops: f64,
     /// Run N times in this process and print each run's time (the first pays one-time costs:
     /// CUDA kernel compilation and autotuning); outputs and profile are the last run's.
     #[arg(long, default_value_t = 1, value_name = "N")]
@@ -65,15 +71,16 @@ fn schedule_line(g: &moe_ir::Graph, r: &moe_backend::RunReport) -> String {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let opts = a.exec.options()?;
+    let mut opts = a.exec.options()?;
+    opts.profile = a.profile;
     let text = read_input(&a.model)?;
     let g = load_at(&a.model, &text, &a.import, a.exec.tokens)?;
     let weights = a.exec.weights()?;
     let mut r = execute(&g, &weights, &opts).map_err(|e| miette!("{}: {e}", a.model))?;
-    let mut times = vec![(r.total, r.setup)];
+    let mut times = vec![(r.total, r.compute)];
     for _ in 1..a.repeat {
         r = execute(&g, &weights, &opts).map_err(|e| miette!("{}: {e}", a.model))?;
-        times.push((r.total, r.setup));
+        times.push((r.total, r.compute));
     }
     let mut out = String::new();
     let _ = writeln!(
@@ -90,20 +97,31 @@ pub fn run(a: Args) -> Result<()> {
     for (name, t) in &r.outputs {
         let _ = writeln!(out, "output {name} {:?}: {}", t.shape, checksum(t));
     }
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     let _ = writeln!(
         out,
-        "time: {:.1} ms total ({:.1} ms weights and inputs, {:.1} ms compute)",
-        r.total.as_secs_f64() * 1e3,
-        r.setup.as_secs_f64() * 1e3,
-        r.total.saturating_sub(r.setup).as_secs_f64() * 1e3
+        "time: {:.1} ms total ({:.1} ms weights, {:.1} ms compute: inputs and every op, the devices synchronised; the rest is reading outputs back)",
+        ms(r.total),
+        ms(r.setup),
+        ms(r.compute),
     );
+    let secs = r.compute.as_secs_f64();
+    if secs > 0.0 && r.flops > 0.0 {
+        let tflops = r.flops / secs / 1e12;
+        let _ = writeln!(
+            out,
+            "useful work: {:.3} TFLOP in {:.1} ms = {:.1} TFLOP/s, {:.1}% of {} TFLOP/s peak",
+            r.flops / 1e12,
+            secs * 1e3,
+            tflops,
+            100.0 * tflops / a.peak_tflops,
+            a.peak_tflops
+        );
+    }
     if times.len() > 1 {
         let each: Vec<String> = times
             .iter()
-            .map(|(t, s)| {
-                let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
-                format!("{:.1} ({:.1})", ms(*t), ms(t.saturating_sub(*s)))
-            })
+            .map(|(t, c)| format!("{:.1} ({:.1})", ms(*t), ms(*c)))
             .collect();
         let _ = writeln!(out, "runs, ms total (compute): {}", each.join(", "));
     }
