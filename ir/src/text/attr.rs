@@ -143,7 +143,10 @@ mod tests {
         // Strings that would read as something else are quoted.
         round_trip(json!({"a": "1.5", "b": "true", "c": "", "d": "two words", "e": "x=y,}"}));
         round_trip(json!({"key with space": {"nested": {}}}));
-        assert_eq!(print_value(&json!({"axis": "ep", "v": "1e5"})), r#"{axis=ep, v="1e5"}"#);
+        assert_eq!(
+            print_value(&json!({"axis": "ep", "v": "1e5"})),
+            r#"{axis=ep, v="1e5"}"#
+        );
     }
 
     #[test]
@@ -154,6 +157,9 @@ mod tests {
         let e = parse_value(&mut Cursor::new("{k 1}", 1)).unwrap_err();
         assert_eq!(e.column, 4);
         let e = parse_value(&mut Cursor::new("[1, 2", 1)).unwrap_err();
-        assert_eq!(e.to_string(), "line 1, column 6: expected `,` or `]` in a list, found end of line");
+        assert_eq!(
+            e.to_string(),
+            "line 1, column 6: expected `,` or `]` in a list, found end of line"
+        );
     }
 }

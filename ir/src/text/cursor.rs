@@ -307,7 +307,13 @@ mod tests {
 
     #[test]
     fn debug_strings_round_trip() {
-        for s in ["plain", "a \"quoted\" name", "tab\tnew\nline\\", "nul\0 and \u{7f}", "é"] {
+        for s in [
+            "plain",
+            "a \"quoted\" name",
+            "tab\tnew\nline\\",
+            "nul\0 and \u{7f}",
+            "é",
+        ] {
             let printed = format!("{s:?}");
             let mut c = Cursor::new(&printed, 1);
             assert_eq!(c.debug_string().unwrap(), s, "{printed}");
@@ -344,7 +350,10 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e.kind, TextErrorKind::TooLarge { .. }), "{e}");
         let e = Cursor::new("f32[4 8]", 1).tensor_type().unwrap_err();
-        assert_eq!(e.to_string(), "line 1, column 7: expected `,` or `]` in the shape, found `8`");
+        assert_eq!(
+            e.to_string(),
+            "line 1, column 7: expected `,` or `]` in the shape, found `8`"
+        );
     }
 
     #[test]

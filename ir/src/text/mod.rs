@@ -26,7 +26,7 @@ pub(crate) mod attr;
 mod cursor;
 mod parse;
 
-pub use parse::from_text;
+pub use parse::{from_text, parse_op};
 
 use crate::json::FORMAT;
 use crate::{BuildError, MeshError, ValidationError};

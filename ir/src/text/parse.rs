@@ -13,6 +13,9 @@ use crate::{
 use serde_json::Value as J;
 use std::collections::HashMap;
 
+/// An op's attributes as read.
+type Attrs = serde_json::Map<String, J>;
+
 /// Reads a graph from its text form and validates it.
 pub fn from_text(text: &str) -> Result<Graph, TextError> {
     let mut lines = text
@@ -43,6 +46,36 @@ pub fn from_text(text: &str) -> Result<Graph, TextError> {
         body.line(Cursor::new(l, n))?;
     }
     body.finish()
+}
+
+/// Reads one op as the text form spells it, without operands or types: `matmul`,
+/// `all_gather{axis=tp, dim=0}` (spaces optional). Leaves (`input`, `weight`, `zeros`, `recv`)
+/// are refused: their type is not part of the spelling. Errors are located on line 1.
+pub fn parse_op(text: &str) -> Result<Op, TextError> {
+    let mut c = Cursor::new(text, 1);
+    c.skip_ws();
+    let at = c.pos();
+    let (name, attrs) = op_and_attrs(&mut c)?;
+    end(c.clone())?;
+    make_op(name, attrs, &[]).map_err(|k| c.err_at(at, k))
+}
+
+/// An op name and its attributes, if any: `router{experts=8, ...}`.
+fn op_and_attrs(c: &mut Cursor<'_>) -> Result<(&'static str, Option<Attrs>), TextError> {
+    c.skip_ws();
+    let at = c.pos();
+    let word = c.ident("an op name")?;
+    let name = Op::NAMES
+        .iter()
+        .copied()
+        .find(|n| *n == word)
+        .ok_or_else(|| c.err_at(at, K::UnknownOp(word.to_string())))?;
+    let attrs = if c.peek() == Some('{') {
+        Some(parse_object(c)?)
+    } else {
+        None
+    };
+    Ok((name, attrs))
 }
 
 /// `graph "name" (moe-ir/1)`: the name.
@@ -209,10 +242,13 @@ impl Body {
         let text_id = if c.peek() == Some('%') {
             let (id, k) = c.value_ref()?;
             if k != 0 {
-                return Err(c.err_at(id_at, K::Expected {
-                    expected: "a node number without an output index before `=`",
-                    found: format!("`%{id}.{k}`"),
-                }));
+                return Err(c.err_at(
+                    id_at,
+                    K::Expected {
+                        expected: "a node number without an output index before `=`",
+                        found: format!("`%{id}.{k}`"),
+                    },
+                ));
             }
             if self.ids.contains_key(&id) {
                 return Err(c.err_at(id_at, K::DuplicateId(id)));
@@ -224,17 +260,7 @@ impl Body {
         };
         c.skip_ws();
         let op_at = c.pos();
-        let word = c.ident("an op name")?;
-        let op_name = Op::NAMES
-            .iter()
-            .copied()
-            .find(|n| *n == word)
-            .ok_or_else(|| c.err_at(op_at, K::UnknownOp(word.to_string())))?;
-        let attrs = if c.peek() == Some('{') {
-            Some(parse_object(&mut c)?)
-        } else {
-            None
-        };
+        let (op_name, attrs) = op_and_attrs(&mut c)?;
         let mut inputs = Vec::new();
         let mut input_at = Vec::new();
         c.skip_ws();
@@ -276,7 +302,9 @@ impl Body {
                 None => format!("_line{line}"),
             }
         } else {
-            return Err(c.expected("`:` and the output types, `;` and the node name, or the end of the line"));
+            return Err(c.expected(
+                "`:` and the output types, `;` and the node name, or the end of the line",
+            ));
         };
         let mut op = make_op(op_name, attrs, &types).map_err(|k| c.err_at(op_at, k))?;
         if let Some(t) = op.declared_type_mut() {
@@ -284,24 +312,24 @@ impl Body {
             t.normalize();
         }
         let leaf = op.declared_type().is_some();
-        let id = self
-            .g
-            .add(name, op, &inputs, scope)
-            .map_err(|e| match &e {
-                BuildError::BadInput { input, .. } => {
-                    c.err_at(input_at.get(*input).copied().unwrap_or(op_at), K::Build(e))
-                }
-                _ => c.err_at(op_at, K::Build(e)),
-            })?;
+        let id = self.g.add(name, op, &inputs, scope).map_err(|e| match &e {
+            BuildError::BadInput { input, .. } => {
+                c.err_at(input_at.get(*input).copied().unwrap_or(op_at), K::Build(e))
+            }
+            _ => c.err_at(op_at, K::Build(e)),
+        })?;
         self.g.node_mut(id).stage = stage;
         self.node_lines.push(line);
         if let (Some(at), false) = (types_at, leaf) {
             let inferred = &self.g.node(id).outputs;
             if &types != inferred {
-                return Err(c.err_at(at, K::TypeMismatch {
-                    declared: list(&types),
-                    inferred: list(inferred),
-                }));
+                return Err(c.err_at(
+                    at,
+                    K::TypeMismatch {
+                        declared: list(&types),
+                        inferred: list(inferred),
+                    },
+                ));
             }
         }
         if let Some(t) = text_id {
@@ -357,11 +385,7 @@ fn list(ts: &[TensorType]) -> String {
 
 /// The op `name{attrs}` of a node whose types are `types`: leaves take their declared type from
 /// them, every other op is read from its attributes (serde, as model.json reads it).
-fn make_op(
-    name: &'static str,
-    attrs: Option<serde_json::Map<String, J>>,
-    types: &[TensorType],
-) -> Result<Op, K> {
+fn make_op(name: &'static str, attrs: Option<Attrs>, types: &[TensorType]) -> Result<Op, K> {
     let attrs_err = |detail: &str| K::Attrs {
         op: name,
         detail: detail.to_string(),

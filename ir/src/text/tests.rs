@@ -14,7 +14,10 @@ fn assert_round_trip(g: &Graph, what: &str) {
     let text = to_text(g);
     let back = from_text(&text).unwrap_or_else(|e| panic!("{what}: {e}\n{text}"));
     assert_eq!(to_text(&back), text, "{what}: print -> parse -> print");
-    assert!(back == *g, "{what}: parsed graph differs from the printed one");
+    assert!(
+        back == *g,
+        "{what}: parsed graph differs from the printed one"
+    );
 }
 
 #[test]
@@ -126,7 +129,10 @@ fn errors_point_at_the_line_and_column() {
     let e = error_with(4, "pipeline {axis=pp}");
     assert!(matches!(e.kind, K::Pipeline { .. }), "{e}");
     let e = error_with(6, "layer x:");
-    assert_eq!(e.to_string(), "line 6, column 7: expected a layer number, found `x`");
+    assert_eq!(
+        e.to_string(),
+        "line 6, column 7: expected a layer number, found `x`"
+    );
     let e = error_with(17, "  out = %9");
     assert!(matches!(e.kind, K::UnknownValue(9)), "{e}");
     let e = error_with(16, "  %9 = silu %5");
@@ -156,6 +162,38 @@ fn the_example_in_format_md_reads() {
     let start = section.find("```text\n").unwrap() + "```text\n".len();
     let example = &section[start..start + section[start..].find("```").unwrap()];
     let g = from_text(example).unwrap();
-    assert_eq!(g.node(g.find("g").unwrap()).outputs[0].to_string(), "f32[4, 6]");
+    assert_eq!(
+        g.node(g.find("g").unwrap()).outputs[0].to_string(),
+        "f32[4, 6]"
+    );
     assert_round_trip(&g, "docs/FORMAT.md");
+}
+
+#[test]
+fn ops_read_alone_as_patterns_spell_them() {
+    use crate::Op;
+    let op = super::parse_op("all_gather{axis=tp,dim=1}").unwrap();
+    assert_eq!(
+        op,
+        Op::AllGather {
+            axis: "tp".into(),
+            dim: 1
+        }
+    );
+    assert_eq!(super::parse_op("matmul").unwrap(), Op::Matmul);
+    for op in [op, Op::IndexAdd { scaled: true }] {
+        assert_eq!(super::parse_op(&crate::print::op_label(&op)).unwrap(), op);
+    }
+    assert!(matches!(
+        super::parse_op("weight").unwrap_err().kind,
+        K::LeafType { .. }
+    ));
+    assert!(matches!(
+        super::parse_op("shard{axis=tp}").unwrap_err().kind,
+        K::Attrs { .. }
+    ));
+    assert!(matches!(
+        super::parse_op("nope").unwrap_err().kind,
+        K::UnknownOp(_)
+    ));
 }

@@ -110,7 +110,7 @@ impl DispatchRewrite {
             &mut loaded.egraph,
             egg::EGraph::new(Types { mesh: mesh.clone() }),
         );
-        let rules = rules::all();
+        let rules = rules::all(&g.mesh, rules::max_rank(g));
         let runner: Runner<MoeLang, Types, ()> = Runner::new(Types { mesh })
             .with_egraph(egraph)
             .with_iter_limit(self.limits.iterations)

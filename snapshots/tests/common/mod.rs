@@ -122,7 +122,15 @@ pub fn settings() -> insta::Settings {
 pub fn text(g: &Graph) -> String {
     let text = moe_ir::print::to_text(g);
     let back = moe_ir::text::from_text(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    assert_eq!(moe_ir::print::to_text(&back), text, "print -> parse -> print");
-    assert!(back == *g, "the text of `{}` reads back as a different graph", g.name);
+    assert_eq!(
+        moe_ir::print::to_text(&back),
+        text,
+        "print -> parse -> print"
+    );
+    assert!(
+        back == *g,
+        "the text of `{}` reads back as a different graph",
+        g.name
+    );
     text
 }
