@@ -8,7 +8,7 @@
 //! | --- | --- | --- |
 //! | `dead-code` | | [`DeadCode`] |
 //! | `remap` | `tp=T` | [`TensorParallel`] |
-//! | `dispatch` | | [`DispatchRewrite`] (e-graph rewrite, extraction) |
+//! | `dispatch` | `rules=a+b` (rule names; default all) | [`DispatchRewrite`] (e-graph rewrite, extraction) |
 //! | `partition` | `pp=P`, `layout=balanced\|equal\|14:14:14:14`, `micro_batches=M`, `recompute=true` | [`PipelinePartition`] |
 //! | `schedule` | `gpipe`, `1f1b`, `interleaved` (`chunks=C`) | the schedule of the `partition` just before it |
 //!
@@ -29,6 +29,7 @@
 use crate::cost::{Cluster, Roofline};
 use crate::pipeline::{Layout, PipelinePartition};
 use crate::rewrite::{DispatchRewrite, Limits};
+use crate::rules::Rule;
 use crate::{DeadCode, Pipeline, TensorParallel};
 use moe_ir::Schedule;
 use std::fmt;
@@ -39,7 +40,7 @@ use thiserror::Error;
 pub const PASSES: &[(&str, &str)] = &[
     ("dead-code", ""),
     ("remap", "tp=T"),
-    ("dispatch", ""),
+    ("dispatch", "rules=NAME+NAME+.. (default: every rule)"),
     (
         "partition",
         "pp=P, layout=balanced|equal|N:N:.., micro_batches=M, recompute=true|false",
@@ -55,8 +56,10 @@ pub enum PassStep {
     Remap {
         tp: u64,
     },
-    /// The dispatch rewrite.
-    Dispatch,
+    /// The dispatch rewrite, with every rule or only the rules named.
+    Dispatch {
+        only: Option<Vec<&'static Rule>>,
+    },
     /// Cut into `pp` pipeline stages.
     Partition {
         pp: u32,
@@ -237,15 +240,29 @@ pub fn parse(text: &str) -> Result<Vec<PassStep>, PassListError> {
             )
         };
         match pass {
-            "dead-code" | "dispatch" => {
+            "dead-code" => {
                 if let Some((k, _, c)) = args.first() {
                     return Err(unknown(k, *c));
                 }
-                steps.push(if pass == "dispatch" {
-                    PassStep::Dispatch
-                } else {
-                    PassStep::DeadCode
-                });
+                steps.push(PassStep::DeadCode);
+            }
+            "dispatch" => {
+                let mut only = None;
+                for (k, v, c) in args {
+                    match k {
+                        "rules" => {
+                            let rules: Option<Vec<&'static Rule>> = v
+                                .split('+')
+                                .map(|n| crate::rules::named(n.trim()))
+                                .collect();
+                            only = Some(rules.ok_or_else(|| {
+                                value("rules", v, c, "rule names joined by `+` (see rules::RULES)")
+                            })?);
+                        }
+                        _ => return Err(unknown(k, c)),
+                    }
+                }
+                steps.push(PassStep::Dispatch { only });
             }
             "remap" => {
                 let mut tp = None;
@@ -362,7 +379,11 @@ impl fmt::Display for PassStep {
         match self {
             PassStep::DeadCode => f.write_str("dead-code"),
             PassStep::Remap { tp } => write!(f, "remap(tp={tp})"),
-            PassStep::Dispatch => f.write_str("dispatch"),
+            PassStep::Dispatch { only: None } => f.write_str("dispatch"),
+            PassStep::Dispatch { only: Some(rules) } => {
+                let names: Vec<&str> = rules.iter().map(|r| r.name()).collect();
+                write!(f, "dispatch(rules={})", names.join("+"))
+            }
             PassStep::Partition {
                 pp,
                 layout,
@@ -422,10 +443,11 @@ pub fn pipeline(steps: &[PassStep], ctx: &PassContext) -> Pipeline {
                 tp: *tp,
                 gpus_per_node,
             }),
-            PassStep::Dispatch => p.with(DispatchRewrite {
-                limits: ctx.limits.clone(),
+            PassStep::Dispatch { only } => p.with(DispatchRewrite {
+                limits: ctx.limits,
                 model: model(),
                 explain: ctx.explain,
+                only: only.clone(),
             }),
             PassStep::Partition {
                 pp,
@@ -452,7 +474,7 @@ pub fn pipeline(steps: &[PassStep], ctx: &PassContext) -> Pipeline {
 /// given.
 pub fn rewrite_steps(tp: Option<u64>, partition: Option<PassStep>) -> Vec<PassStep> {
     let mut steps: Vec<PassStep> = tp.map(|tp| PassStep::Remap { tp }).into_iter().collect();
-    steps.push(PassStep::Dispatch);
+    steps.push(PassStep::Dispatch { only: None });
     steps.extend(partition);
     steps
 }

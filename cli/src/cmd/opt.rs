@@ -14,7 +14,7 @@ use std::path::PathBuf;
 pub struct Args {
     /// model.json, text form or Hugging Face config.json (`-` for stdin).
     model: String,
-    /// Passes to run, in order: dead-code, remap(tp=T), dispatch, partition(pp=P[, layout=..,
+    /// Passes to run, in order: dead-code, remap(tp=T), dispatch[(rules=a+b)], partition(pp=P[, layout=..,
     /// micro_batches=M, recompute=true]), schedule(gpipe|1f1b|interleaved[, chunks=C]).
     #[arg(long, value_name = "LIST")]
     passes: String,

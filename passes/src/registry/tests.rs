@@ -13,6 +13,7 @@ fn lists_read_back_as_they_print() {
     for list in [
         "remap(tp=8),dispatch,partition(pp=4),schedule(1f1b)",
         "dead-code",
+        "dispatch(rules=shard-of-all-reduce+all-to-all-of-shard)",
         "dispatch,partition(pp=2, layout=1:1, micro_batches=6, recompute=true),schedule(gpipe)",
         "partition(pp=2, layout=equal),schedule(interleaved, chunks=3)",
     ] {
@@ -21,7 +22,10 @@ fn lists_read_back_as_they_print() {
         assert_eq!(parse(&to_text(&steps)).unwrap(), steps);
     }
     let spaced = parse(" remap( tp = 8 ) , dispatch ").unwrap();
-    assert_eq!(spaced, [PassStep::Remap { tp: 8 }, PassStep::Dispatch]);
+    assert_eq!(
+        spaced,
+        [PassStep::Remap { tp: 8 }, PassStep::Dispatch { only: None }]
+    );
     assert_eq!(
         parse("partition(pp=4)").unwrap(),
         [PassStep::Partition {
@@ -72,6 +76,16 @@ fn bad_lists_name_the_column_and_the_problem() {
         (17, PassListErrorKind::BadValue { .. })
     ));
     assert!(matches!(kind(" "), (1, PassListErrorKind::Empty)));
+    assert!(matches!(
+        kind("dispatch(rules=shard-of-all-reduce+nope)"),
+        (
+            10,
+            PassListErrorKind::BadValue {
+                option: "rules",
+                ..
+            }
+        )
+    ));
     assert_eq!(
         parse("dispatch dead-code").unwrap_err().to_string(),
         "pass list, column 1: unknown pass `dispatch dead-code` (passes: dead-code, remap, dispatch, partition, schedule)"
@@ -86,6 +100,7 @@ fn every_registered_pass_runs_alone_and_in_a_pipeline() {
         "dead-code",
         "remap(tp=4)",
         "dispatch",
+        "dispatch(rules=dispatch-a2a-to-allgather-slicing)",
         "partition(pp=2)",
         "partition(pp=2),schedule(gpipe)",
         "remap(tp=4),dispatch,partition(pp=2),schedule(1f1b)",

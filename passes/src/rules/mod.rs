@@ -45,6 +45,13 @@ pub enum Rule {
     },
 }
 
+/// Rules are equal when their names are (names are unique; a test checks).
+impl PartialEq for Rule {
+    fn eq(&self, other: &Rule) -> bool {
+        self.name() == other.name()
+    }
+}
+
 impl Rule {
     pub fn name(&self) -> &'static str {
         match self {
