@@ -63,80 +63,63 @@ impl ImportArgs {
     }
 }
 
-/// A model.json error shown with the offending line.
+/// An input error shown with the offending line and a caret under the place (model.json and
+/// text-form errors alike).
 #[derive(Debug, Error, Diagnostic)]
 #[error("{name}: {inner}")]
-struct JsonDiag {
+struct Located {
     name: String,
-    inner: JsonError,
+    inner: Box<dyn std::error::Error + Send + Sync>,
     #[source_code]
     src: NamedSource<String>,
     #[label("here")]
     at: Option<SourceSpan>,
 }
 
-fn offset(text: &str, line: usize, col: usize) -> Option<usize> {
-    let start: usize = text
-        .split_inclusive('\n')
-        .take(line.saturating_sub(1))
-        .map(str::len)
-        .sum();
-    let off = start + col.saturating_sub(1);
-    (off <= text.len()).then_some(off)
+fn located(
+    name: &str,
+    text: &str,
+    inner: impl std::error::Error + Send + Sync + 'static,
+    at: Option<usize>,
+) -> miette::Report {
+    Located {
+        name: name.to_string(),
+        inner: Box::new(inner),
+        src: NamedSource::new(name, text.to_string()),
+        at: at.map(|o| SourceSpan::from((o, 0))),
+    }
+    .into()
 }
 
-/// Turns a JSON error into a diagnostic that shows where it is.
+/// The byte offset where 1-based `line` starts.
+fn line_start(text: &str, line: usize) -> usize {
+    text.split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(str::len)
+        .sum()
+}
+
+/// Turns a JSON error into a diagnostic that shows where it is (serde's column counts bytes).
 pub fn json_error(name: &str, text: &str, e: JsonError) -> miette::Report {
-    let at = e
-        .line_col
-        .and_then(|(l, c)| offset(text, l, c))
-        .map(|o| SourceSpan::from((o, 0)));
-    JsonDiag {
-        name: name.to_string(),
-        inner: e,
-        src: NamedSource::new(name, text.to_string()),
-        at,
-    }
-    .into()
+    let at = e.line_col.and_then(|(l, c)| {
+        let off = line_start(text, l) + c.saturating_sub(1);
+        (off <= text.len()).then_some(off)
+    });
+    located(name, text, e, at)
 }
 
-/// A text-form error shown with the offending line and a caret under the column.
-#[derive(Debug, Error, Diagnostic)]
-#[error("{name}: {inner}")]
-struct TextDiag {
-    name: String,
-    inner: TextError,
-    #[source_code]
-    src: NamedSource<String>,
-    #[label("here")]
-    at: Option<SourceSpan>,
-}
-
-/// The byte offset of 1-based `line` and character `col`.
-fn char_offset(text: &str, line: usize, col: usize) -> Option<usize> {
-    let start: usize = text
-        .split_inclusive('\n')
-        .take(line.saturating_sub(1))
-        .map(str::len)
-        .sum();
-    let rest = text.get(start..)?;
-    let within = rest
-        .char_indices()
-        .nth(col.saturating_sub(1))
-        .map_or(rest.len(), |(i, _)| i);
-    Some(start + within)
-}
-
-/// Turns a text-form error into a diagnostic that shows where it is.
+/// Turns a text-form error into a diagnostic that shows where it is (its column counts
+/// characters).
 pub fn text_error(name: &str, text: &str, e: TextError) -> miette::Report {
-    let at = char_offset(text, e.line, e.column).map(|o| SourceSpan::from((o, 0)));
-    TextDiag {
-        name: name.to_string(),
-        inner: e,
-        src: NamedSource::new(name, text.to_string()),
-        at,
-    }
-    .into()
+    let start = line_start(text, e.line);
+    let at = text.get(start..).map(|rest| {
+        start
+            + rest
+                .char_indices()
+                .nth(e.column.saturating_sub(1))
+                .map_or(rest.len(), |(i, _)| i)
+    });
+    located(name, text, e, at)
 }
 
 /// Whether `text` is the canonical text form: its first line that is not blank or a `#` comment

@@ -266,14 +266,8 @@ impl Body {
         c.skip_ws();
         if c.peek() == Some('%') {
             loop {
-                c.skip_ws();
-                let at = c.pos();
-                let (id, output) = c.value_ref()?;
-                let node = *self
-                    .ids
-                    .get(&id)
-                    .ok_or_else(|| c.err_at(at, K::UnknownValue(id)))?;
-                inputs.push(Value { node, output });
+                let (v, at) = self.value(&mut c)?;
+                inputs.push(v);
                 input_at.push(at);
                 if !c.eat(',') {
                     break;
@@ -345,6 +339,14 @@ impl Body {
         }
         let name = parse_str(&mut c, "an output name")?;
         c.expect('=', "`=` after the output name")?;
+        let (v, _) = self.value(&mut c)?;
+        end(c)?;
+        self.g.add_output(name, v);
+        Ok(())
+    }
+
+    /// A reference `%n[.k]` to a value defined above, and where it starts.
+    fn value(&self, c: &mut Cursor<'_>) -> Result<(Value, usize), TextError> {
         c.skip_ws();
         let at = c.pos();
         let (id, output) = c.value_ref()?;
@@ -352,9 +354,7 @@ impl Body {
             .ids
             .get(&id)
             .ok_or_else(|| c.err_at(at, K::UnknownValue(id)))?;
-        end(c)?;
-        self.g.add_output(name, Value { node, output });
-        Ok(())
+        Ok((Value { node, output }, at))
     }
 
     /// Validates the graph; an error about a node points at its line.
