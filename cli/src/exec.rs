@@ -1,7 +1,7 @@
 //! What `run` and `verify` share: execution options, loading a model at a token count, reading
 //! weights from files.
 
-use crate::load::{json_error, ImportArgs};
+use crate::load::ImportArgs;
 use clap::{Args as ClapArgs, ValueEnum};
 use miette::{miette, IntoDiagnostic, Result, WrapErr};
 use moe_backend::{Checkpoint, Device, Precision, RunOptions, Weights};
@@ -117,22 +117,22 @@ pub fn is_hf_config(text: &str) -> bool {
 }
 
 /// Loads `text` (named `name`): an HF config imported with `tokens` tokens when given, or a
-/// model.json graph (which must have `tokens` tokens when given).
+/// model.json or text-form graph (which must have `tokens` tokens when given).
 pub fn load_at(name: &str, text: &str, import: &ImportArgs, tokens: Option<u64>) -> Result<Graph> {
     let Some(tokens) = tokens else {
         return crate::load::load(name, text, import);
     };
     let value: Option<serde_json::Value> = serde_json::from_str(text).ok();
     if !value.as_ref().is_some_and(hf::looks_like_hf_config) {
-        if !import.sets.is_empty() {
-            return Err(miette!(
-                "{name}: --set applies to Hugging Face configs, and this is a model.json graph"
-            ));
-        }
-        let g = moe_ir::json::from_json(text).map_err(|e| json_error(name, text, e))?;
+        let g = crate::load::load(name, text, import)?;
+        let kind = if crate::load::is_text_form(text) {
+            "text-form"
+        } else {
+            "model.json"
+        };
         if let Some((input, n)) = token_inputs(&g).find(|&(_, n)| n != tokens) {
             return Err(miette!(
-                "{name}: this model.json graph has {n} tokens (input `{input}`), not --tokens {tokens}; \
+                "{name}: this {kind} graph has {n} tokens (input `{input}`), not --tokens {tokens}; \
                  a graph's token count is fixed at import: re-import the config with --tokens {tokens} \
                  (or --seq/--micro-batch) and rewrite it again"
             ));

@@ -1,9 +1,11 @@
-//! Loading a model from text: a `model.json` graph, or a Hugging Face config (imported).
+//! Loading a model from text: a `model.json` graph, the canonical text form, or a Hugging Face
+//! config (imported).
 
 use clap::{Args as ClapArgs, ValueEnum};
 use miette::{miette, Diagnostic, NamedSource, Result, SourceSpan};
 use moe_ir::hf::{self, ImportOptions};
 use moe_ir::json::JsonError;
+use moe_ir::text::TextError;
 use moe_ir::{DType, Graph, Mesh, DEFAULT_GPUS_PER_NODE};
 use thiserror::Error;
 
@@ -61,45 +63,76 @@ impl ImportArgs {
     }
 }
 
-/// A model.json error shown with the offending line.
+/// An input error shown with the offending line and a caret under the place (model.json and
+/// text-form errors alike).
 #[derive(Debug, Error, Diagnostic)]
 #[error("{name}: {inner}")]
-struct JsonDiag {
+struct Located {
     name: String,
-    inner: JsonError,
+    inner: Box<dyn std::error::Error + Send + Sync>,
     #[source_code]
     src: NamedSource<String>,
     #[label("here")]
     at: Option<SourceSpan>,
 }
 
-fn offset(text: &str, line: usize, col: usize) -> Option<usize> {
-    let start: usize = text
-        .split_inclusive('\n')
-        .take(line.saturating_sub(1))
-        .map(str::len)
-        .sum();
-    let off = start + col.saturating_sub(1);
-    (off <= text.len()).then_some(off)
-}
-
-/// Turns a JSON error into a diagnostic that shows where it is.
-pub fn json_error(name: &str, text: &str, e: JsonError) -> miette::Report {
-    let at = e
-        .line_col
-        .and_then(|(l, c)| offset(text, l, c))
-        .map(|o| SourceSpan::from((o, 0)));
-    JsonDiag {
+fn located(
+    name: &str,
+    text: &str,
+    inner: impl std::error::Error + Send + Sync + 'static,
+    at: Option<usize>,
+) -> miette::Report {
+    Located {
         name: name.to_string(),
-        inner: e,
+        inner: Box::new(inner),
         src: NamedSource::new(name, text.to_string()),
-        at,
+        at: at.map(|o| SourceSpan::from((o, 0))),
     }
     .into()
 }
 
-/// Loads `text` (named `name` in messages): an HF config is imported with `import`, anything else
-/// is read as model.json.
+/// The byte offset where 1-based `line` starts.
+fn line_start(text: &str, line: usize) -> usize {
+    text.split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(str::len)
+        .sum()
+}
+
+/// Turns a JSON error into a diagnostic that shows where it is (serde's column counts bytes).
+pub fn json_error(name: &str, text: &str, e: JsonError) -> miette::Report {
+    let at = e.line_col.and_then(|(l, c)| {
+        let off = line_start(text, l) + c.saturating_sub(1);
+        (off <= text.len()).then_some(off)
+    });
+    located(name, text, e, at)
+}
+
+/// Turns a text-form error into a diagnostic that shows where it is (its column counts
+/// characters).
+pub fn text_error(name: &str, text: &str, e: TextError) -> miette::Report {
+    let start = line_start(text, e.line);
+    let at = text.get(start..).map(|rest| {
+        start
+            + rest
+                .char_indices()
+                .nth(e.column.saturating_sub(1))
+                .map_or(rest.len(), |(i, _)| i)
+    });
+    located(name, text, e, at)
+}
+
+/// Whether `text` is the canonical text form: its first line that is not blank or a `#` comment
+/// starts with `graph "`.
+pub fn is_text_form(text: &str) -> bool {
+    text.lines()
+        .map(str::trim_start)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .is_some_and(|l| l.starts_with("graph \""))
+}
+
+/// Loads `text` (named `name` in messages): an HF config is imported with `import`, the text form
+/// is parsed, anything else is read as model.json.
 pub fn load(name: &str, text: &str, import: &ImportArgs) -> Result<Graph> {
     // An HF config is recognised by its `model_type` key and lack of `format`.
     if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
@@ -108,10 +141,15 @@ pub fn load(name: &str, text: &str, import: &ImportArgs) -> Result<Graph> {
             return hf::import(text, &import.sets, &opts).map_err(|e| miette!("{name}: {e}"));
         }
     }
+    let text_form = is_text_form(text);
     if !import.sets.is_empty() {
+        let what = if text_form { "text-form" } else { "model.json" };
         return Err(miette!(
-            "{name}: --set applies to Hugging Face configs, and this is a model.json graph"
+            "{name}: --set applies to Hugging Face configs, and this is a {what} graph"
         ));
+    }
+    if text_form {
+        return moe_ir::text::from_text(text).map_err(|e| text_error(name, text, e));
     }
     moe_ir::json::from_json(text).map_err(|e| json_error(name, text, e))
 }

@@ -32,6 +32,9 @@ enum Command {
     /// Rewrite a model into the cheapest dispatch form (e-graph + cost model), optionally
     /// remapped onto a tensor-parallel group (`--tp`): the PPMoE layout.
     Rewrite(cmd::rewrite::Args),
+    /// Run a list of passes (`remap(tp=8),dispatch,partition(pp=4),schedule(1f1b)`) over a
+    /// model, validating after each; writes the text form by default.
+    Opt(cmd::opt::Args),
     /// Execute a model (every rank of its mesh) and print a checksum per output and the time.
     Run(cmd::run::Args),
     /// Check a graph (or config); exit 1 with the first problem.
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
         Command::Import(a) => cmd::import::run(a),
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Rewrite(a) => cmd::rewrite::run(a),
+        Command::Opt(a) => cmd::opt::run(a),
         Command::Run(a) => cmd::run::run(a),
         Command::Validate(a) => cmd::validate::run(a),
         Command::Verify(a) => cmd::verify::run(a),

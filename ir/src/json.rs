@@ -203,8 +203,14 @@ pub fn from_doc(doc: GraphDoc) -> Result<Graph, JsonError> {
                 output: k,
             })
             .collect();
+        // A leaf's declared type is kept in the op: put it in canonical form (one `split` entry
+        // per dim, partial axes in mesh order), as every type of a graph is.
+        let mut op = n.op;
+        if let Some(t) = op.declared_type_mut() {
+            *t = std::mem::replace(t, TensorType::new(t.dtype, [])).canonical(&g.mesh);
+        }
         let id = g
-            .add(n.name, n.op, &inputs, n.scope)
+            .add(n.name, op, &inputs, n.scope)
             .map_err(|e| err(format!("nodes[{i}]"), JsonErrorKind::Build(e)))?;
         g.node_mut(id).stage = n.stage;
         if let Some(declared) = n.out {

@@ -5,7 +5,8 @@
 //! dimension, which hold partial sums). Ops compute locally; only collectives communicate, and they
 //! change a value's layout, not its meaning. [`infer`] holds each op's typing rule, [`validate`]
 //! checks a graph, [`json`] reads and writes `model.json`, [`hf`] imports Hugging Face configs,
-//! [`print`] renders text and Graphviz DOT, and [`Summary`] answers `inspect`.
+//! [`print`] renders text and Graphviz DOT, [`text`] reads the text form back, and [`Summary`]
+//! answers `inspect`.
 //!
 //! This crate knows nothing of e-graphs, tensors libraries or command lines.
 //!
@@ -31,6 +32,7 @@ pub mod print;
 mod scalar;
 mod stages;
 mod summary;
+pub mod text;
 mod ty;
 mod valid;
 

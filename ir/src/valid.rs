@@ -61,6 +61,25 @@ pub enum ValidationError {
     Stage(#[from] StageError),
 }
 
+impl ValidationError {
+    /// The node the error is about, when it is about one node.
+    pub fn node(&self) -> Option<NodeId> {
+        match self {
+            ValidationError::BadName { id, .. }
+            | ValidationError::DuplicateName { id, .. }
+            | ValidationError::BadInput { id, .. }
+            | ValidationError::Type { id, .. }
+            | ValidationError::StaleType { id, .. }
+            | ValidationError::PartialStages { id, .. } => Some(*id),
+            ValidationError::Mesh(_)
+            | ValidationError::BadOutput { .. }
+            | ValidationError::DuplicateOutput(_)
+            | ValidationError::NoOutputs
+            | ValidationError::Stage(_) => None,
+        }
+    }
+}
+
 fn join<T: std::fmt::Display>(ts: &[T]) -> String {
     ts.iter()
         .map(ToString::to_string)

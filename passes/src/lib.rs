@@ -1,7 +1,8 @@
 //! # moe-passes: transformations of moe-opt graphs
 //!
 //! Passes take a validated [`moe_ir::Graph`] and return one that validates too; the [`Pipeline`]
-//! checks that after every pass and records [`PassStats`]. This crate does no I/O.
+//! checks that after every pass and records [`PassStats`]; [`registry`] reads pass lists such as
+//! `remap(tp=8),dispatch,partition(pp=4),schedule(1f1b)` into one. This crate does no I/O.
 //!
 //! ```
 //! use moe_passes::{DeadCode, Pipeline};
@@ -18,6 +19,7 @@ pub mod extract;
 mod lang;
 mod pass;
 pub mod pipeline;
+pub mod registry;
 pub mod remap;
 pub mod rewrite;
 pub mod rules;
@@ -28,4 +30,5 @@ pub use cost::{Cluster, CostModel, OpCost, Roofline};
 pub use extract::{CostSplit, DagExtractor, ExtractError};
 pub use lang::{Discriminant, MoeLang};
 pub use pass::{DeadCode, EGraphStats, Pass, PassError, PassOutput, PassStats, Pipeline};
+pub use registry::{PassContext, PassListError, PassStep};
 pub use remap::{RemapError, TensorParallel};

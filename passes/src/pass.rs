@@ -101,6 +101,16 @@ impl Pipeline {
 
     /// Runs every pass in order on `g`, validating the input and each pass's output.
     pub fn run(&self, g: Graph) -> Result<(Graph, Vec<PassStats>), PassError> {
+        self.run_observed(g, |_, _| {})
+    }
+
+    /// As [`Pipeline::run`], calling `after` with each pass's statistics and validated output
+    /// (what `moe-opt opt --print-after-all` prints).
+    pub fn run_observed(
+        &self,
+        g: Graph,
+        mut after: impl FnMut(&PassStats, &Graph),
+    ) -> Result<(Graph, Vec<PassStats>), PassError> {
         validate(&g).map_err(PassError::InvalidInput)?;
         let mut g = g;
         let mut stats = Vec::with_capacity(self.passes.len());
@@ -129,6 +139,7 @@ impl Pipeline {
                 egraph = ?s.egraph,
                 "pass done"
             );
+            after(&s, &out.graph);
             stats.push(s);
             g = out.graph;
         }

@@ -28,7 +28,8 @@ fn import() {
                 moe_ir::json::to_json(&again),
                 "import is deterministic"
             );
-            insta::assert_snapshot!(format!("{summary}\n\n{}", moe_ir::print::to_text(&cut)));
+            common::text(&full);
+            insta::assert_snapshot!(format!("{summary}\n\n{}", common::text(&cut)));
         });
     });
 }

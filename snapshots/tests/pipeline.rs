@@ -126,6 +126,7 @@ fn pipeline() {
                     assert!(slowest(&p) <= slowest(&eq) * (1.0 + 1e-9));
                 }
             }
+            let out_text = common::text(out);
             let mut s = String::new();
             let _ = writeln!(s, "mesh {}", out.mesh);
             s.push_str(&p.report.to_string());
@@ -134,7 +135,7 @@ fn pipeline() {
             match opts.print.as_deref() {
                 Some("text") => {
                     s.push('\n');
-                    s.push_str(&moe_ir::print::to_text(out));
+                    s.push_str(&out_text);
                 }
                 Some("dot") => {
                     s.push('\n');

@@ -73,7 +73,7 @@ fn rewrite() {
                 );
             }
             let _ = writeln!(s, "{notes}\n");
-            s.push_str(&moe_ir::print::to_text(&out));
+            s.push_str(&common::text(&out));
             insta::assert_snapshot!(s);
         });
     });

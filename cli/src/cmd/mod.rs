@@ -4,6 +4,7 @@ pub mod bench;
 pub mod check_gpu;
 pub mod import;
 pub mod inspect;
+pub mod opt;
 pub mod rewrite;
 pub mod run;
 pub mod schema;

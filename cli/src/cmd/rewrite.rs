@@ -1,5 +1,6 @@
 //! `moe-opt rewrite MODEL [--tp T] [--pp P [--pp-layout L] [--schedule S] [--micro-batches M]
-//! [--emit-stage K]] [--cluster FILE] [--explain]`.
+//! [--emit-stage K]] [--cluster FILE] [--explain]`: the pass list
+//! `[remap(tp=T),]dispatch[,partition(pp=P, ..),schedule(S)]` of `moe_passes::registry`.
 
 use super::{render, Format};
 use crate::io::{read_input, write_output};
@@ -7,12 +8,11 @@ use crate::load::{load, ImportArgs};
 use miette::{miette, Result};
 use moe_ir::Schedule;
 use moe_passes::cost::{Cluster, Roofline};
-use moe_passes::pipeline::{Layout, PipelinePartition};
-use moe_passes::rewrite::{layer_costs, DispatchRewrite, Limits};
-use moe_passes::{Pipeline, TensorParallel};
+use moe_passes::pipeline::Layout;
+use moe_passes::registry::{self, PassContext, PassStep};
+use moe_passes::rewrite::{layer_costs, Limits};
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, clap::Args)]
@@ -115,16 +115,10 @@ pub fn run(a: Args) -> Result<()> {
     }
     let text = read_input(&a.model)?;
     let g = load(&a.model, &text, &a.import)?;
-    let rewrite = DispatchRewrite {
-        limits: Limits {
-            iterations: a.iter_limit,
-            nodes: a.node_limit,
-            time: Duration::from_secs_f64(a.time_limit),
-        },
-        model: Arc::new(Roofline {
-            cluster: cluster.clone(),
-        }),
-        explain: a.explain,
+    let limits = Limits {
+        iterations: a.iter_limit,
+        nodes: a.node_limit,
+        time: Duration::from_secs_f64(a.time_limit),
     };
     let input_costs = a.explain.then(|| {
         layer_costs(
@@ -135,22 +129,9 @@ pub fn run(a: Args) -> Result<()> {
         )
     });
     let input_mesh = g.mesh.to_string();
-    let mut pipeline = Pipeline::new();
-    if let Some(tp) = a.tp {
-        pipeline = pipeline.with(TensorParallel {
-            tp,
-            gpus_per_node: if a.cluster.is_some() {
-                cluster.gpus_per_node
-            } else {
-                a.import.gpus_per_node
-            },
-        });
-    }
-    pipeline = pipeline.with(rewrite);
-    if let Some(pp) = a.pp {
-        let micro_batches = a.micro_batches.unwrap_or(4 * pp.max(1));
-        pipeline = pipeline.with(PipelinePartition {
-            stages: pp,
+    let partition = match a.pp {
+        Some(pp) => Some(PassStep::Partition {
+            pp,
             layout: match &a.pp_layout {
                 Some(l) => parse_layout(l)?,
                 None => Layout::Balanced,
@@ -160,19 +141,20 @@ pub fn run(a: Args) -> Result<()> {
                 ScheduleArg::OneFOneB => Schedule::OneFOneB,
                 ScheduleArg::Interleaved => Schedule::Interleaved { chunks: a.chunks },
             },
-            micro_batches,
-            model: Arc::new(Roofline {
-                cluster: cluster.clone(),
-            }),
-            gpus_per_node: if a.cluster.is_some() {
-                cluster.gpus_per_node
-            } else {
-                a.import.gpus_per_node
-            },
-            gpu_memory_bytes: Some(cluster.gpu.memory_gb * 1e9),
+            micro_batches: a.micro_batches,
             recompute: a.recompute,
-        });
-    }
+        }),
+        None => None,
+    };
+    let steps = registry::rewrite_steps(a.tp, partition);
+    tracing::info!(passes = %registry::to_text(&steps), "rewrite pipeline");
+    let ctx = PassContext {
+        cluster: cluster.clone(),
+        gpus_per_node: a.cluster.is_none().then_some(a.import.gpus_per_node),
+        limits,
+        explain: a.explain,
+    };
+    let pipeline = registry::pipeline(&steps, &ctx);
     let (out, stats) = pipeline.run(g).map_err(|e| miette!("{}: {e}", a.model))?;
     let out = match a.emit_stage {
         Some(k) => moe_ir::stage_program(&out, k).map_err(|e| miette!("--emit-stage {k}: {e}"))?,

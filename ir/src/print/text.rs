@@ -3,6 +3,7 @@
 //! ```text
 //! graph "tiny" (moe-ir/1)
 //! mesh ep=2:intra
+//! meta {family=mixtral, hidden=64}
 //!
 //! embed:
 //!   %0 = input : i32[64@ep]  ; tokens
@@ -12,28 +13,13 @@
 //!   logits = %9
 //! ```
 //! Nodes are grouped under a header whenever their scope or stage changes; `%n.k` is output `k`.
+//! `meta` and `pipeline` lines appear when the graph has them. [`crate::text::from_text`] reads
+//! the form back into an equal graph.
 
+use crate::text::attr::{print_str, print_value};
 use crate::{Graph, Op};
 use serde_json::Value as J;
 use std::fmt::Write;
-
-fn attr_value(v: &J) -> String {
-    match v {
-        J::Object(m) => {
-            let inner: Vec<String> = m
-                .iter()
-                .map(|(k, v)| format!("{k}={}", attr_value(v)))
-                .collect();
-            format!("{{{}}}", inner.join(", "))
-        }
-        J::Array(a) => format!(
-            "[{}]",
-            a.iter().map(attr_value).collect::<Vec<_>>().join(", ")
-        ),
-        J::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
 
 /// `router{experts=8, k=2, ...}`: the op name with its attributes (declared leaf types omitted:
 /// the node's type shows them).
@@ -53,10 +39,10 @@ pub fn op_label(op: &Op) -> String {
     };
     match attrs {
         Some(J::Object(m)) if !m.is_empty() => {
-            format!("{}{}", op.name(), attr_value(&J::Object(m)))
+            format!("{}{}", op.name(), print_value(&J::Object(m)))
         }
         Some(J::Object(_)) | None => op.name().to_string(),
-        Some(other) => format!("{}{{{}}}", op.name(), attr_value(&other)),
+        Some(other) => format!("{}{{{}}}", op.name(), print_value(&other)),
     }
 }
 
@@ -65,6 +51,15 @@ pub fn to_text(g: &Graph) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "graph {:?} ({})", g.name, crate::json::FORMAT);
     let _ = writeln!(s, "mesh {}", g.mesh);
+    if !g.meta.is_empty() {
+        let meta: serde_json::Map<String, J> =
+            g.meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let _ = writeln!(s, "meta {}", print_value(&J::Object(meta)));
+    }
+    if let Some(p) = &g.pipeline {
+        let p = serde_json::to_value(p).expect("pipeline specs serialize");
+        let _ = writeln!(s, "pipeline {}", print_value(&p));
+    }
     let mut header = None;
     for (id, n) in g.nodes() {
         let h = (n.scope, n.stage);
@@ -95,7 +90,7 @@ pub fn to_text(g: &Graph) -> String {
     }
     let _ = writeln!(s, "\noutputs:");
     for o in &g.outputs {
-        let _ = writeln!(s, "  {} = {}", o.name, o.value);
+        let _ = writeln!(s, "  {} = {}", print_str(&o.name), o.value);
     }
     s
 }

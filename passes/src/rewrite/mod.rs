@@ -71,6 +71,9 @@ pub struct DispatchRewrite {
     pub model: Arc<dyn CostModel + Send + Sync>,
     /// Also explain each layer's choice with egg's proof (the rule chain); costs some time.
     pub explain: bool,
+    /// Saturate with only these rules of [`rules::RULES`] (`None`: all of them), to see one
+    /// rule's effect alone (`opt --passes 'dispatch(rules=..)'`).
+    pub only: Option<Vec<&'static rules::Rule>>,
 }
 
 impl std::fmt::Debug for DispatchRewrite {
@@ -99,6 +102,7 @@ impl DispatchRewrite {
             limits: Limits::default(),
             model: Arc::new(Roofline { cluster }),
             explain: false,
+            only: None,
         }
     }
 
@@ -110,7 +114,11 @@ impl DispatchRewrite {
             &mut loaded.egraph,
             egg::EGraph::new(Types { mesh: mesh.clone() }),
         );
-        let rules = rules::all();
+        let rank = rules::max_rank(g);
+        let rules = match &self.only {
+            None => rules::all(&g.mesh, rank),
+            Some(only) => only.iter().map(|r| r.rewrite(&g.mesh, rank)).collect(),
+        };
         let runner: Runner<MoeLang, Types, ()> = Runner::new(Types { mesh })
             .with_egraph(egraph)
             .with_iter_limit(self.limits.iterations)

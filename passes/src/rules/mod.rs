@@ -1,60 +1,120 @@
-//! Rewrite rules, one family per file. Every rule is named for users (the names appear in
-//! `--explain`) and documents why its two sides are equal. Rules are directional and targeted;
-//! a rule adds a node only after checking its type with [`crate::analysis::try_make`], so a rule
-//! that does not fit a graph does nothing instead of corrupting the e-graph.
+//! Rewrite rules, one family per file, listed once in [`RULES`]. Every rule is named for users
+//! (the names appear in `--explain`) and documents why its two sides are equal. Rules are
+//! directional and targeted; a rule adds a node only after checking its type with
+//! [`crate::analysis::try_make`], so a rule that does not fit a graph does nothing instead of
+//! corrupting the e-graph.
 //!
-//! Families: `dispatch` ([`AllGatherSlicing`], tokens split on the experts' axis), `ppmoe`
-//! ([`PpmoeSlicing`], tokens replicated on it), `algebra` (collective algebra:
-//! [`AllGatherOfShard`], [`ShardOfAllGather`], [`AllGatherOfReduceScatter`],
-//! [`ShardOfAllReduce`], [`AllToAllOfShard`]). [`all`] lists them all.
+//! Rules are data where they can be: the collective algebra (`algebra.rs`) is five
+//! [`Equation`]s, egg patterns over the ops' text spelling. The two dispatch rules
+//! ([`AllGatherSlicing`] in `dispatch.rs`, [`PpmoeSlicing`] in `ppmoe.rs`) are a custom
+//! searcher and applier each, sharing `chain.rs`: their left side has a variable number of
+//! expert weights and their right side computes what no pattern can (the capacity and token
+//! groups of `local_routes` from the matched `dispatch` and the tokens' local rows, and a
+//! zeros buffer of the tokens' type made partial on the axis).
 
 mod algebra;
 mod chain;
 mod dispatch;
+mod equation;
 mod ppmoe;
 #[cfg(test)]
 pub(crate) mod testing;
 
 pub use algebra::{
-    AllGatherOfReduceScatter, AllGatherOfShard, AllToAllOfShard, ShardOfAllGather, ShardOfAllReduce,
+    ALL_GATHER_OF_REDUCE_SCATTER, ALL_GATHER_OF_SHARD, ALL_TO_ALL_OF_SHARD, SHARD_OF_ALL_GATHER,
+    SHARD_OF_ALL_REDUCE,
 };
 pub use dispatch::AllGatherSlicing;
+pub use equation::{Equation, EquationError, Instances};
 pub use ppmoe::PpmoeSlicing;
 
 use crate::analysis::{try_make, Types};
 use crate::lang::MoeLang;
 use egg::{Applier, EGraph, Id, Rewrite, Searcher};
+use moe_ir::Mesh;
 
-/// Every rule, in this fixed order: the dispatch rewrites first ([`AllGatherSlicing`],
-/// [`PpmoeSlicing`]), then the collective algebra ([`AllGatherOfShard`], [`ShardOfAllGather`],
-/// [`AllGatherOfReduceScatter`], [`ShardOfAllReduce`], [`AllToAllOfShard`]). Each rewrite's
-/// name is the rule's `NAME`.
-pub fn all() -> Vec<Rewrite<MoeLang, Types>> {
-    [
-        rewrite(AllGatherSlicing::NAME, AllGatherSlicing),
-        rewrite(PpmoeSlicing::NAME, PpmoeSlicing),
-        rewrite(AllGatherOfShard::NAME, AllGatherOfShard),
-        rewrite(ShardOfAllGather::NAME, ShardOfAllGather),
-        rewrite(AllGatherOfReduceScatter::NAME, AllGatherOfReduceScatter),
-        rewrite(ShardOfAllReduce::NAME, ShardOfAllReduce),
-        rewrite(AllToAllOfShard::NAME, AllToAllOfShard),
-    ]
-    .into_iter()
-    .flatten()
-    .collect()
+/// How a rule of [`RULES`] is written.
+#[derive(Debug, Clone, Copy)]
+pub enum Rule {
+    /// Its equation, as patterns.
+    Equation(Equation),
+    /// A custom searcher and applier (the reason is on the type), with its name.
+    Custom {
+        name: &'static str,
+        build: fn() -> Option<Rewrite<MoeLang, Types>>,
+    },
 }
 
-/// The names of [`all`]'s rules, in the same order.
+/// Rules are equal when their names are (names are unique; a test checks).
+impl PartialEq for Rule {
+    fn eq(&self, other: &Rule) -> bool {
+        self.name() == other.name()
+    }
+}
+
+impl Rule {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Rule::Equation(e) => e.name,
+            Rule::Custom { name, .. } => name,
+        }
+    }
+
+    /// The egg rewrite of this rule on `mesh`, for values of rank at most `rank`.
+    ///
+    /// # Panics
+    /// If the rule's own definition is broken (an equation that does not parse): rules are
+    /// constants, and a test builds every one.
+    pub fn rewrite(&self, mesh: &Mesh, rank: usize) -> Rewrite<MoeLang, Types> {
+        match self {
+            Rule::Equation(e) => e
+                .rewrite(mesh, rank)
+                .unwrap_or_else(|err| panic!("a rule is broken: {err}")),
+            Rule::Custom { name, build } => {
+                build().unwrap_or_else(|| panic!("rule `{name}` binds no variables"))
+            }
+        }
+    }
+}
+
+/// Every rule, in this fixed order: the dispatch rewrites first, then the collective algebra.
+pub const RULES: [Rule; 7] = [
+    Rule::Custom {
+        name: AllGatherSlicing::NAME,
+        build: || rewrite(AllGatherSlicing::NAME, AllGatherSlicing),
+    },
+    Rule::Custom {
+        name: PpmoeSlicing::NAME,
+        build: || rewrite(PpmoeSlicing::NAME, PpmoeSlicing),
+    },
+    Rule::Equation(ALL_GATHER_OF_SHARD),
+    Rule::Equation(SHARD_OF_ALL_GATHER),
+    Rule::Equation(ALL_GATHER_OF_REDUCE_SCATTER),
+    Rule::Equation(SHARD_OF_ALL_REDUCE),
+    Rule::Equation(ALL_TO_ALL_OF_SHARD),
+];
+
+/// The rewrites of every rule of [`RULES`] on `mesh`, for values of rank at most `rank`.
+pub fn all(mesh: &Mesh, rank: usize) -> Vec<Rewrite<MoeLang, Types>> {
+    RULES.iter().map(|r| r.rewrite(mesh, rank)).collect()
+}
+
+/// The names of [`RULES`], in order.
 pub fn names() -> Vec<&'static str> {
-    vec![
-        AllGatherSlicing::NAME,
-        PpmoeSlicing::NAME,
-        AllGatherOfShard::NAME,
-        ShardOfAllGather::NAME,
-        AllGatherOfReduceScatter::NAME,
-        ShardOfAllReduce::NAME,
-        AllToAllOfShard::NAME,
-    ]
+    RULES.iter().map(Rule::name).collect()
+}
+
+/// The rule named `name`.
+pub fn named(name: &str) -> Option<&'static Rule> {
+    RULES.iter().find(|r| r.name() == name)
+}
+
+/// The highest rank of any value of `g` (what [`all`] instantiates dims up to).
+pub fn max_rank(g: &moe_ir::Graph) -> usize {
+    g.nodes()
+        .flat_map(|(_, n)| n.outputs.iter().map(moe_ir::TensorType::rank))
+        .max()
+        .unwrap_or(0)
 }
 
 /// A rewrite named `name` whose searcher and applier are both `rule`. `Rewrite::new` only refuses
@@ -159,7 +219,7 @@ mod tests {
                     mesh: g.mesh.clone(),
                 }),
             );
-            let runner = testing::runner(&g.mesh, egraph).run(&all());
+            let runner = testing::runner(&g.mesh, egraph).run(&all(&g.mesh, max_rank(&g)));
             assert!(
                 matches!(runner.stop_reason, Some(egg::StopReason::Saturated)),
                 "{mesh}: {:?}",
@@ -173,8 +233,15 @@ mod tests {
 
     #[test]
     fn all_keeps_every_rule_in_the_order_of_names() {
-        let from_all: Vec<String> = all().iter().map(|r| r.name.to_string()).collect();
+        let mesh = testing::mesh("dp=2,tp=4");
+        let from_all: Vec<String> = all(&mesh, 3).iter().map(|r| r.name.to_string()).collect();
         assert_eq!(from_all, names());
+        for r in &RULES {
+            assert_eq!(named(r.name()).map(Rule::name), Some(r.name()));
+            if let Rule::Equation(e) = r {
+                assert!(!e.instantiate(&mesh, 3).unwrap().is_empty(), "{}", e.name);
+            }
+        }
         let mut unique = names();
         unique.sort_unstable();
         unique.dedup();

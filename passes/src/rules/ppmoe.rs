@@ -153,7 +153,7 @@ mod tests {
     use crate::rules::chain::zeros_leaf;
     use crate::rules::testing::{explained_rules, mesh, runner, Term};
     use crate::rules::{
-        all, rewrite, AllGatherOfReduceScatter, AllGatherOfShard, AllGatherSlicing,
+        rewrite, AllGatherSlicing, ALL_GATHER_OF_REDUCE_SCATTER, ALL_GATHER_OF_SHARD,
     };
     use egg::{CostFunction, Extractor, Language, RecExpr, Rewrite, Runner};
     use moe_ir::{Activation, Capacity, DType, FfnLayout, Graph, Scope, TensorType, Value};
@@ -343,7 +343,7 @@ mod tests {
     #[test]
     fn all_rules_make_the_ppmoe_form_cheapest_without_communication_but_one_all_reduce() {
         let g = replicated_a2a_layer(8);
-        let (l, out, _) = run(&g, &all());
+        let (l, out, _) = run(&g, &crate::rules::all(&g.mesh, 3));
         // (a) the PPMoE term is in the output's class.
         let found = l
             .egraph
@@ -373,7 +373,7 @@ mod tests {
         // 8 tokens per rank, 3 slots per expert: dispatch drops; local_routes keeps 3 per expert
         // in each of the 4 token blocks (one per rank that dispatched).
         let g = replicated_a2a_layer(3);
-        let (l, out, _) = run(&g, &all());
+        let (l, out, _) = run(&g, &crate::rules::all(&g.mesh, 3));
         let found = l
             .egraph
             .lookup_expr(&ppmoe_term(Capacity::Slots(3), 4, false));
@@ -395,8 +395,8 @@ mod tests {
         // Route 1: all-gather slicing on the inner combine, then the algebra.
         let route = [
             rewrite(AllGatherSlicing::NAME, AllGatherSlicing).unwrap(),
-            rewrite(AllGatherOfShard::NAME, AllGatherOfShard).unwrap(),
-            rewrite(AllGatherOfReduceScatter::NAME, AllGatherOfReduceScatter).unwrap(),
+            ALL_GATHER_OF_SHARD.rewrite(&g.mesh, 3).unwrap(),
+            ALL_GATHER_OF_REDUCE_SCATTER.rewrite(&g.mesh, 3).unwrap(),
         ];
         let (mut l, out, start) = run(&g, &route);
         let found = l
@@ -407,14 +407,14 @@ mod tests {
         let why = explain(&mut l, &start, &goal);
         for name in [
             AllGatherSlicing::NAME,
-            AllGatherOfShard::NAME,
-            AllGatherOfReduceScatter::NAME,
+            ALL_GATHER_OF_SHARD.name,
+            ALL_GATHER_OF_REDUCE_SCATTER.name,
         ] {
             assert!(why.iter().any(|r| r == name), "{name} missing from {why:?}");
         }
         assert!(!why.iter().any(|r| r == PpmoeSlicing::NAME), "{why:?}");
         // Both routes: they build the same nodes, hash-consed into one all_reduce e-node.
-        let (l, out, _) = run(&g, &all());
+        let (l, out, _) = run(&g, &crate::rules::all(&g.mesh, 3));
         for gathered in [false, true] {
             let found = l
                 .egraph

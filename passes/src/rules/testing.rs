@@ -1,6 +1,6 @@
 //! Test support for rule-level tests in egg's `test_fn!` style: a start term, rules, a goal term,
-//! checked equal after running the rules. `MoeLang` has no parser, so terms are built with
-//! [`Term`], and [`rule_test!`] declares a test.
+//! checked equal after running the rules. Terms with leaves (whose types a pattern cannot spell)
+//! are built with [`Term`], and [`rule_test!`] declares a test.
 
 #![allow(clippy::unwrap_used)]
 
@@ -117,8 +117,7 @@ pub(crate) fn check_rewrites(
     }
 }
 
-/// The rule names an explanation's flat steps cite, in order. (`get_flat_string` needs a parser,
-/// `egg::FromOp`, which `MoeLang` does not have; the flat terms carry the same rule names.)
+/// The rule names an explanation's flat steps cite, in order.
 pub(crate) fn explained_rules(e: &mut Explanation<MoeLang>) -> Vec<String> {
     fn walk(t: &FlatTerm<MoeLang>, out: &mut Vec<String>) {
         for r in [t.forward_rule, t.backward_rule].into_iter().flatten() {
@@ -182,42 +181,56 @@ pub(crate) fn check_unchanged(
     );
 }
 
+/// The rewrites of the rules named `names` (from [`crate::rules::RULES`]) on `mesh_spec`.
+pub(crate) fn named(names: &[&str], mesh_spec: &str) -> Vec<Rewrite<MoeLang, Types>> {
+    let mesh = mesh(mesh_spec);
+    names
+        .iter()
+        .map(|n| {
+            crate::rules::named(n)
+                .unwrap_or_else(|| panic!("no rule named {n}"))
+                .rewrite(&mesh, 3)
+        })
+        .collect()
+}
+
 /// A rule-level test in egg's `test_fn!` style:
 /// ```text
-/// rule_test! { name, rules: [..], mesh: "dp=2,tp=4", start: |b| .., goal: |b| .. }
-/// rule_test! { name, rules: [..], mesh: "dp=2,tp=4", start: |b| .., unchanged }
+/// rule_test! { name, rules: ["rule-name", ..], mesh: "dp=2,tp=4", start: |b| .., goal: |b| .. }
+/// rule_test! { name, rules: ["rule-name", ..], mesh: "dp=2,tp=4", start: |b| .., unchanged }
 /// ```
 /// The first form checks that `goal` ends in `start`'s class and that the explanation names every
-/// rule given (by `NAME`); the second that the rules add and union nothing.
+/// rule given; the second that the rules (and then all rules) add and union nothing.
 macro_rules! rule_test {
-    ($name:ident, rules: [$($rule:ty),* $(,)?], mesh: $mesh:expr,
+    ($name:ident, rules: [$($rule:expr),* $(,)?], mesh: $mesh:expr,
      start: $start:expr, goal: $goal:expr $(,)?) => {
         #[test]
         fn $name() {
-            let rules: Vec<_> = [$($crate::rules::rewrite(<$rule>::NAME, <$rule>::default())),*]
-                .into_iter()
-                .map(Option::unwrap)
-                .collect();
+            let names = [$($rule),*];
             $crate::rules::testing::check_rewrites(
-                &rules,
+                &$crate::rules::testing::named(&names, $mesh),
                 $mesh,
                 &$crate::rules::testing::Term::build($start),
                 &$crate::rules::testing::Term::build($goal),
-                &[$(<$rule>::NAME),*],
+                &names,
             );
         }
     };
-    ($name:ident, rules: [$($rule:ty),* $(,)?], mesh: $mesh:expr,
+    ($name:ident, rules: [$($rule:expr),* $(,)?], mesh: $mesh:expr,
      start: $start:expr, unchanged $(,)?) => {
         #[test]
         fn $name() {
-            let rules: Vec<_> = [$($crate::rules::rewrite(<$rule>::NAME, <$rule>::default())),*]
-                .into_iter()
-                .map(Option::unwrap)
-                .collect();
             let start = $crate::rules::testing::Term::build($start);
-            $crate::rules::testing::check_unchanged(&rules, $mesh, &start);
-            $crate::rules::testing::check_unchanged(&$crate::rules::all(), $mesh, &start);
+            $crate::rules::testing::check_unchanged(
+                &$crate::rules::testing::named(&[$($rule),*], $mesh),
+                $mesh,
+                &start,
+            );
+            $crate::rules::testing::check_unchanged(
+                &$crate::rules::all(&$crate::rules::testing::mesh($mesh), 3),
+                $mesh,
+                &start,
+            );
         }
     };
 }

@@ -116,3 +116,21 @@ pub fn settings() -> insta::Settings {
     s.set_omit_expression(true);
     s
 }
+
+/// The canonical text of `g`, after checking that it reads back into an equal graph that prints
+/// the same bytes (every snapshot case's graphs round-trip through the text form).
+pub fn text(g: &Graph) -> String {
+    let text = moe_ir::print::to_text(g);
+    let back = moe_ir::text::from_text(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(
+        moe_ir::print::to_text(&back),
+        text,
+        "print -> parse -> print"
+    );
+    assert!(
+        back == *g,
+        "the text of `{}` reads back as a different graph",
+        g.name
+    );
+    text
+}
