@@ -116,7 +116,7 @@ mod tests {
     #[test]
     fn causal_pairs_are_the_lower_triangle_and_windows_cut_them() {
         let mut a: AttentionAttrs = serde_json::from_str(
-            r#"{"heads": 2, "kv_heads": 2, "head_dim": 4, "seq": 4, "kv_seq": 4, "mask": "causal"}"#,
+            r#"{"heads": 2, "kv_heads": 2, "head_dim": 4, "v_head_dim": 4, "seq": 4, "kv_seq": 4, "mask": "causal"}"#,
         )
         .unwrap();
         assert_eq!(visible_pairs(&a), 10.0);

@@ -154,6 +154,17 @@ impl<'t> Borrowed<'t> {
         self.stream
     }
 
+    /// Fails unless the elements are `bytes` wide (`what` names the buffer).
+    pub fn is_elem(&self, bytes: usize, what: &str) -> Result<()> {
+        if self.elem_bytes != bytes {
+            return Err(CudaError::Invalid(format!(
+                "{what}: elements of {} bytes where {bytes} are needed",
+                self.elem_bytes
+            )));
+        }
+        Ok(())
+    }
+
     /// Fails unless the buffer holds at least `n` elements (`what` names it).
     pub fn holds(&self, n: usize, what: &str) -> Result<()> {
         if self.len < n {

@@ -14,10 +14,12 @@
 //!   weights generated on the device, bit for bit the host's values.
 //! - everything else: the burn defaults of [`Compute`].
 
+use super::attention;
 use super::blas::{Blas, Elem, Shape};
 use super::buffer::{empty, empty_int, Cuda, Prim};
 use super::error::{driver, CudaError};
 use super::ops::{Ops, RouterArgs};
+use crate::exec::attention::Heads;
 use crate::exec::compute::{plain_float, Compute, SeededBlock};
 use crate::exec::moe::ExpertWeights;
 use crate::exec::OpResult;
@@ -26,17 +28,17 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 use burn_cubecl::FloatElement;
 use burn_cuda::CudaDevice;
 use cudarc::driver::CudaContext;
-use moe_ir::{RouterAttrs, Score};
+use moe_ir::{Activation, AttentionAttrs, RouterAttrs, Score};
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
 /// cuBLAS and the kernels of one device.
 #[derive(Debug)]
-struct Runtime {
+pub(super) struct Runtime {
     ctx: Arc<CudaContext>,
-    blas: Blas,
-    ops: Ops,
+    pub blas: Blas,
+    pub ops: Ops,
 }
 
 /// The CUDA compute seam for floats `F` (see the module docs).
@@ -54,6 +56,10 @@ impl<F> Default for CudaCompute<F> {
         }
     }
 }
+
+/// Expert counts up to which the experts' GEMMs run one cuBLAS call per expert (few large
+/// experts: FACTS.md measured the loop at or above cuBLAS's grouped GEMM there).
+const GROUPED_MIN_EXPERTS: usize = 16;
 
 fn err(e: CudaError) -> String {
     e.to_string()
@@ -73,16 +79,19 @@ impl<F: FloatElement> CudaCompute<F> {
         F::dtype() == DType::BF16
     }
 
-    /// Runs `f` with `device`'s runtime (made on first use), its context current.
-    fn with<T>(
-        &self,
-        device: &CudaDevice,
-        f: impl FnOnce(&Runtime) -> Result<T, CudaError>,
-    ) -> OpResult<T> {
-        let mut map = self
-            .devices
+    /// The lock over the devices' runtimes.
+    fn lock(&self) -> OpResult<std::sync::MutexGuard<'_, BTreeMap<usize, Runtime>>> {
+        self.devices
             .lock()
-            .map_err(|_| "the CUDA compute seam's lock was poisoned by a failed op".to_string())?;
+            .map_err(|_| "the CUDA compute seam's lock was poisoned by a failed op".to_string())
+    }
+
+    /// `device`'s runtime (made on first use), its context current on this thread.
+    fn runtime<'m>(
+        &self,
+        map: &'m mut BTreeMap<usize, Runtime>,
+        device: &CudaDevice,
+    ) -> OpResult<&'m Runtime> {
         if !map.contains_key(&device.index) {
             let ctx = CudaContext::new(device.index)
                 .map_err(driver("cuDevicePrimaryCtxRetain"))
@@ -104,6 +113,17 @@ impl<F: FloatElement> CudaCompute<F> {
             .bind_to_thread()
             .map_err(driver("cuCtxSetCurrent"))
             .map_err(err)?;
+        Ok(rt)
+    }
+
+    /// Runs `f` with `device`'s runtime.
+    fn with<T>(
+        &self,
+        device: &CudaDevice,
+        f: impl FnOnce(&Runtime) -> Result<T, CudaError>,
+    ) -> OpResult<T> {
+        let mut map = self.lock()?;
+        let rt = self.runtime(&mut map, device)?;
         f(rt).map_err(err)
     }
 
@@ -134,6 +154,60 @@ impl<F: FloatElement> CudaCompute<F> {
                 .gemm(elem, s, &pa.borrow()?, &pb.borrow()?, &pc.borrow()?)
         })?;
         Ok(pc.into_float([n, m, n2]))
+    }
+
+    /// Expert GEMMs over row groups (`off`, host): rows `[n, inner]` of `a` times the group's
+    /// matrix of `b` (`[groups, inner, cols]`). Many small groups go to cuBLAS's grouped GEMM in
+    /// one launch (its pointer arrays uploaded); few large ones to one GEMM each.
+    #[allow(clippy::too_many_arguments)]
+    fn grouped_gemm(
+        &self,
+        elem: Elem,
+        off: &[usize],
+        a: &Prim,
+        b: Tensor<Cuda<F>, 3>,
+        n: usize,
+        cols: usize,
+        inner: usize,
+    ) -> OpResult<Tensor<Cuda<F>, 2>> {
+        let device = b.device();
+        let pb = Prim::float(b);
+        let pc = empty::<F, 2>([n, cols], &device);
+        let groups = off.len().saturating_sub(1);
+        if groups <= GROUPED_MIN_EXPERTS {
+            self.with(&device, |rt| {
+                rt.blas
+                    .grouped(elem, off, cols, inner, &a.borrow()?, &pb.borrow()?, &pc.borrow()?)
+            })?;
+            return Ok(pc.into_float::<F, 2>([n, cols]));
+        }
+        let (ab, bb, cb) = (
+            a.borrow().map_err(err)?,
+            pb.borrow().map_err(err)?,
+            pc.borrow().map_err(err)?,
+        );
+        let plan = Blas::grouped_plan(elem, off, cols, inner, &ab, &bb, &cb).map_err(err)?;
+        // u64 addresses as i32 pairs (little-endian), uploaded in stream order.
+        let words: Vec<i32> = plan
+            .pointers()
+            .iter()
+            .flat_map(|&p| [p as u32 as i32, (p >> 32) as u32 as i32])
+            .collect();
+        if words.is_empty() {
+            return Ok(pc.into_float::<F, 2>([n, cols]));
+        }
+        let len = words.len();
+        let ptrs = Prim::int(Tensor::<Cuda<F>, 1, Int>::from_data(
+            TensorData::new(words, [len]),
+            &device,
+        ));
+        self.with(&device, |rt| {
+            let pb = ptrs.borrow()?;
+            // SAFETY: `ptrs` holds exactly the plan's pointers (uploaded just above, before
+            // this call on the same stream); the plan's buffers are borrowed from live tensors.
+            unsafe { rt.blas.grouped_run(elem, &plan, &pb) }
+        })?;
+        Ok(pc.into_float::<F, 2>([n, cols]))
     }
 
     /// Integers of `v` on the device as i32 (uploaded when on the host), with the id of the
@@ -181,6 +255,87 @@ impl<F: FloatElement> Compute<Cuda<F>> for CudaCompute<F> {
             Some(elem) => self.gemm3(elem, a, b),
             None => Ok(a.matmul(b)),
         }
+    }
+
+    fn norm(
+        &self,
+        x: Dense<Cuda<F>>,
+        w: Dense<Cuda<F>>,
+        b: Option<Dense<Cuda<F>>>,
+        eps: f64,
+        center: bool,
+    ) -> OpResult<Dense<Cuda<F>>> {
+        let shape = x.shape();
+        let g = w.shape().iter().product::<usize>();
+        let n: usize = shape.iter().product();
+        let h = shape.last().copied().unwrap_or(1);
+        if !Self::bf16() || g == 0 || h % g != 0 {
+            return Ok(crate::exec::dense_norm(x, w, b, eps, center));
+        }
+        let device = x.t.device();
+        let (px, pw) = (Prim::float(x.t), Prim::float(w.to::<1>()));
+        let pb = b.map(|b| Prim::float(b.to::<1>()));
+        let y = empty::<F, 1>([n], &device);
+        self.with(&device, |rt| {
+            let bb = pb.as_ref().map(Prim::borrow).transpose()?;
+            rt.ops.norm_rows(
+                &y.borrow()?,
+                &px.borrow()?,
+                &pw.borrow()?,
+                bb.as_ref(),
+                n / g,
+                g,
+                eps as f32,
+                center,
+            )
+        })?;
+        Ok(Dense::of(y.into_float::<F, 1>([n])).reshape(&shape))
+    }
+
+    fn gated(
+        &self,
+        act: Activation,
+        gate: Dense<Cuda<F>>,
+        up: Dense<Cuda<F>>,
+    ) -> OpResult<Dense<Cuda<F>>> {
+        let gelu = match act {
+            Activation::Silu => false,
+            Activation::Gelu => true,
+            _ => return crate::exec::compute::Burn.gated(act, gate, up),
+        };
+        if !Self::bf16() || gate.shape() != up.shape() {
+            return crate::exec::compute::Burn.gated(act, gate, up);
+        }
+        let shape = gate.shape();
+        let n: usize = shape.iter().product();
+        let device = gate.t.device();
+        let (pg, pu) = (Prim::float(gate.t), Prim::float(up.t));
+        let y = empty::<F, 1>([n], &device);
+        self.with(&device, |rt| {
+            rt.ops
+                .gated_act(&y.borrow()?, &pg.borrow()?, &pu.borrow()?, n, gelu)
+        })?;
+        Ok(Dense::of(y.into_float::<F, 1>([n])).reshape(&shape))
+    }
+
+    fn attention(
+        &self,
+        a: &AttentionAttrs,
+        q: Dense<Cuda<F>>,
+        k: Dense<Cuda<F>>,
+        v: Dense<Cuda<F>>,
+        k_shared: Option<Dense<Cuda<F>>>,
+        sinks: Option<Dense<Cuda<F>>>,
+        heads: Heads,
+    ) -> OpResult<Dense<Cuda<F>>> {
+        if !Self::bf16() || !attention::takes(a, k_shared.is_some()) {
+            let bmm = |x: Tensor<Cuda<F>, 3>, y: Tensor<Cuda<F>, 3>| self.bmm(x, y);
+            return crate::exec::attention::attention(a, q, k, v, k_shared, sinks, heads, &bmm);
+        }
+        let device = q.t.device();
+        let mut map = self.lock()?;
+        let rt = self.runtime(&mut map, &device)?;
+        attention::attention(rt, a, q, k, v, sinks, heads)
     }
 
     fn router(
@@ -316,22 +471,15 @@ impl<F: FloatElement> Compute<Cuda<F>> for CudaCompute<F> {
         }
         // The one device-to-host read of the layer: cuBLAS takes group sizes on the host.
         let off: Vec<usize> = r.host_offsets().iter().map(|&o| o.max(0) as usize).collect();
-        let device = r.rows.device();
         let grouped = |a: &Prim, b: Tensor<Cuda<F>, 3>, cols: usize, inner: usize| {
-            let pb = Prim::float(b);
-            let pc = empty::<F, 2>([n, cols], &device);
-            self.with(&device, |rt| {
-                rt.blas
-                    .grouped(elem, &off, cols, inner, &a.borrow()?, &pb.borrow()?, &pc.borrow()?)
-            })?;
-            Ok::<_, String>(pc.into_float::<F, 2>([n, cols]))
+            self.grouped_gemm(elem, &off, a, b, n, cols, inner)
         };
         let rows = Prim::float(r.rows.clone());
         let u = grouped(&rows, w.up.clone(), f, h)?;
         let hidden = match &w.gate {
             Some(g) => {
                 let g = grouped(&rows, g.clone(), f, h)?;
-                crate::exec::dense_gated(w.act, g, u)
+                self.gated(w.act, Dense::of(g), Dense::of(u))?.to::<2>()
             }
             None => crate::exec::dense_act(w.act, u),
         };

@@ -17,6 +17,7 @@
 // FFI to cuBLAS, NCCL and the driver needs `unsafe`; each block states its precondition.
 #![allow(unsafe_code)]
 
+pub(crate) mod attention;
 pub mod bench;
 pub(crate) mod blas;
 pub(crate) mod buffer;

@@ -30,7 +30,7 @@ const VEC: usize = 8;
 const ROW_THREADS: usize = 256;
 
 /// The entry points of [`SOURCE`], in [`K`]'s order.
-const ENTRY_POINTS: [&str; 9] = [
+const ENTRY_POINTS: [&str; 13] = [
     "gather_rows",
     "combine_rows",
     "router_topk",
@@ -40,6 +40,10 @@ const ENTRY_POINTS: [&str; 9] = [
     "route_place",
     "entry_rows",
     "seeded_fill",
+    "rope",
+    "softmax_rows",
+    "norm_rows",
+    "gated_act",
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +57,10 @@ enum K {
     RoutePlace = 6,
     EntryRows = 7,
     Seeded = 8,
+    Rope = 9,
+    Softmax = 10,
+    Norm = 11,
+    Gated = 12,
 }
 
 /// A kernel argument: a value whose address goes into the launch's parameter array.
@@ -109,6 +117,14 @@ fn rows_launch(rows: usize, cols: usize) -> Result<(i32, i32, Launch)> {
     ))
 }
 
+/// Fails unless every buffer has elements of the given width (bf16: 2, i32 and f32: 4).
+fn widths(bufs: &[(&Borrowed<'_>, usize, &str)]) -> Result<()> {
+    for &(b, bytes, what) in bufs {
+        b.is_elem(bytes, what)?;
+    }
+    Ok(())
+}
+
 fn int(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| CudaError::Invalid(format!("{what} = {v} exceeds i32")))
 }
@@ -128,6 +144,19 @@ pub(crate) struct RouterArgs {
     pub group_score: i32,
     pub normalize: bool,
     pub scale: f32,
+}
+
+/// An attention op's shape as the softmax kernel takes it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SoftmaxArgs {
+    /// Rows: sequences x heads x queries.
+    pub rows: usize,
+    pub seq: usize,
+    pub kv: usize,
+    pub heads: usize,
+    /// 0 full, 1 causal, 2 sliding (window `w`), 3 chunked (chunk `w`).
+    pub mask: i32,
+    pub w: usize,
 }
 
 /// The kernels, loaded on one device.
@@ -217,6 +246,7 @@ impl Ops {
         }
         dst.holds(rows * cols, "gather destination")?;
         idx.holds(rows, "gather indices")?;
+        widths(&[(dst, 2, "gather destination"), (src, 2, "gather source"), (idx, 4, "gather indices")])?;
         dst.aligned("gather destination", 16)?;
         src.aligned("gather source", 16)?;
         let (vpr, rpb, l) = rows_launch(rows, cols)?;
@@ -249,6 +279,12 @@ impl Ops {
         out.holds(tokens * cols, "combine output")?;
         row.holds(tokens * k, "combine rows")?;
         weight.holds(tokens * k, "combine weights")?;
+        widths(&[
+            (out, 2, "combine output"),
+            (src, 2, "combine source"),
+            (row, 4, "combine rows"),
+            (weight, 2, "combine weights"),
+        ])?;
         out.aligned("combine output", 16)?;
         src.aligned("combine source", 16)?;
         let (vpr, rpb, l) = rows_launch(tokens, cols)?;
@@ -291,8 +327,10 @@ impl Ops {
         logits.holds(a.tokens * a.experts, "router logits")?;
         expert.holds(a.tokens * a.k, "router experts")?;
         weight.holds(a.tokens * a.k, "router weights")?;
+        widths(&[(logits, 2, "router logits"), (expert, 4, "router experts"), (weight, 2, "router weights")])?;
         if let Some(b) = bias {
             b.holds(a.experts, "router bias")?;
+            b.is_elem(2, "router bias")?;
         }
         let mut bufs = vec![logits, expert, weight];
         bufs.extend(bias);
@@ -360,6 +398,16 @@ impl Ops {
         expert_off.holds(experts + 1, "expert offsets")?;
         sorted_token.holds(total, "sorted tokens")?;
         entry_pos.holds(total, "entry positions")?;
+        for (b, what) in [
+            (expert, "routing choices"),
+            (expert_cm, "routing entries"),
+            (scratch, "routing scratch"),
+            (expert_off, "expert offsets"),
+            (sorted_token, "sorted tokens"),
+            (entry_pos, "entry positions"),
+        ] {
+            b.is_elem(4, what)?;
+        }
         let counts = scratch.addr();
         let offsets = scratch.at(len)?.addr();
         let (t, kk, e, tot) = (
@@ -427,6 +475,15 @@ impl Ops {
             b.holds(total, what)?;
         }
         entry_row.holds(total, "entry rows")?;
+        expert_off.holds(1, "expert offsets")?;
+        for (b, what) in [
+            (entry_pos, "entry positions"),
+            (expert_cm, "routing entries"),
+            (expert_off, "expert offsets"),
+            (entry_row, "entry rows"),
+        ] {
+            b.is_elem(4, what)?;
+        }
         let (ep, cm, eo, er) = (
             entry_pos.addr(),
             expert_cm.addr(),
@@ -473,6 +530,7 @@ impl Ops {
             return Ok(());
         }
         dst.holds(n, "seeded block")?;
+        dst.is_elem(if bf16 { 2 } else { 4 }, "seeded block")?;
         let mut stride = [1i64; 4];
         for d in (0..rank.saturating_sub(1)).rev() {
             stride[d] = stride[d + 1] * global[d + 1] as i64;
@@ -505,6 +563,170 @@ impl Ops {
                 ],
             )
         }
+    }
+}
+
+impl Ops {
+    /// RoPE of `x` (`[rows, heads * d]` bf16) into `y` at positions `row % seq`, with `inv_freq`
+    /// (f32, `rd / 2` frequencies) over the last `rd` dims of every head; `interleaved` pairs.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope(
+        &self,
+        y: &Borrowed<'_>,
+        x: &Borrowed<'_>,
+        inv_freq: &Borrowed<'_>,
+        rows: usize,
+        heads: usize,
+        d: usize,
+        rd: usize,
+        seq: usize,
+        interleaved: bool,
+        cs_scale: f32,
+    ) -> Result<()> {
+        let n = rows * heads * d;
+        if n == 0 {
+            return Ok(());
+        }
+        if rd > d || rd % 2 != 0 || seq == 0 {
+            return Err(CudaError::Invalid(format!(
+                "RoPE of {rd} dims in heads of {d}, sequences of {seq}"
+            )));
+        }
+        x.holds(n, "RoPE input")?;
+        y.holds(n, "RoPE output")?;
+        inv_freq.holds(rd / 2, "RoPE frequencies")?;
+        widths(&[(x, 2, "RoPE input"), (y, 2, "RoPE output"), (inv_freq, 4, "RoPE frequencies")])?;
+        let (yy, xx, f) = (y.addr(), x.addr(), inv_freq.addr());
+        let (r, h, dd, rr, s, pr) = (
+            int(rows, "rows")?,
+            int(heads, "heads")?,
+            int(d, "head dim")?,
+            int(rd, "rope dim")?,
+            int(seq, "seq")?,
+            i32::from(interleaved),
+        );
+        let l = Launch {
+            grid: n.div_ceil(256).clamp(1, 65_536) as u32,
+            block: 256,
+            shared: 0,
+        };
+        // SAFETY: rope(u16*, const u16*, const float*, int x6, float); sizes checked above.
+        unsafe {
+            self.launch(
+                K::Rope,
+                l,
+                &[y, x, inv_freq],
+                &[&yy, &xx, &f, &r, &h, &dd, &rr, &s, &pr, &cs_scale],
+            )
+        }
+    }
+
+    /// Masked softmax of fp32 scores `s` (`[rows, kv]`) into bf16 `p`, sinks bf16 `[heads]`.
+    pub fn softmax_rows(
+        &self,
+        p: &Borrowed<'_>,
+        s: &Borrowed<'_>,
+        sinks: Option<&Borrowed<'_>>,
+        a: SoftmaxArgs,
+    ) -> Result<()> {
+        if a.rows == 0 || a.kv == 0 {
+            return Ok(());
+        }
+        s.holds(a.rows * a.kv, "attention scores")?;
+        p.holds(a.rows * a.kv, "attention probabilities")?;
+        widths(&[(s, 4, "attention scores"), (p, 2, "attention probabilities")])?;
+        if let Some(k) = sinks {
+            k.holds(a.heads, "attention sinks")?;
+            k.is_elem(2, "attention sinks")?;
+        }
+        let mut bufs = vec![p, s];
+        bufs.extend(sinks);
+        let (pp, ss, kk) = (p.addr(), s.addr(), sinks.map_or(0, |k| k.addr()));
+        let (r, q, kv, h, w) = (
+            int(a.rows, "rows")?,
+            int(a.seq, "seq")?,
+            int(a.kv, "kv")?,
+            int(a.heads, "heads")?,
+            int(a.w.min(i32::MAX as usize), "window")?,
+        );
+        let l = Launch {
+            grid: r as u32,
+            block: 256,
+            shared: 0,
+        };
+        // SAFETY: softmax_rows(u16*, const float*, const u16*, int x6); sizes checked above.
+        unsafe {
+            self.launch(
+                K::Softmax,
+                l,
+                &bufs,
+                &[&pp, &ss, &kk, &r, &q, &kv, &h, &a.mask, &w],
+            )
+        }
+    }
+
+    /// RMSNorm or (`center`) LayerNorm of `groups` groups of `g` bf16 with weight `w` and bias
+    /// `b` (`[g]` bf16).
+    #[allow(clippy::too_many_arguments)]
+    pub fn norm_rows(
+        &self,
+        y: &Borrowed<'_>,
+        x: &Borrowed<'_>,
+        w: &Borrowed<'_>,
+        b: Option<&Borrowed<'_>>,
+        groups: usize,
+        g: usize,
+        eps: f32,
+        center: bool,
+    ) -> Result<()> {
+        if groups == 0 || g == 0 {
+            return Ok(());
+        }
+        x.holds(groups * g, "norm input")?;
+        y.holds(groups * g, "norm output")?;
+        w.holds(g, "norm weight")?;
+        widths(&[(x, 2, "norm input"), (y, 2, "norm output"), (w, 2, "norm weight")])?;
+        if let Some(b) = b {
+            b.holds(g, "norm bias")?;
+            b.is_elem(2, "norm bias")?;
+        }
+        let mut bufs = vec![y, x, w];
+        bufs.extend(b);
+        let (yy, xx, ww, bb) = (y.addr(), x.addr(), w.addr(), b.map_or(0, |b| b.addr()));
+        let (n, gg, c) = (int(groups, "groups")?, int(g, "group")?, i32::from(center));
+        let l = Launch {
+            grid: n as u32,
+            block: 256,
+            shared: 0,
+        };
+        // SAFETY: norm_rows(u16*, const u16* x3, int, int, float, int); sizes checked above.
+        unsafe { self.launch(K::Norm, l, &bufs, &[&yy, &xx, &ww, &bb, &n, &gg, &eps, &c]) }
+    }
+
+    /// `y = act(g) * u` over `n` bf16; `gelu` (erf) or SiLU.
+    pub fn gated_act(
+        &self,
+        y: &Borrowed<'_>,
+        g: &Borrowed<'_>,
+        u: &Borrowed<'_>,
+        n: usize,
+        gelu: bool,
+    ) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        for (b, what) in [(y, "output"), (g, "gate"), (u, "up")] {
+            b.holds(n, what)?;
+            b.is_elem(2, what)?;
+        }
+        let (yy, gg, uu, nn, act) = (y.addr(), g.addr(), u.addr(), n as i64, i32::from(gelu));
+        let l = Launch {
+            grid: n.div_ceil(256).clamp(1, 65_536) as u32,
+            block: 256,
+            shared: 0,
+        };
+        // SAFETY: gated_act(u16*, const u16*, const u16*, i64, int); sizes checked above.
+        unsafe { self.launch(K::Gated, l, &[y, g, u], &[&yy, &gg, &uu, &nn, &act]) }
     }
 }
 

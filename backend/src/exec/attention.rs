@@ -12,7 +12,7 @@
 //! head to the softmax's denominator only. `rope_scaling` changes the frequencies, scales cos and
 //! sin, and (DeepSeek's YaRN) the softmax scale: see [`rope`].
 
-mod rope;
+pub(crate) mod rope;
 
 use super::moe::Bmm;
 use super::OpResult;

@@ -20,7 +20,7 @@ use super::{dense, routing, OpResult};
 use crate::value::{Dense, Ints, Local};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use moe_ir::{AttentionAttrs, RouterAttrs};
+use moe_ir::{Activation, AttentionAttrs, RouterAttrs};
 
 /// Integers of `v` on the host (device integers are read back).
 pub(crate) fn host_ints<B: Backend>(v: Local<B>) -> OpResult<Ints> {
@@ -74,6 +74,15 @@ pub(crate) trait Compute<B: Backend>: Sync {
         center: bool,
     ) -> OpResult<Dense<B>> {
         Ok(dense::norm(x, w, b, eps, center))
+    }
+
+    /// `act(gate) * up` (the `swiglu` op with SiLU; the gated expert FFNs with theirs).
+    fn gated(&self, act: Activation, gate: Dense<B>, up: Dense<B>) -> OpResult<Dense<B>> {
+        let rank = gate.rank.max(up.rank);
+        Ok(Dense {
+            t: dense::gated(act, gate.t, up.t),
+            rank,
+        })
     }
 
     /// `attention(q, k, v[, k_shared][, sinks])` on this rank's heads.

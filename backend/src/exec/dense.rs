@@ -125,15 +125,6 @@ pub(crate) fn unary<B: Backend>(x: Dense<B>, f: Option<Activation>) -> Dense<B> 
     Dense { t, rank: r }
 }
 
-/// `swiglu(gate, up) = silu(gate) * up`.
-pub(crate) fn swiglu<B: Backend>(gate: Dense<B>, up: Dense<B>) -> Dense<B> {
-    let r = gate.rank;
-    Dense {
-        t: gated(Activation::Silu, gate.t, up.t),
-        rank: r,
-    }
-}
-
 /// `softmax(x)` over the last dim.
 pub(crate) fn softmax<B: Backend>(x: Dense<B>) -> Dense<B> {
     let r = x.rank;
@@ -245,7 +236,13 @@ mod tests {
         assert_close(&unary(x.clone(), None).to_host(), &sg, 1e-6);
         let up = dense(&[2., 2., 2.], &[3]);
         let sw: Vec<f64> = silu.iter().map(|v| v * 2.0).collect();
-        assert_close(&swiglu(x, up).to_host(), &sw, 1e-6);
+        let y = super::super::compute::Compute::gated(
+            &super::super::compute::Burn,
+            Activation::Silu,
+            x,
+            up,
+        );
+        assert_close(&y.unwrap().to_host(), &sw, 1e-6);
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! `recv` whose `send` (same channel, same micro-batch) has not run, which is a deadlock when no
 //! program can advance. An unpartitioned graph is one program of `M` steps.
 
-mod attention;
+pub(crate) mod attention;
 mod collective;
 pub(crate) mod compute;
 mod dense;
@@ -25,7 +25,7 @@ mod routing;
 
 // The default bodies the CUDA seam falls back to for shapes or types its kernels do not take.
 #[cfg(feature = "cuda")]
-pub(crate) use dense::{act as dense_act, gated as dense_gated, matmul as dense_matmul};
+pub(crate) use dense::{act as dense_act, matmul as dense_matmul, norm as dense_norm};
 #[cfg(feature = "cuda")]
 pub(crate) use moe::expert_ffn_padded as moe_expert_ffn_padded;
 #[cfg(feature = "cuda")]

@@ -67,7 +67,10 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
             Op::Silu => f(dense::unary(float(it.next())?, Some(Activation::Silu))),
             Op::Relu => f(dense::unary(float(it.next())?, Some(Activation::Relu))),
             Op::Sigmoid => f(dense::unary(float(it.next())?, None)),
-            Op::Swiglu => f(dense::swiglu(float(it.next())?, float(it.next())?)),
+            Op::Swiglu => {
+                let (g, u) = (float(it.next())?, float(it.next())?);
+                f(self.k.gated(Activation::Silu, g, u)?)
+            }
             Op::Softmax => f(dense::softmax(float(it.next())?)),
             Op::RmsNorm { eps } => {
                 let (x, w) = (float(it.next())?, float(it.next())?);

@@ -1,416 +1,325 @@
-//! `moe-opt bench --backend cuda`: times one MoE layer as a dense tensor-parallel MLP, as PPMoE
-//! and as all-to-all expert parallelism on W GPUs (or, with `--micro`, checks and times the GEMMs,
-//! gathers, combines and NCCL collectives underneath). Needs a build with `--features cuda`.
+//! `moe-opt bench`: times compiled graphs through the executor that `run` uses (one path: what is
+//! timed is what users run).
+//!
+//! Layer mode (default): one MoE layer of hidden `H`, expert width `F`, `E` experts, top-`k`, `T`
+//! tokens on `W` GPUs, as three graphs: the dense backbone (a tensor-parallel MLP of the same
+//! width: matmul, GELU, matmul, all-reduce), the standard expert-parallel layer (router,
+//! capacity-padded dispatch, all-to-all, experts, all-to-all, combine; [`moe_graph`]) and the form
+//! the passes make of it on a tensor-parallel group of `W` (`remap(tp=W),dispatch`: PPMoE where
+//! the cost model picks it). Model mode (`--model CONFIG`): a whole imported model.
+//!
+//! Each form runs `--warmup` times, then `--iters` timed times; the median compute time (the
+//! devices synchronised, outputs not read back) is reported with its useful TFLOP/s. The MoE
+//! forms' outputs are compared (they compute the same function). `--profile` adds one run with
+//! per-op device times.
 
-use clap::ValueEnum;
-use miette::Result;
+use crate::exec::{load_at, BackendArg, PrecisionArg};
+use crate::io::{read_input, write_output};
+use crate::load::ImportArgs;
+use miette::{miette, Result};
+use moe_backend::{Device, Precision, RunOptions, RunReport, Weights};
+use moe_ir::Graph;
+use moe_passes::registry::{self, PassContext};
+use serde_json::json;
+use std::fmt::Write as _;
 use std::path::PathBuf;
-
-/// Where the benchmark runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Backend {
-    /// NVIDIA GPUs through burn-cuda, cuBLASLt, NVRTC kernels and NCCL.
-    Cuda,
-}
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Backend to run on.
-    #[arg(long, value_enum, default_value = "cuda")]
-    backend: Backend,
-    /// GPUs (ranks), one process.
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = BackendArg::Cuda)]
+    backend: BackendArg,
+    /// GPUs (ranks of the layer's mesh; on the CPU, simulated ranks).
     #[arg(long, default_value_t = 1)]
-    gpus: usize,
+    gpus: u64,
+    /// Float precision.
+    #[arg(long, value_enum, default_value_t = PrecisionArg::Bf16)]
+    precision: PrecisionArg,
     /// Hidden size H.
     #[arg(long, default_value_t = 4096)]
-    hidden: usize,
+    hidden: u64,
     /// FFN width F of the dense MLP and of each expert.
     #[arg(long, default_value_t = 16384)]
-    ffn: usize,
+    ffn: u64,
     /// Experts E.
     #[arg(long, default_value_t = 8)]
-    experts: usize,
+    experts: u64,
     /// Experts per token.
     #[arg(long, default_value_t = 1)]
-    top_k: usize,
+    top_k: u64,
     /// Tokens per step, all GPUs together.
     #[arg(long, default_value_t = 16384)]
-    tokens: usize,
-    /// Timed steps per form (the median is reported).
-    #[arg(long, default_value_t = 20)]
-    iters: usize,
-    /// Untimed steps per form before timing.
-    #[arg(long, default_value_t = 5)]
-    warmup: usize,
-    /// Capacity factor of the all-to-all form.
+    tokens: u64,
+    /// Capacity factor of the expert-parallel form (slots per expert per rank:
+    /// ceil(tokens per rank x k / E x factor)).
     #[arg(long, default_value_t = 1.25)]
     capacity_factor: f64,
-    /// Seed of the random inputs and weights.
+    /// Time a whole model instead: an HF config.json or model.json (with `--set`, `--seq`, ...).
+    #[arg(long, value_name = "CONFIG")]
+    model: Option<String>,
+    /// Timed runs per form (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    /// Untimed runs per form first (kernel compilation, plan caches).
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Seed of the weights and inputs.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Run the micro checks (GEMMs vs cuBLAS and burn, gather/combine vs memcpy, NCCL
-    /// collectives) instead of the layer.
+    /// Also run each form once with per-op device times.
     #[arg(long)]
-    micro: bool,
+    profile: bool,
+    /// The device's peak TFLOP/s for the share of peak (default: an H200's measured bf16 rate).
+    #[arg(long, default_value_t = 790.0)]
+    peak_tflops: f64,
     /// Print JSON.
     #[arg(long)]
     json: bool,
     /// Output file (written atomically); stdout when absent or `-`.
     #[arg(short, long)]
     output: Option<PathBuf>,
+    #[command(flatten)]
+    import: ImportArgs,
 }
 
-#[cfg(not(feature = "cuda"))]
-pub fn run(a: Args) -> Result<()> {
-    let Backend::Cuda = a.backend;
-    Err(miette::miette!(
-        "built without CUDA: rebuild with --features cuda \
-         (cargo build --release -p moe-opt --features cuda)"
-    ))
+/// One timed form.
+#[derive(Debug)]
+struct Form {
+    name: String,
+    /// Median compute time over the timed runs, ms.
+    ms: f64,
+    /// All timed runs, ms.
+    runs: Vec<f64>,
+    flops: f64,
+    /// Per-op device times of the profiled run, ms, largest first.
+    ops: Vec<(&'static str, f64)>,
+    /// What the graph holds: collectives and routing ops.
+    shape: String,
 }
 
-#[cfg(feature = "cuda")]
-pub fn run(a: Args) -> Result<()> {
-    use crate::io::write_output;
-    use moe_backend::cuda::bench::{run_layer, run_micro, LayerConfig, MicroConfig};
-    let Backend::Cuda = a.backend;
-    let (text, failure) = if a.micro {
-        let cfg = MicroConfig {
-            gpus: a.gpus,
-            iters: a.iters,
-            seed: a.seed,
-        };
-        let r = run_micro(&cfg).map_err(|e| miette::miette!("{e}"))?;
-        let text = if a.json {
-            format::micro_json(&r)
-        } else {
-            format::micro_table(&r)
-        };
-        (text, format::micro_failure(&r))
-    } else {
-        let cfg = LayerConfig {
-            gpus: a.gpus,
-            hidden: a.hidden,
-            ffn: a.ffn,
-            experts: a.experts,
-            top_k: a.top_k,
-            tokens: a.tokens,
-            iters: a.iters,
-            warmup: a.warmup,
-            capacity_factor: a.capacity_factor,
-            seed: a.seed,
-        };
-        let r = run_layer(&cfg).map_err(|e| miette::miette!("{e}"))?;
-        let text = if a.json {
-            format::layer_json(&r)
-        } else {
-            format::layer_table(&r)
-        };
-        (text, format::layer_failure(&r))
-    };
-    write_output(a.output.as_deref(), &text)?;
-    match failure {
-        Some(f) => Err(miette::miette!("{f}")),
-        None => Ok(()),
-    }
+/// The standard expert-parallel layer as model.json: tokens split over `ep` (`W` ranks), experts
+/// split over `ep`, capacity-padded dispatch and combine around two all-to-alls.
+pub fn moe_graph(h: u64, f: u64, e: u64, k: u64, t: u64, w: u64, cap: u64) -> serde_json::Value {
+    let l = json!({"layer": 0});
+    json!({
+        "format": "moe-ir/1",
+        "name": "bench-moe-layer",
+        "mesh": {"axes": [{"name": "ep", "size": w, "level": "intra_node"}]},
+        "nodes": [
+            {"name": "x", "op": {"input": {"dtype": "bf16", "shape": [t, h], "split": [["ep"], []]}}, "scope": l},
+            {"name": "w_gate", "op": {"weight": {"dtype": "bf16", "shape": [h, e]}}, "scope": l},
+            {"name": "logits", "op": "matmul", "inputs": ["x", "w_gate"], "scope": l},
+            {"name": "router", "op": {"router": {"experts": e, "k": k, "score": "softmax", "normalize": k > 1}}, "inputs": ["logits"], "scope": l},
+            {"name": "dispatch", "op": {"dispatch": {"experts": e, "capacity": cap}}, "inputs": ["x", "router:0"], "scope": l},
+            {"name": "a2a_in", "op": {"all_to_all": {"axis": "ep", "split_dim": 0, "concat_dim": 1}}, "inputs": ["dispatch"], "scope": l},
+            {"name": "w_up", "op": {"weight": {"dtype": "bf16", "shape": [e, h, f], "split": [["ep"], [], []]}}, "scope": l},
+            {"name": "w_down", "op": {"weight": {"dtype": "bf16", "shape": [e, f, h], "split": [["ep"], [], []]}}, "scope": l},
+            {"name": "experts", "op": {"expert_ffn": {"layout": "padded", "act": "gelu", "gated": false}}, "inputs": ["a2a_in", "w_up", "w_down"], "scope": l},
+            {"name": "a2a_out", "op": {"all_to_all": {"axis": "ep", "split_dim": 1, "concat_dim": 0}}, "inputs": ["experts"], "scope": l},
+            {"name": "y", "op": {"combine": {"experts": e, "capacity": cap}}, "inputs": ["a2a_out", "router:0", "router:1"], "scope": l}
+        ],
+        "outputs": [{"name": "y", "value": "y"}]
+    })
 }
 
-/// Tables and JSON of the benchmark reports.
-#[cfg(feature = "cuda")]
-mod format {
-    use moe_backend::cuda::bench::{LayerReport, MicroReport};
-    use serde_json::json;
-    use std::fmt::Write;
+/// The dense backbone as model.json: a tensor-parallel MLP over `tp` (`W` ranks), GELU.
+pub fn dense_graph(h: u64, f: u64, t: u64, w: u64) -> serde_json::Value {
+    let l = json!({"layer": 0});
+    json!({
+        "format": "moe-ir/1",
+        "name": "bench-dense-mlp",
+        "mesh": {"axes": [{"name": "tp", "size": w, "level": "intra_node"}]},
+        "nodes": [
+            {"name": "x", "op": {"input": {"dtype": "bf16", "shape": [t, h]}}, "scope": l},
+            {"name": "w_up", "op": {"weight": {"dtype": "bf16", "shape": [h, f], "split": [[], ["tp"]]}}, "scope": l},
+            {"name": "up", "op": "matmul", "inputs": ["x", "w_up"], "scope": l},
+            {"name": "act", "op": "gelu", "inputs": ["up"], "scope": l},
+            {"name": "w_down", "op": {"weight": {"dtype": "bf16", "shape": [f, h], "split": [["tp"], []]}}, "scope": l},
+            {"name": "down", "op": "matmul", "inputs": ["act", "w_down"], "scope": l},
+            {"name": "y", "op": {"all_reduce": {"axis": "tp"}}, "inputs": ["down"], "scope": l}
+        ],
+        "outputs": [{"name": "y", "value": "y"}]
+    })
+}
 
-    /// H200 HBM3e peak bandwidth, GB/s (NVIDIA's figure), for the bandwidth fractions.
-    pub const HBM_PEAK_GBS: f64 = 4800.0;
-
-    /// Largest relative error a GEMM or combine may show against its reference.
-    pub const MAX_REL_ERR: f64 = 1e-2;
-
-    pub fn layer_table(r: &LayerReport) -> String {
-        let c = &r.config;
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "moe-opt bench --backend cuda: {} x {}, bf16, H={} F={} E={} top-{}, {} tokens/step, \
-             capacity factor {} ({} slots per expert per GPU)",
-            c.gpus,
-            r.device,
-            c.hidden,
-            c.ffn,
-            c.experts,
-            c.top_k,
-            c.tokens,
-            c.capacity_factor,
-            c.capacity()
+/// The ops of `g` that say which form it is.
+fn shape_of(g: &Graph) -> String {
+    let mut seen: Vec<&'static str> = Vec::new();
+    for (_, n) in g.nodes() {
+        let name = n.op.name();
+        let telling = matches!(
+            name,
+            "all_to_all" | "all_reduce" | "all_gather" | "reduce_scatter" | "local_routes" | "dispatch"
         );
-        let _ = writeln!(
-            s,
-            "median of {} steps after {} warm-up (CUDA events, slowest GPU); collectives: {}",
-            c.iters, c.warmup, r.collectives
-        );
-        let _ = writeln!(
-            s,
-            "GELU: {} (chosen by timing the dense up-projection: fused {:.3} ms, GEMM + kernel \
-             {:.3} ms)",
-            if r.fused_gelu {
-                "fused into cuBLASLt"
-            } else {
-                "separate kernel"
-            },
-            r.gelu_ms.0,
-            r.gelu_ms.1
-        );
-        let _ = writeln!(
-            s,
-            "\n{:<28} {:>9} {:>19} {:>12} {:>9} {:>10}",
-            "form", "ms/step", "(min - max)", "tokens/s", "TFLOP/s", "executed"
-        );
-        for f in &r.forms {
-            let _ = writeln!(
-                s,
-                "{:<28} {:>9.3} {:>19} {:>12.0} {:>9.1} {:>10.1}",
-                f.form.label(),
-                f.stats.median_ms,
-                format!("({:.3} - {:.3})", f.stats.min_ms, f.stats.max_ms),
-                f.tokens_per_s(),
-                f.tflops(),
-                f.executed_tflops()
-            );
+        if telling && !seen.contains(&name) {
+            seen.push(name);
         }
-        let _ = writeln!(
-            s,
-            "\nPPMoE / dense throughput: {:.3}\nall-to-all / PPMoE time:  {:.3}",
-            r.ppmoe_over_dense_throughput(),
-            r.all_to_all_over_ppmoe_time()
-        );
-        let _ = writeln!(s, "tokens per expert (PPMoE routing): {:?}", r.expert_load);
-        let a = &r.agreement;
-        let verdict = if a.dropped > 0 {
-            format!(
-                "not comparable: the all-to-all form dropped {} entries",
-                a.dropped
-            )
-        } else if a.passed() {
-            "PPMoE and all-to-all agree".into()
-        } else {
-            format!("MISMATCH in {} values", a.mismatched)
-        };
-        let _ = writeln!(
-            s,
-            "check: {verdict} ({} values, max |diff| {:.3e}, max |y| {:.3e}, tolerance {} |y| + {} max|y|)",
-            a.compared,
-            a.max_abs_diff,
-            a.max_abs,
-            moe_backend::cuda::bench::Agreement::RTOL,
-            moe_backend::cuda::bench::Agreement::ATOL
-        );
-        s
     }
+    seen.join("+")
+}
 
-    pub fn layer_json(r: &LayerReport) -> String {
-        let c = &r.config;
-        let forms: serde_json::Map<String, serde_json::Value> = r
-            .forms
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Times `g` (see the module docs); returns the form and the last run's report.
+fn time(name: &str, g: &Graph, a: &Args, opts: RunOptions) -> Result<(Form, RunReport)> {
+    let go = |o: &RunOptions| moe_backend::run(g, &Weights::Seeded, o).map_err(|e| miette!("{name}: {e}"));
+    let mut last = go(&opts)?;
+    for _ in 1..a.warmup.max(1) {
+        last = go(&opts)?;
+    }
+    let mut runs = Vec::with_capacity(a.iters);
+    for _ in 0..a.iters.max(1) {
+        last = go(&opts)?;
+        runs.push(ms(last.compute));
+    }
+    let mut ops = Vec::new();
+    if a.profile {
+        let p = go(&RunOptions {
+            profile: true,
+            ..opts
+        })?;
+        ops = p.op_times.iter().map(|&(op, t)| (op, ms(t))).collect();
+        ops.sort_by(|x, y| y.1.total_cmp(&x.1));
+    }
+    let form = Form {
+        name: name.to_string(),
+        ms: median(&mut runs.clone()),
+        runs,
+        flops: last.flops,
+        ops,
+        shape: shape_of(g),
+    };
+    Ok((form, last))
+}
+
+/// The largest relative difference of two runs' outputs (max |a - b| / max |b|).
+fn max_rel(a: &RunReport, b: &RunReport) -> f64 {
+    let mut worst: f64 = 0.0;
+    for ((_, x), (_, y)) in a.outputs.iter().zip(&b.outputs) {
+        let scale = y.data.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+        let diff = x
+            .data
+            .iter()
+            .zip(&y.data)
+            .fold(0.0f64, |m, (p, q)| m.max((p - q).abs()));
+        worst = worst.max(diff / scale);
+    }
+    worst
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let precision = match a.precision {
+        PrecisionArg::F32 => Precision::F32,
+        PrecisionArg::F64 => Precision::F64,
+        PrecisionArg::Bf16 => Precision::Bf16,
+    };
+    let device = match a.backend {
+        BackendArg::Cpu => Device::Cpu,
+        BackendArg::Cuda => Device::Cuda {
+            gpus: a.gpus as usize,
+        },
+    };
+    let opts = RunOptions {
+        device,
+        precision,
+        seed: a.seed,
+        micro_batches: None,
+        profile: false,
+    };
+    let mut forms = Vec::new();
+    let mut agreement = None;
+    let title;
+    if let Some(model) = &a.model {
+        let text = read_input(model)?;
+        let g = load_at(model, &text, &a.import, None)?;
+        title = format!("model {} on mesh {}", g.name, g.mesh);
+        forms.push(time(&g.name, &g, &a, opts)?.0);
+    } else {
+        let (h, f, e, k, t, w) = (a.hidden, a.ffn, a.experts, a.top_k, a.tokens, a.gpus);
+        if w == 0 || t % w != 0 || e % w != 0 || f % w != 0 {
+            return Err(miette!(
+                "--gpus {w} must divide --tokens {t}, --experts {e} and --ffn {f}"
+            ));
+        }
+        let cap = ((t / w * k) as f64 / e as f64 * a.capacity_factor).ceil() as u64;
+        let parse = |v: serde_json::Value| {
+            moe_ir::json::from_json(&v.to_string()).map_err(|e| miette!("bench graph: {e}"))
+        };
+        let dense = parse(dense_graph(h, f, t, w))?;
+        let moe = parse(moe_graph(h, f, e, k, t, w, cap))?;
+        let steps = registry::rewrite_steps(Some(w), None);
+        let pipeline = registry::pipeline(&steps, &PassContext::default());
+        let (rewritten, _) = pipeline
+            .run(moe.clone())
+            .map_err(|e| miette!("rewriting the layer: {e}"))?;
+        title = format!(
+            "one layer: H={h} F={f} E={e} top-{k}, {t} tokens, {w} GPU(s), capacity {cap} slots per expert per rank (factor {})",
+            a.capacity_factor
+        );
+        forms.push(time("dense backbone (tp MLP)", &dense, &a, opts)?.0);
+        let (ep, ep_run) = time("expert-parallel (all-to-all)", &moe, &a, opts)?;
+        forms.push(ep);
+        let (pp, pp_run) = time(
+            &format!("rewritten ({})", registry::to_text(&steps)),
+            &rewritten,
+            &a,
+            opts,
+        )?;
+        forms.push(pp);
+        agreement = Some(max_rel(&pp_run, &ep_run));
+    }
+    let text = if a.json {
+        let forms: Vec<serde_json::Value> = forms
             .iter()
             .map(|f| {
-                (
-                    f.form.key().to_string(),
-                    json!({
-                        "ms_median": f.stats.median_ms,
-                        "ms_min": f.stats.min_ms,
-                        "ms_max": f.stats.max_ms,
-                        "steps": f.stats.samples,
-                        "tokens_per_s": f.tokens_per_s(),
-                        "tflops": f.tflops(),
-                        "executed_tflops": f.executed_tflops(),
-                    }),
-                )
+                json!({
+                    "form": f.name, "graph": f.shape, "median_ms": f.ms, "runs_ms": f.runs,
+                    "tflop": f.flops / 1e12,
+                    "tflops": f.flops / f.ms / 1e9,
+                    "share_of_peak": f.flops / f.ms / 1e9 / a.peak_tflops,
+                    "ops_ms": f.ops.iter().map(|(o, t)| json!({"op": o, "ms": t})).collect::<Vec<_>>(),
+                })
             })
             .collect();
-        let a = &r.agreement;
-        let v = json!({
-            "device": r.device,
-            "config": {
-                "gpus": c.gpus, "hidden": c.hidden, "ffn": c.ffn, "experts": c.experts,
-                "top_k": c.top_k, "tokens": c.tokens, "iters": c.iters, "warmup": c.warmup,
-                "capacity_factor": c.capacity_factor, "capacity": c.capacity(), "seed": c.seed,
-            },
-            "forms": forms,
-            "ppmoe_over_dense_throughput": r.ppmoe_over_dense_throughput(),
-            "all_to_all_over_ppmoe_time": r.all_to_all_over_ppmoe_time(),
-            "expert_load": r.expert_load,
-            "check": {
-                "passed": a.passed(), "dropped": a.dropped, "compared": a.compared,
-                "mismatched": a.mismatched, "max_abs_diff": a.max_abs_diff, "max_abs": a.max_abs,
-            },
-            "fused_gelu": r.fused_gelu,
-            "gelu_ms": {"fused": r.gelu_ms.0, "separate": r.gelu_ms.1},
-            "collectives": r.collectives,
-        });
-        let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
-        s.push('\n');
-        s
-    }
-
-    pub fn layer_failure(r: &LayerReport) -> Option<String> {
-        let a = &r.agreement;
-        (a.dropped == 0 && !a.passed()).then(|| {
-            format!(
-                "check failed: PPMoE and all-to-all outputs differ in {} of {} values",
-                a.mismatched, a.compared
-            )
-        })
-    }
-
-    pub fn micro_table(r: &MicroReport) -> String {
+        let v = json!({"bench": title, "forms": forms, "outputs_max_rel": agreement});
+        format!("{v}\n")
+    } else {
         let mut s = String::new();
-        let _ = writeln!(s, "moe-opt bench --backend cuda --micro: {}", r.device);
-        let _ = writeln!(
-            s,
-            "\n{:<64} {:>8} {:>8} {:>7} {:>8} {:>10}  vs",
-            "GEMM, bf16 in/out, fp32 accumulate", "ours", "cuBLAS", "ratio", "burn", "rel err"
-        );
-        for g in &r.gemms {
+        let _ = writeln!(s, "moe-opt bench ({:?}, {}): {title}", opts.device, precision.name());
+        let base = forms.first().map_or(f64::NAN, |f| f.ms);
+        for f in &forms {
+            let tf = f.flops / f.ms / 1e9;
             let _ = writeln!(
                 s,
-                "{:<64} {:>8.1} {:>8.1} {:>7.3} {:>8} {:>10}  {}",
-                g.label,
-                g.ours_tflops,
-                g.cublas_tflops,
-                g.ours_tflops / g.cublas_tflops,
-                g.burn_tflops.map_or("-".into(), |b| format!("{b:.1}")),
-                g.max_rel_err.map_or("-".into(), |e| format!("{e:.2e}")),
-                g.err_against
+                "  {:<44} {:9.3} ms  {:7.1} TFLOP/s ({:4.1}% of peak)  throughput vs first {:5.3}  [{}]",
+                f.name,
+                f.ms,
+                tf,
+                100.0 * tf / a.peak_tflops,
+                base / f.ms,
+                f.shape
             );
+            for (op, t) in &f.ops {
+                let _ = writeln!(s, "      {op:<16} {t:9.3} ms");
+            }
         }
-        let _ = writeln!(
-            s,
-            "(TFLOP/s; ratio = ours / cuBLAS on the same shape, same run)"
-        );
-        let _ = writeln!(
-            s,
-            "\n{:<58} {:>8} {:>8} {:>7} {:>7} {:>8} {:>9}",
-            "gather / combine (GB/s, read + write)",
-            "ours",
-            "memcpy",
-            "/copy",
-            "/peak",
-            "burn",
-            "rel err"
-        );
-        for c in &r.copies {
-            let _ = writeln!(
-                s,
-                "{:<58} {:>8.0} {:>8.0} {:>7.3} {:>7.3} {:>8} {:>9.2e}",
-                c.label,
-                c.ours_gbs,
-                c.memcpy_gbs,
-                c.ours_gbs / c.memcpy_gbs,
-                c.ours_gbs / HBM_PEAK_GBS,
-                c.burn_gbs.map_or("-".into(), |b| format!("{b:.0}")),
-                c.max_rel_err
-            );
-        }
-        let _ = writeln!(
-            s,
-            "(/copy: of cuMemcpyDtoD in the same run; /peak: of {HBM_PEAK_GBS} GB/s HBM3e)"
-        );
-        let _ = writeln!(
-            s,
-            "\ncollectives (NCCL {})",
-            r.nccl_version.map_or("?".into(), |v| v.to_string())
-        );
-        for c in &r.collectives {
-            let timing = match (c.ms, c.alg_gbs, c.bus_gbs) {
-                (Some(ms), Some(alg), Some(bus)) => {
-                    format!("  {ms:.3} ms, algbw {alg:.0} GB/s, busbw {bus:.0} GB/s")
-                }
-                _ => String::new(),
-            };
-            let ok = if c.correct { "correct" } else { "WRONG" };
-            let _ = writeln!(s, "{:<64} {ok}{timing}", c.label);
+        if let Some(r) = agreement {
+            let _ = writeln!(s, "  MoE forms' outputs: max rel difference {r:.3e}");
         }
         s
-    }
-
-    pub fn micro_json(r: &MicroReport) -> String {
-        let v = json!({
-            "device": r.device,
-            "nccl_version": r.nccl_version,
-            "gemms": r.gemms.iter().map(|g| json!({
-                "label": g.label, "flops": g.flops, "ours_tflops": g.ours_tflops,
-                "cublas_tflops": g.cublas_tflops, "ratio": g.ours_tflops / g.cublas_tflops,
-                "burn_tflops": g.burn_tflops, "max_rel_err": g.max_rel_err,
-                "err_against": g.err_against,
-            })).collect::<Vec<_>>(),
-            "copies": r.copies.iter().map(|c| json!({
-                "label": c.label, "bytes": c.bytes, "ours_gbs": c.ours_gbs,
-                "memcpy_gbs": c.memcpy_gbs, "burn_gbs": c.burn_gbs,
-                "fraction_of_peak": c.ours_gbs / HBM_PEAK_GBS, "max_rel_err": c.max_rel_err,
-            })).collect::<Vec<_>>(),
-            "collectives": r.collectives.iter().map(|c| json!({
-                "label": c.label, "correct": c.correct, "ms": c.ms,
-                "alg_gbs": c.alg_gbs, "bus_gbs": c.bus_gbs,
-            })).collect::<Vec<_>>(),
-        });
-        let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
-        s.push('\n');
-        s
-    }
-
-    pub fn micro_failure(r: &MicroReport) -> Option<String> {
-        let bad_gemm = r
-            .gemms
-            .iter()
-            .filter(|g| g.max_rel_err.is_some_and(|e| e.is_nan() || e > MAX_REL_ERR))
-            .map(|g| g.label.clone());
-        let bad_copy = r
-            .copies
-            .iter()
-            .filter(|c| c.max_rel_err.is_nan() || c.max_rel_err > MAX_REL_ERR)
-            .map(|c| c.label.clone());
-        let bad_coll = r
-            .collectives
-            .iter()
-            .filter(|c| !c.correct)
-            .map(|c| c.label.clone());
-        let bad: Vec<String> = bad_gemm.chain(bad_copy).chain(bad_coll).collect();
-        (!bad.is_empty()).then(|| format!("check failed: {}", bad.join("; ")))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    #[derive(Debug, Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: Args,
-    }
-
-    #[cfg(not(feature = "cuda"))]
-    #[test]
-    fn without_cuda_the_command_says_how_to_rebuild() {
-        let c = Cli::parse_from(["bench", "--backend", "cuda", "--gpus", "1"]);
-        let e = run(c.args).expect_err("no CUDA in this build").to_string();
-        assert!(
-            e.contains("built without CUDA: rebuild with --features cuda"),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn defaults_are_the_reference_layer() {
-        let a = Cli::parse_from(["bench"]).args;
-        assert_eq!(
-            (a.gpus, a.hidden, a.ffn, a.experts, a.top_k, a.tokens),
-            (1, 4096, 16384, 8, 1, 16384)
-        );
-        assert_eq!(a.capacity_factor, 1.25);
-        assert!(Cli::try_parse_from(["bench", "--backend", "cpu"]).is_err());
+    };
+    write_output(a.output.as_deref(), &text)?;
+    match agreement {
+        Some(r) if r > 2e-2 => Err(miette!(
+            "the expert-parallel and rewritten forms' outputs differ: max rel {r:.3e}"
+        )),
+        _ => Ok(()),
     }
 }
