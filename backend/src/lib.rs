@@ -23,7 +23,7 @@
 mod collective;
 mod crosscheck;
 #[cfg(feature = "cuda")]
-pub mod cuda;
+pub(crate) mod cuda;
 mod error;
 mod exec;
 mod flops;

@@ -44,8 +44,9 @@ enum Command {
     Verify(cmd::verify::Args),
     /// Print the JSON Schema of model.json.
     Schema(cmd::schema::Args),
-    /// Time one MoE layer as dense TP MLP, PPMoE and all-to-all on GPUs (`--micro`: GEMM,
-    /// gather and NCCL checks). Needs a build with `--features cuda`.
+    /// Time compiled graphs through `run`'s executor: one MoE layer as the dense backbone, the
+    /// expert-parallel all-to-all form and the form the passes make (PPMoE), or a whole model
+    /// (`--model`). Needs a build with `--features cuda` for `--backend cuda`.
     Bench(cmd::bench::Args),
     /// Run small models on CUDA and on the CPU with the same weights and inputs; exit 1 when an
     /// output differs beyond the precision's tolerance. Needs a build with `--features cuda`.

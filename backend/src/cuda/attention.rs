@@ -1,4 +1,6 @@
-//! Attention on the CUDA seam (bf16): RoPE as one kernel per operand, the two products as
+//! Attention on the CUDA seam (bf16): RoPE as one kernel per operand, then, for heads of 64 or 128
+//! (q, k and v alike), one fused flash-style kernel (`attention.cu`: scores never leave the chip).
+//! Other head shapes take the materialised path: the two products as
 //! strided batched cuBLAS GEMMs that read the heads in place (no transposes: a head is a column
 //! block of `[tokens, heads * d]`; one GEMM per head, batched over the sequences), the scores in
 //! fp32, and one masked-softmax kernel (mask from indices, sinks in the denominator) writing
@@ -11,8 +13,9 @@
 use super::blas::{Elem, Operand};
 use super::buffer::{empty, empty_int, Cuda, Prim};
 use super::compute::Runtime;
+use super::ops::Ops;
 use super::error::CudaError;
-use super::ops::SoftmaxArgs;
+use super::attn_ops::{FlashArgs, SoftmaxArgs};
 use crate::exec::attention::{rope, Heads};
 use crate::exec::OpResult;
 use crate::value::Dense;
@@ -95,11 +98,45 @@ pub(super) fn attention<F: FloatElement>(
         (pq, pk)
     };
     let pv = Prim::float(v.to::<2>());
+    let (mask, w) = match a.mask {
+        Mask::Full => (0, 0),
+        Mask::Causal => (1, 0),
+        Mask::Sliding(w) => (2, w as usize),
+        Mask::Chunked(c) => (3, c as usize),
+    };
+    let sinks = sinks.map(|s| Prim::float(s.to::<1>()));
+    if Ops::flash_takes(hd, vd) {
+        let out = empty::<F, 2>([rows, hl * vd], &device);
+        let sk = sinks.as_ref().map(Prim::borrow).transpose().map_err(err)?;
+        rt.ops
+            .flash(
+                &out.borrow().map_err(err)?,
+                &qr.borrow().map_err(err)?,
+                &kr.borrow().map_err(err)?,
+                &pv.borrow().map_err(err)?,
+                sk.as_ref(),
+                FlashArgs {
+                    b,
+                    seq,
+                    kv,
+                    heads: hl,
+                    kv_heads: kvl,
+                    d: hd,
+                    first_head: heads.first_head,
+                    group: group.max(1),
+                    first_kv_head: heads.first_kv_head,
+                    scale,
+                    mask,
+                    w,
+                },
+            )
+            .map_err(err)?;
+        return Ok(Dense::of(out.into_float::<F, 2>([rows, hl * vd])));
+    }
     // fp32 scores in an i32-typed buffer (4-byte elements whatever burn's float type).
     let scores = empty_int::<F>(b * hl * seq * kv, &device);
     let probs = empty::<F, 1>([b * hl * seq * kv], &device);
     let out = empty::<F, 2>([rows, hl * vd], &device);
-    let sinks = sinks.map(|s| Prim::float(s.to::<1>()));
     let (qb, kb, vb) = (
         qr.borrow().map_err(err)?,
         kr.borrow().map_err(err)?,
@@ -140,12 +177,6 @@ pub(super) fn attention<F: FloatElement>(
             )
             .map_err(err)?;
     }
-    let (mask, w) = match a.mask {
-        Mask::Full => (0, 0),
-        Mask::Causal => (1, 0),
-        Mask::Sliding(w) => (2, w as usize),
-        Mask::Chunked(c) => (3, c as usize),
-    };
     let sk = sinks.as_ref().map(Prim::borrow).transpose().map_err(err)?;
     rt.ops
         .softmax_rows(

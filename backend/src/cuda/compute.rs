@@ -18,20 +18,22 @@ use super::attention;
 use super::blas::{Blas, Elem, Shape};
 use super::buffer::{empty, empty_int, Cuda, Prim};
 use super::error::{driver, CudaError};
+use super::grouped::GroupedArgs;
 use super::ops::{Ops, RouterArgs};
 use crate::exec::attention::Heads;
-use crate::exec::compute::{plain_float, Compute, SeededBlock};
+use crate::exec::compute::{plain_float, Compute, SeededBlock, Stamp};
 use crate::exec::moe::ExpertWeights;
 use crate::exec::OpResult;
 use crate::value::{pad4, Dense, DevInts, Local, Ragged};
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use burn_cubecl::FloatElement;
 use burn_cuda::CudaDevice;
-use cudarc::driver::CudaContext;
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaContext, CudaEvent};
 use moe_ir::{Activation, AttentionAttrs, RouterAttrs, Score};
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// cuBLAS and the kernels of one device.
 #[derive(Debug)]
@@ -39,6 +41,30 @@ pub(super) struct Runtime {
     ctx: Arc<CudaContext>,
     pub blas: Blas,
     pub ops: Ops,
+    /// A one-element buffer whose borrow names the calling thread's stream (for stamps).
+    marker: OnceLock<Prim>,
+}
+
+/// A CUDA event recorded on burn's stream (a profile [`Stamp`]).
+struct EventStamp(CudaEvent);
+
+impl Stamp for EventStamp {
+    fn since(&self, earlier: &dyn Stamp) -> OpResult<f64> {
+        let e = earlier
+            .as_any()
+            .downcast_ref::<EventStamp>()
+            .ok_or_else(|| "a CUDA stamp compared with another backend's".to_string())?;
+        let ms = e
+            .0
+            .elapsed_ms(&self.0)
+            .map_err(driver("cuEventElapsedTime"))
+            .map_err(err)?;
+        Ok(f64::from(ms) / 1e3)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }
 
 /// The CUDA compute seam for floats `F` (see the module docs).
@@ -60,6 +86,12 @@ impl<F> Default for CudaCompute<F> {
 /// Expert counts up to which the experts' GEMMs run one cuBLAS call per expert (few large
 /// experts: FACTS.md measured the loop at or above cuBLAS's grouped GEMM there).
 const GROUPED_MIN_EXPERTS: usize = 16;
+
+/// Whether many-expert FFNs take the project's grouped GEMM (default) rather than cuBLAS's
+/// grouped GEMM (`MOE_OPT_GROUPED_GEMM=cublas`, to compare the two on the same run).
+fn own_grouped() -> bool {
+    std::env::var("MOE_OPT_GROUPED_GEMM").map_or(true, |v| v != "cublas")
+}
 
 fn err(e: CudaError) -> String {
     e.to_string()
@@ -102,6 +134,7 @@ impl<F: FloatElement> CudaCompute<F> {
             let rt = Runtime {
                 blas: Blas::new().map_err(err)?,
                 ops: Ops::load(&ctx).map_err(err)?,
+                marker: OnceLock::new(),
                 ctx,
             };
             map.insert(device.index, rt);
@@ -210,6 +243,59 @@ impl<F: FloatElement> CudaCompute<F> {
         Ok(pc.into_float::<F, 2>([n, cols]))
     }
 
+    /// The expert FFN of ragged `r` through the project's grouped GEMM kernel (device offsets,
+    /// no host read), or `None` when its sizes are not the kernel's.
+    fn grouped_on_device(
+        &self,
+        r: &Ragged<Cuda<F>>,
+        w: &ExpertWeights<Cuda<F>>,
+        n: usize,
+        h: usize,
+        f: usize,
+    ) -> OpResult<Option<Tensor<Cuda<F>, 2>>> {
+        let experts = r.experts;
+        if !Ops::grouped_takes(experts, f, h) || !Ops::grouped_takes(experts, h, f) {
+            return Ok(None);
+        }
+        let device = r.rows.device();
+        let sizes = |cols: usize, inner: usize| GroupedArgs {
+            rows: n,
+            experts,
+            n: cols,
+            k: inner,
+        };
+        let table = empty_int::<F>(sizes(f, h).table_len(), &device);
+        let offs = Prim::int(r.offsets.clone());
+        self.with(&device, |rt| {
+            rt.ops
+                .grouped_tiles(&table.borrow()?, &offs.borrow()?, sizes(f, h))
+        })?;
+        let gemm = |a: &Prim, b: &Tensor<Cuda<F>, 3>, cols: usize, inner: usize| {
+            let pb = Prim::float(b.clone());
+            let pc = empty::<F, 2>([n, cols], &device);
+            self.with(&device, |rt| {
+                rt.ops.grouped_gemm(
+                    &pc.borrow()?,
+                    &a.borrow()?,
+                    &pb.borrow()?,
+                    &table.borrow()?,
+                    sizes(cols, inner),
+                )
+            })?;
+            Ok::<_, String>(pc.into_float::<F, 2>([n, cols]))
+        };
+        let rows = Prim::float(r.rows.clone());
+        let u = gemm(&rows, &w.up, f, h)?;
+        let hidden = match &w.gate {
+            Some(g) => {
+                let g = gemm(&rows, g, f, h)?;
+                self.gated(w.act, Dense::of(g), Dense::of(u))?.to::<2>()
+            }
+            None => crate::exec::dense_act(w.act, u),
+        };
+        Ok(Some(gemm(&Prim::float(hidden), &w.down, h, f)?))
+    }
+
     /// Integers of `v` on the device as i32 (uploaded when on the host), with the id of the
     /// router value they came from (`None`: uploaded here).
     fn device_ints(&self, v: Local<Cuda<F>>, device: &CudaDevice) -> OpResult<(Prim, Option<u64>)> {
@@ -313,9 +399,48 @@ impl<F: FloatElement> Compute<Cuda<F>> for CudaCompute<F> {
         let y = empty::<F, 1>([n], &device);
         self.with(&device, |rt| {
             rt.ops
-                .gated_act(&y.borrow()?, &pg.borrow()?, &pu.borrow()?, n, gelu)
+                .gated_act(&y.borrow()?, &pg.borrow()?, Some(&pu.borrow()?), n, gelu)
         })?;
         Ok(Dense::of(y.into_float::<F, 1>([n])).reshape(&shape))
+    }
+
+    fn activation(&self, act: Activation, x: Dense<Cuda<F>>) -> OpResult<Dense<Cuda<F>>> {
+        let gelu = match act {
+            Activation::Silu => false,
+            Activation::Gelu => true,
+            _ => return crate::exec::compute::Burn.activation(act, x),
+        };
+        if !Self::bf16() {
+            return crate::exec::compute::Burn.activation(act, x);
+        }
+        let (shape, rank) = (x.shape(), x.rank);
+        let n: usize = shape.iter().product();
+        let device = x.t.device();
+        let px = Prim::float(x.t);
+        let y = empty::<F, 1>([n], &device);
+        self.with(&device, |rt| rt.ops.gated_act(&y.borrow()?, &px.borrow()?, None, n, gelu))?;
+        let mut out = Dense::of(y.into_float::<F, 1>([n])).reshape(&shape);
+        out.rank = rank;
+        Ok(out)
+    }
+
+    fn stamp(&self, device: &CudaDevice) -> OpResult<Option<Box<dyn Stamp>>> {
+        let mut map = self.lock()?;
+        let rt = self.runtime(&mut map, device)?;
+        let marker = rt.marker.get_or_init(|| empty_int::<F>(1, device));
+        let b = marker.borrow().map_err(err)?;
+        let ev = rt
+            .ctx
+            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(driver("cuEventCreate"))
+            .map_err(err)?;
+        // SAFETY: the event was made in this device's primary context, current on this thread
+        // (`runtime` bound it), and the stream is burn's stream of this thread in that context,
+        // alive for the process; recording reads neither buffer.
+        unsafe { cudarc::driver::result::event::record(ev.cu_event(), b.stream()) }
+            .map_err(driver("cuEventRecord"))
+            .map_err(err)?;
+        Ok(Some(Box::new(EventStamp(ev))))
     }
 
     fn attention(
@@ -468,6 +593,11 @@ impl<F: FloatElement> Compute<Cuda<F>> for CudaCompute<F> {
                 w.up.dims(),
                 r.experts
             ));
+        }
+        if Self::bf16() && r.experts > GROUPED_MIN_EXPERTS && own_grouped() {
+            if let Some(y) = self.grouped_on_device(r, w, n, h, f)? {
+                return Ok(Local::Ragged(r.with_rows(y)));
+            }
         }
         // The one device-to-host read of the layer: cuBLAS takes group sizes on the host.
         let off: Vec<usize> = r.host_offsets().iter().map(|&o| o.max(0) as usize).collect();

@@ -1,37 +1,38 @@
-//! The CUDA path: cuBLASLt GEMMs, NVRTC-compiled gather / combine / routing kernels and NCCL
-//! collectives, all on burn-cuda's own device buffers (feature `cuda`).
+//! The CUDA path (feature `cuda`), private to the backend: the compute seam's CUDA side and the
+//! collectives, on burn-cuda's own buffers and stream.
 //!
-//! - [`device`]: one GPU (primary context shared with burn-cuda, the path's stream) and the
-//!   addresses of burn buffers ([`device::Buf`]);
-//! - [`gemm`]: bf16 GEMMs through cuBLASLt (fused GELU), grouped expert GEMMs, the cuBLAS
-//!   reference;
-//! - [`kernels`]: the `.cu` source and its launches (row gather, top-k combine, routing sort);
-//! - [`nccl`]: all_reduce, all_gather, reduce_scatter and grouped send/recv over W GPUs;
-//! - [`bench`]: `moe-opt bench --backend cuda`, the layer benchmark and the micro checks;
-//! - `exec`, `one_gpu`, `collectives`, `layout`: `run --backend cuda --gpus W`, the generic executor on
-//!   burn-cuda with every rank on GPU 0 (W = 1) or rank r on GPU r and NCCL collectives.
+//! - [`compute`]: `Compute` for burn-cuda — the executor's hot ops (GEMMs, grouped expert FFN,
+//!   router, ragged dispatch, combine, norms, gated activations, attention, seeded weights) on
+//!   cuBLAS and NVRTC kernels, falling back to the burn defaults for shapes it does not take;
+//! - [`blas`]: cuBLAS GEMMs (strided batched, grouped batched) on typed borrowed buffers;
+//! - [`ops`] (+ `ops.cu`): the NVRTC kernels and their checked launches;
+//! - [`attention`]: causal/sliding/chunked attention with RoPE and sinks;
+//! - [`buffer`]: typed views of burn-cuda buffers (owned, or borrowed with a lifetime);
+//! - [`device`], [`libs`], [`error`]: one GPU's context and stream, dynamic loading of the CUDA
+//!   libraries (a build without a GPU still links), typed CUDA errors;
+//! - [`nccl`], [`collectives`], [`layout`], [`one_gpu`], [`exec`]: `run --backend cuda --gpus W`,
+//!   the generic executor with every rank on GPU 0 (W = 1) or rank r on GPU r with NCCL.
 //!
-//! Ordering with burn is by synchronisation (see [`device`]); inside this path everything is
-//! stream-ordered on one stream per GPU.
+//! Everything of one GPU is ordered on burn-cuda's stream of that GPU; nothing here is reachable
+//! from outside the crate except through `run`/`verify`.
 
 // FFI to cuBLAS, NCCL and the driver needs `unsafe`; each block states its precondition.
 #![allow(unsafe_code)]
 
 pub(crate) mod attention;
-pub mod bench;
+pub(crate) mod attn_ops;
 pub(crate) mod blas;
 pub(crate) mod buffer;
 pub(crate) mod collectives;
 pub(crate) mod compute;
-pub mod device;
-pub mod error;
+pub(crate) mod device;
+pub(crate) mod error;
 pub(crate) mod exec;
-pub mod gemm;
-pub mod kernels;
+pub(crate) mod grouped;
 pub(crate) mod layout;
-pub mod libs;
-pub mod nccl;
+pub(crate) mod libs;
+pub(crate) mod nccl;
 pub(crate) mod one_gpu;
 pub(crate) mod ops;
 
-pub use error::{CudaError, Result};
+pub(crate) use error::CudaError;

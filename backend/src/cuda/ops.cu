@@ -352,98 +352,6 @@ extern "C" __global__ void seeded_fill(void* __restrict__ dst, int bf16, i64 n, 
     }
 }
 
-// RoPE on one op's heads (bf16 in, bf16 out, fp32 math): x is [rows, heads * d] row-major,
-// row r at position r % seq; the last rd dims of every head turn, dim j (0-based within them)
-// becoming x[j] cos + sign(j) x[partner(j)] sin of the angle pos * inv_freq[freq(j)], cos and sin
-// times cs_scale; pairs 0 ("halves": j with j +- rd/2) or 1 ("interleaved": 2i with 2i + 1).
-// The first d - rd dims are copied.
-extern "C" __global__ void rope(u16* __restrict__ y, const u16* __restrict__ x,
-                                const float* __restrict__ inv_freq, int rows, int heads, int d,
-                                int rd, int seq, int pairs, float cs_scale) {
-    i64 n = (i64)rows * heads * d;
-    for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < n;
-         e += (i64)gridDim.x * blockDim.x) {
-        int c = (int)(e % d);
-        i64 head0 = e - c;
-        int lead = d - rd;
-        if (c < lead) {
-            y[e] = x[e];
-            continue;
-        }
-        int j = c - lead;
-        int half = rd / 2;
-        int freq, partner;
-        float sign;
-        if (pairs == 0) {
-            freq = j < half ? j : j - half;
-            partner = j < half ? j + half : j - half;
-            sign = j < half ? -1.0f : 1.0f;
-        } else {
-            freq = j / 2;
-            partner = j ^ 1;
-            sign = (j & 1) ? 1.0f : -1.0f;
-        }
-        int row = (int)(e / ((i64)heads * d));
-        float angle = (float)(row % seq) * inv_freq[freq];
-        float cs = cosf(angle) * cs_scale;
-        float sn = sinf(angle) * cs_scale;
-        float v = bf16_to_f32(x[e]) * cs + sign * bf16_to_f32(x[head0 + lead + partner]) * sn;
-        y[e] = (u16)f32_to_bf16(v);
-    }
-}
-
-// Softmax of attention scores, one block per row: s is fp32 [bh, seq, kv] (already scaled),
-// row r = (bh, i); head h = bh % heads. Keys j the mask hides get probability 0: mask 0 full,
-// 1 causal (j <= i), 2 sliding window w (j <= i, i - j < w), 3 chunked c (j <= i, same chunk).
-// sinks (bf16 [heads], may be null) add exp(sink) to the denominator only. p is bf16.
-extern "C" __global__ void softmax_rows(u16* __restrict__ p, const float* __restrict__ s,
-                                        const u16* __restrict__ sinks, int rows, int seq, int kv,
-                                        int heads, int mask, int w) {
-    __shared__ float red[32];
-    int r = blockIdx.x;
-    if (r >= rows) return;
-    int i = r % seq;
-    int h = (r / seq) % heads;
-    const float* row = s + (i64)r * kv;
-    u16* out = p + (i64)r * kv;
-    int limit = kv;
-    int first = 0;
-    if (mask >= 1) limit = min(kv, i + 1);
-    if (mask == 2) first = max(0, i - w + 1);
-    if (mask == 3) first = (i / w) * w;
-    float mx = -3.402823466e38f;
-    for (int j = first + threadIdx.x; j < limit; j += blockDim.x) mx = fmaxf(mx, row[j]);
-    float sink = sinks ? bf16_to_f32(sinks[h]) : -3.402823466e38f;
-    mx = fmaxf(mx, sink);
-    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = mx;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        float v = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : -3.402823466e38f;
-        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-        if (threadIdx.x == 0) red[0] = v;
-    }
-    __syncthreads();
-    mx = red[0];
-    __syncthreads();
-    float sum = 0.0f;
-    for (int j = first + threadIdx.x; j < limit; j += blockDim.x) sum += expf(row[j] - mx);
-    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = sum;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        float v = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0.0f;
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-        if (threadIdx.x == 0) red[0] = v + (sinks ? expf(sink - mx) : 0.0f);
-    }
-    __syncthreads();
-    float inv = 1.0f / red[0];
-    for (int j = threadIdx.x; j < kv; j += blockDim.x) {
-        float v = (j >= first && j < limit) ? expf(row[j] - mx) * inv : 0.0f;
-        out[j] = (u16)f32_to_bf16(v);
-    }
-}
-
 // RMSNorm (center 0) or LayerNorm (center 1) of every group of g consecutive elements (bf16),
 // fp32 math: (x - mean) / sqrt(var + eps) * w (+ b), mean 0 for RMSNorm. One block per group.
 extern "C" __global__ void norm_rows(u16* __restrict__ y, const u16* __restrict__ x,
@@ -483,13 +391,13 @@ extern "C" __global__ void norm_rows(u16* __restrict__ y, const u16* __restrict_
     }
 }
 
-// y = act(g) * u elementwise (bf16, fp32 math): act 0 silu, 1 gelu (erf).
+// y = act(g) * u elementwise (bf16, fp32 math): act 0 silu, 1 gelu (erf); u null: y = act(g).
 extern "C" __global__ void gated_act(u16* __restrict__ y, const u16* __restrict__ g,
                                      const u16* __restrict__ u, i64 n, int act) {
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (i64)gridDim.x * blockDim.x) {
         float a = bf16_to_f32(g[i]);
         float h = act == 0 ? a / (1.0f + expf(-a)) : 0.5f * a * (1.0f + erff(a * 0.7071067811865476f));
-        y[i] = (u16)f32_to_bf16(h * bf16_to_f32(u[i]));
+        y[i] = (u16)f32_to_bf16(u ? h * bf16_to_f32(u[i]) : h);
     }
 }

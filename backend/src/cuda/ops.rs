@@ -10,7 +10,11 @@ use std::ffi::c_void;
 use std::sync::Arc;
 
 /// The kernel source.
-pub(crate) const SOURCE: &str = include_str!("ops.cu");
+pub(crate) const SOURCE: &str = concat!(
+    include_str!("ops.cu"),
+    include_str!("attention.cu"),
+    include_str!("grouped.cu")
+);
 
 /// Entries per block of the routing sort (`CHUNK` in the source).
 const SORT_CHUNK: usize = 256;
@@ -30,7 +34,7 @@ const VEC: usize = 8;
 const ROW_THREADS: usize = 256;
 
 /// The entry points of [`SOURCE`], in [`K`]'s order.
-const ENTRY_POINTS: [&str; 13] = [
+const ENTRY_POINTS: [&str; 17] = [
     "gather_rows",
     "combine_rows",
     "router_topk",
@@ -44,10 +48,14 @@ const ENTRY_POINTS: [&str; 13] = [
     "softmax_rows",
     "norm_rows",
     "gated_act",
+    "flash_attn_d64",
+    "flash_attn_d128",
+    "grouped_tiles",
+    "grouped_gemm",
 ];
 
 #[derive(Debug, Clone, Copy)]
-enum K {
+pub(super) enum K {
     Gather = 0,
     Combine = 1,
     Router = 2,
@@ -61,10 +69,14 @@ enum K {
     Softmax = 10,
     Norm = 11,
     Gated = 12,
+    Flash64 = 13,
+    Flash128 = 14,
+    GroupedTiles = 15,
+    GroupedGemm = 16,
 }
 
 /// A kernel argument: a value whose address goes into the launch's parameter array.
-trait Arg {
+pub(super) trait Arg {
     fn ptr(&self) -> *mut c_void;
 }
 
@@ -81,10 +93,10 @@ arg!(u64, i64, i32, f32, f64);
 
 /// Grid, block and shared memory of a launch.
 #[derive(Debug, Clone, Copy)]
-struct Launch {
-    grid: u32,
-    block: u32,
-    shared: u32,
+pub(super) struct Launch {
+    pub grid: u32,
+    pub block: u32,
+    pub shared: u32,
 }
 
 /// One thread per element, 256 per block.
@@ -118,14 +130,14 @@ fn rows_launch(rows: usize, cols: usize) -> Result<(i32, i32, Launch)> {
 }
 
 /// Fails unless every buffer has elements of the given width (bf16: 2, i32 and f32: 4).
-fn widths(bufs: &[(&Borrowed<'_>, usize, &str)]) -> Result<()> {
+pub(super) fn widths(bufs: &[(&Borrowed<'_>, usize, &str)]) -> Result<()> {
     for &(b, bytes, what) in bufs {
         b.is_elem(bytes, what)?;
     }
     Ok(())
 }
 
-fn int(v: usize, what: &str) -> Result<i32> {
+pub(super) fn int(v: usize, what: &str) -> Result<i32> {
     i32::try_from(v).map_err(|_| CudaError::Invalid(format!("{what} = {v} exceeds i32")))
 }
 
@@ -144,19 +156,6 @@ pub(crate) struct RouterArgs {
     pub group_score: i32,
     pub normalize: bool,
     pub scale: f32,
-}
-
-/// An attention op's shape as the softmax kernel takes it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct SoftmaxArgs {
-    /// Rows: sequences x heads x queries.
-    pub rows: usize,
-    pub seq: usize,
-    pub kv: usize,
-    pub heads: usize,
-    /// 0 full, 1 causal, 2 sliding (window `w`), 3 chunked (chunk `w`).
-    pub mask: i32,
-    pub w: usize,
 }
 
 /// The kernels, loaded on one device.
@@ -208,10 +207,26 @@ impl Ops {
     /// # Safety
     /// `args` match the kernel's parameters in number, order and type, and every address among
     /// them is a live buffer at least as large as the kernel reads or writes with these sizes.
-    unsafe fn launch(
+    pub(super) unsafe fn launch(
         &self,
         k: K,
         l: Launch,
+        bufs: &[&Borrowed<'_>],
+        args: &[&dyn Arg],
+    ) -> Result<()> {
+        // SAFETY: the caller's contract.
+        unsafe { self.launch_2d(k, l, 1, bufs, args) }
+    }
+
+    /// [`Self::launch`] on a grid of `l.grid x grid_y` blocks.
+    ///
+    /// # Safety
+    /// As [`Self::launch`], for every block of the grid.
+    pub(super) unsafe fn launch_2d(
+        &self,
+        k: K,
+        l: Launch,
+        grid_y: u32,
         bufs: &[&Borrowed<'_>],
         args: &[&dyn Arg],
     ) -> Result<()> {
@@ -221,7 +236,7 @@ impl Ops {
         unsafe {
             cudarc::driver::result::launch_kernel(
                 self.f[k as usize].cu_function(),
-                (l.grid, 1, 1),
+                (l.grid, grid_y, 1),
                 (l.block, 1, 1),
                 l.shared,
                 stream,
@@ -567,104 +582,6 @@ impl Ops {
 }
 
 impl Ops {
-    /// RoPE of `x` (`[rows, heads * d]` bf16) into `y` at positions `row % seq`, with `inv_freq`
-    /// (f32, `rd / 2` frequencies) over the last `rd` dims of every head; `interleaved` pairs.
-    #[allow(clippy::too_many_arguments)]
-    pub fn rope(
-        &self,
-        y: &Borrowed<'_>,
-        x: &Borrowed<'_>,
-        inv_freq: &Borrowed<'_>,
-        rows: usize,
-        heads: usize,
-        d: usize,
-        rd: usize,
-        seq: usize,
-        interleaved: bool,
-        cs_scale: f32,
-    ) -> Result<()> {
-        let n = rows * heads * d;
-        if n == 0 {
-            return Ok(());
-        }
-        if rd > d || rd % 2 != 0 || seq == 0 {
-            return Err(CudaError::Invalid(format!(
-                "RoPE of {rd} dims in heads of {d}, sequences of {seq}"
-            )));
-        }
-        x.holds(n, "RoPE input")?;
-        y.holds(n, "RoPE output")?;
-        inv_freq.holds(rd / 2, "RoPE frequencies")?;
-        widths(&[(x, 2, "RoPE input"), (y, 2, "RoPE output"), (inv_freq, 4, "RoPE frequencies")])?;
-        let (yy, xx, f) = (y.addr(), x.addr(), inv_freq.addr());
-        let (r, h, dd, rr, s, pr) = (
-            int(rows, "rows")?,
-            int(heads, "heads")?,
-            int(d, "head dim")?,
-            int(rd, "rope dim")?,
-            int(seq, "seq")?,
-            i32::from(interleaved),
-        );
-        let l = Launch {
-            grid: n.div_ceil(256).clamp(1, 65_536) as u32,
-            block: 256,
-            shared: 0,
-        };
-        // SAFETY: rope(u16*, const u16*, const float*, int x6, float); sizes checked above.
-        unsafe {
-            self.launch(
-                K::Rope,
-                l,
-                &[y, x, inv_freq],
-                &[&yy, &xx, &f, &r, &h, &dd, &rr, &s, &pr, &cs_scale],
-            )
-        }
-    }
-
-    /// Masked softmax of fp32 scores `s` (`[rows, kv]`) into bf16 `p`, sinks bf16 `[heads]`.
-    pub fn softmax_rows(
-        &self,
-        p: &Borrowed<'_>,
-        s: &Borrowed<'_>,
-        sinks: Option<&Borrowed<'_>>,
-        a: SoftmaxArgs,
-    ) -> Result<()> {
-        if a.rows == 0 || a.kv == 0 {
-            return Ok(());
-        }
-        s.holds(a.rows * a.kv, "attention scores")?;
-        p.holds(a.rows * a.kv, "attention probabilities")?;
-        widths(&[(s, 4, "attention scores"), (p, 2, "attention probabilities")])?;
-        if let Some(k) = sinks {
-            k.holds(a.heads, "attention sinks")?;
-            k.is_elem(2, "attention sinks")?;
-        }
-        let mut bufs = vec![p, s];
-        bufs.extend(sinks);
-        let (pp, ss, kk) = (p.addr(), s.addr(), sinks.map_or(0, |k| k.addr()));
-        let (r, q, kv, h, w) = (
-            int(a.rows, "rows")?,
-            int(a.seq, "seq")?,
-            int(a.kv, "kv")?,
-            int(a.heads, "heads")?,
-            int(a.w.min(i32::MAX as usize), "window")?,
-        );
-        let l = Launch {
-            grid: r as u32,
-            block: 256,
-            shared: 0,
-        };
-        // SAFETY: softmax_rows(u16*, const float*, const u16*, int x6); sizes checked above.
-        unsafe {
-            self.launch(
-                K::Softmax,
-                l,
-                &bufs,
-                &[&pp, &ss, &kk, &r, &q, &kv, &h, &a.mask, &w],
-            )
-        }
-    }
-
     /// RMSNorm or (`center`) LayerNorm of `groups` groups of `g` bf16 with weight `w` and bias
     /// `b` (`[g]` bf16).
     #[allow(clippy::too_many_arguments)]
@@ -708,25 +625,29 @@ impl Ops {
         &self,
         y: &Borrowed<'_>,
         g: &Borrowed<'_>,
-        u: &Borrowed<'_>,
+        u: Option<&Borrowed<'_>>,
         n: usize,
         gelu: bool,
     ) -> Result<()> {
         if n == 0 {
             return Ok(());
         }
-        for (b, what) in [(y, "output"), (g, "gate"), (u, "up")] {
+        let mut bufs = vec![y, g];
+        bufs.extend(u);
+        for (b, what) in bufs.iter().zip(["output", "gate", "up"]) {
             b.holds(n, what)?;
             b.is_elem(2, what)?;
         }
-        let (yy, gg, uu, nn, act) = (y.addr(), g.addr(), u.addr(), n as i64, i32::from(gelu));
+        let (yy, gg, uu) = (y.addr(), g.addr(), u.map_or(0, |u| u.addr()));
+        let (nn, act) = (n as i64, i32::from(gelu));
         let l = Launch {
             grid: n.div_ceil(256).clamp(1, 65_536) as u32,
             block: 256,
             shared: 0,
         };
-        // SAFETY: gated_act(u16*, const u16*, const u16*, i64, int); sizes checked above.
-        unsafe { self.launch(K::Gated, l, &[y, g, u], &[&yy, &gg, &uu, &nn, &act]) }
+        // SAFETY: gated_act(u16*, const u16*, const u16* (null: no up), i64, int); sizes
+        // checked above.
+        unsafe { self.launch(K::Gated, l, &bufs, &[&yy, &gg, &uu, &nn, &act]) }
     }
 }
 

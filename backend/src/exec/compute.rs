@@ -51,8 +51,26 @@ pub(crate) struct SeededBlock<'a> {
     pub block: &'a [usize],
 }
 
+/// A point on one device's timeline: the end of the work enqueued on it before the stamp was
+/// taken (a CUDA event). The executor's `--profile` takes one after every node and charges each
+/// node the device time since the previous stamp, so per-op times add up to the compute time
+/// without synchronising between ops.
+pub(crate) trait Stamp: Send + Sync {
+    /// Seconds from `earlier` to this stamp (both of one device), waiting until this one is
+    /// reached.
+    fn since(&self, earlier: &dyn Stamp) -> OpResult<f64>;
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
 /// The hot ops of the executor (see the module docs). Every method has a default in burn ops.
 pub(crate) trait Compute<B: Backend>: Sync {
+    /// A [`Stamp`] after the work enqueued so far on `device`; `None` (the default) where the
+    /// backend has no device timer: the profiler then synchronises after every node and reads
+    /// the host clock.
+    fn stamp(&self, _device: &B::Device) -> OpResult<Option<Box<dyn Stamp>>> {
+        Ok(None)
+    }
+
     /// `matmul(a, b)`: `[..., M, K] @ [K, N]`.
     fn matmul(&self, a: Dense<B>, b: Dense<B>) -> OpResult<Dense<B>> {
         Ok(dense::matmul(a, b))
@@ -74,6 +92,11 @@ pub(crate) trait Compute<B: Backend>: Sync {
         center: bool,
     ) -> OpResult<Dense<B>> {
         Ok(dense::norm(x, w, b, eps, center))
+    }
+
+    /// `act(x)` elementwise (the `gelu`, `silu` and `relu` ops).
+    fn activation(&self, act: Activation, x: Dense<B>) -> OpResult<Dense<B>> {
+        Ok(dense::unary(x, Some(act)))
     }
 
     /// `act(gate) * up` (the `swiglu` op with SiLU; the gated expert FFNs with theirs).

@@ -61,7 +61,7 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                 // Each rank's block is made directly, the same numbers as slicing the full tensor.
                 Weights::Seeded => {
                     let init = Init::for_weight(key, ty);
-                    let on_device = self.seeded_on_device(id, key, ty, init, ranks)?;
+                    let on_device = self.seeded_on_device(id, self.seed, key, ty, init, ranks)?;
                     match on_device {
                         Some(values) => values,
                         None => self.shards(ty, ranks, |b| {
@@ -82,6 +82,14 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
             Op::Input(_) => {
                 let bound = self.id_bound(id);
                 let seed = weights::micro_batch_seed(self.seed, self.micro);
+                // Float inputs are seeded like weights (`weights::input`): made on the device
+                // where the compute seam can.
+                if ty.dtype.is_float() {
+                    let init = Init::Uniform { std: 1.0 };
+                    if let Some(v) = self.seeded_on_device(id, seed, key, ty, init, ranks)? {
+                        return Ok(vec![v]);
+                    }
+                }
                 let global = weights::input(seed, key, ty, bound);
                 let shape = global_shape(ty);
                 self.shards(ty, ranks, |b| match &global {
@@ -126,12 +134,13 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
             .collect()
     }
 
-    /// Each rank's block of seeded weight `key` made by the compute seam on the rank's device,
+    /// Each rank's block of seeded tensor `key` (under `seed`) made by the compute seam on the rank's device,
     /// or `None` when the seam leaves it to the host (ranks with the same block and device share
     /// one tensor, as in [`Self::shards`]).
     fn seeded_on_device(
         &self,
         id: NodeId,
+        seed: u64,
         key: &str,
         ty: &TensorType,
         init: Init,
@@ -154,7 +163,7 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                 continue;
             }
             let block = SeededBlock {
-                key: seeded::key(self.seed, key, &ty.shape),
+                key: seeded::key(seed, key, &ty.shape),
                 scale: 3f64.sqrt() * std,
                 global: &ty.shape,
                 offsets: &b.offsets,

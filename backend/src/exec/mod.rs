@@ -85,8 +85,9 @@ pub(crate) struct Executed {
     /// Time of the whole execution.
     pub total: Duration,
     /// Time per op kind (all ranks together), by op name: the host's time to issue it, or with
-    /// `profile` the time until the device finished it (the devices synchronised after every
-    /// node, so the times add up to `compute`).
+    /// `profile` the device time from the previous node's end to its own (CUDA events on the
+    /// first rank's device, no synchronisation between ops; on the CPU the devices synchronised
+    /// after every node), so the times add up to `compute`.
     pub op_times: BTreeMap<&'static str, Duration>,
 }
 
@@ -192,8 +193,11 @@ pub(crate) struct Exec<'a, B: Backend, C: Collectives<B> + Sync> {
     leaves: Duration,
     op_times: BTreeMap<&'static str, Duration>,
     trace: Vec<StepRun>,
-    /// Synchronise the devices after every node (per-op device times).
+    /// Per-op device times: a [`compute::Stamp`] after every node where the compute seam has
+    /// device timers, else the devices synchronised after every node.
     profile: bool,
+    /// The profile's stamps: the start of the steps, then one per node run, with its op.
+    stamps: Vec<(&'static str, Box<dyn compute::Stamp>)>,
 }
 
 impl<B: Backend, C: Collectives<B> + Sync> std::fmt::Debug for Exec<'_, B, C> {
@@ -311,6 +315,7 @@ pub(crate) fn execute_unchecked<B: Backend, C: Collectives<B> + Sync>(
         op_times: BTreeMap::new(),
         trace: Vec::new(),
         profile,
+        stamps: Vec::new(),
     };
     let mut programs = ex.programs(micro_batches)?;
     let compute = ex.run(&mut programs)?;
@@ -459,9 +464,36 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
         self.sync_devices()?;
         self.leaves = weights.elapsed();
         let start = Instant::now();
+        if self.profile {
+            if let Some(s) = self.stamp()? {
+                self.stamps.push(("", s));
+            }
+        }
         self.run_steps(programs)?;
         self.sync_devices()?;
-        Ok(start.elapsed())
+        let compute = start.elapsed();
+        self.charge_stamps()?;
+        Ok(compute)
+    }
+
+    /// A device stamp on the first rank's device, where the compute seam has timers.
+    fn stamp(&self) -> Result<Option<Box<dyn compute::Stamp>>, ExecError> {
+        self.k
+            .stamp(&self.device_for(0))
+            .map_err(|e| ExecError::Cuda(format!("device timer: {e}")))
+    }
+
+    /// Charges each profiled node the device time from the previous stamp to its own.
+    fn charge_stamps(&mut self) -> Result<(), ExecError> {
+        let stamps = std::mem::take(&mut self.stamps);
+        for w in stamps.windows(2) {
+            let secs = w[1]
+                .1
+                .since(w[0].1.as_ref())
+                .map_err(|e| ExecError::Cuda(format!("device timer: {e}")))?;
+            *self.op_times.entry(w[1].0).or_default() += Duration::from_secs_f64(secs.max(0.0));
+        }
+        Ok(())
     }
 
     /// Advances the programs in turn until all are done; a round without progress is a
@@ -559,10 +591,18 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
             op if op.collective_axis().is_some() => self.collective(id, ranks)?,
             _ => self.local_on(id, ranks)?,
         };
-        if self.profile && !self.fixed[id.index()] {
-            self.sync_devices()?;
+        if self.profile && !self.fixed[id.index()] && !self.stamps.is_empty() {
+            // Device time, charged when the run ends (see `charge_stamps`).
+            let s = self.stamp()?.ok_or_else(|| {
+                ExecError::Cuda("the device timer stopped giving stamps".into())
+            })?;
+            self.stamps.push((node.op.name(), s));
+        } else {
+            if self.profile && !self.fixed[id.index()] {
+                self.sync_devices()?;
+            }
+            *self.op_times.entry(node.op.name()).or_default() += started.elapsed();
         }
-        *self.op_times.entry(node.op.name()).or_default() += started.elapsed();
         self.ran_on[id.index()] = ranks.to_vec();
         let all = self.mesh.ranks() as usize;
         let fixed = self.fixed[id.index()];

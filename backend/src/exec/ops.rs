@@ -63,9 +63,9 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
             }
             Op::Add => f(dense::add(float(it.next())?, float(it.next())?)),
             Op::Mul => f(dense::mul(float(it.next())?, float(it.next())?)),
-            Op::Gelu => f(dense::unary(float(it.next())?, Some(Activation::Gelu))),
-            Op::Silu => f(dense::unary(float(it.next())?, Some(Activation::Silu))),
-            Op::Relu => f(dense::unary(float(it.next())?, Some(Activation::Relu))),
+            Op::Gelu => f(self.k.activation(Activation::Gelu, float(it.next())?)?),
+            Op::Silu => f(self.k.activation(Activation::Silu, float(it.next())?)?),
+            Op::Relu => f(self.k.activation(Activation::Relu, float(it.next())?)?),
             Op::Sigmoid => f(dense::unary(float(it.next())?, None)),
             Op::Swiglu => {
                 let (g, u) = (float(it.next())?, float(it.next())?);
