@@ -195,12 +195,14 @@ impl Ints {
 /// device kernel of the compute seam produced (a router's choices). `id` names the value, so a
 /// later op can tell that a [`Ragged`] buffer was dispatched by exactly these choices.
 #[derive(Clone, Debug)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // made by the CUDA seam only
 pub(crate) struct DevInts<B: Backend> {
     pub shape: Vec<usize>,
     pub t: Tensor<B, 1, Int>,
     pub id: u64,
 }
 
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // made by the CUDA seam only
 impl<B: Backend> DevInts<B> {
     /// Wraps a flat device tensor of `shape`'s element count, under a fresh id.
     pub fn new(shape: Vec<usize>, t: Tensor<B, 1, Int>) -> DevInts<B> {
@@ -230,6 +232,7 @@ impl<B: Backend> DevInts<B> {
 /// It is a representation, not a value of its own: [`Ragged::to_dense`] gives the padded tensor
 /// every op that does not know it sees.
 #[derive(Clone, Debug)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // made by the CUDA seam only
 pub(crate) struct Ragged<B: Backend> {
     pub rows: Tensor<B, 2>,
     /// `[experts + 1]`: first row of each expert, then the row count.
@@ -240,6 +243,7 @@ pub(crate) struct Ragged<B: Backend> {
     pub cap: usize,
 }
 
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // made by the CUDA seam only
 impl<B: Backend> Ragged<B> {
     /// The logical (padded) shape `[experts, cap, H]`.
     pub fn shape(&self) -> Vec<usize> {
@@ -280,6 +284,7 @@ impl<B: Backend> Ragged<B> {
 
 /// A rank's local piece of one IR value.
 #[derive(Clone, Debug)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // made by the CUDA seam only
 pub(crate) enum Local<B: Backend> {
     Float(Dense<B>),
     Int(Ints),

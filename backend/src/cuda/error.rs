@@ -64,9 +64,6 @@ pub enum CudaError {
         /// The alignment needed.
         align: u64,
     },
-    /// A correctness check failed (results differ beyond the tolerance).
-    #[error("check failed: {0}")]
-    Check(String),
 }
 
 /// Shorthand for results of the CUDA path.
@@ -84,16 +81,6 @@ pub(crate) fn driver(call: &'static str) -> impl FnOnce(cudarc::driver::DriverEr
 pub(crate) fn blas(
     call: &'static str,
 ) -> impl FnOnce(cudarc::cublas::result::CublasError) -> CudaError {
-    move |e| CudaError::Blas {
-        call,
-        message: e.to_string(),
-    }
-}
-
-/// Converts a cuBLASLt error of `call`.
-pub(crate) fn blas_lt(
-    call: &'static str,
-) -> impl FnOnce(cudarc::cublaslt::result::CublasError) -> CudaError {
     move |e| CudaError::Blas {
         call,
         message: e.to_string(),

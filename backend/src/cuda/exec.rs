@@ -62,16 +62,28 @@ pub(crate) fn execute(
     catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|payload| {
         Err(ExecError::Cuda(format!(
             "burn-cuda failed: {}",
-            libs::panic_text(payload.as_ref(), "a panic without a message")
+            panic_text(payload.as_ref())
         )))
     })
+}
+
+/// The message of a caught panic's payload (burn-cuda reports device failures by panicking).
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else {
+        "a panic without a message".into()
+    }
 }
 
 /// Loads the libraries burn-cuda needs (and NCCL for several GPUs) and checks the GPU count.
 fn preflight(gpus: usize) -> Result<(), ExecError> {
     let cuda = |e: super::CudaError| ExecError::Cuda(e.to_string());
-    libs::load("cuda").map_err(cuda)?;
-    libs::load("nvrtc").map_err(cuda)?;
+    for lib in ["cuda", "nvrtc", "cublas", "cublasLt"] {
+        libs::load(lib).map_err(cuda)?;
+    }
     if gpus > 1 {
         libs::load("nccl").map_err(cuda)?;
     }

@@ -16,7 +16,6 @@ fn dtype(e: Elem) -> ns::ncclDataType_t {
     match e {
         Elem::Bf16 => ns::ncclDataType_t::ncclBfloat16,
         Elem::F32 => ns::ncclDataType_t::ncclFloat32,
-        Elem::I32 => ns::ncclDataType_t::ncclInt32,
     }
 }
 
@@ -100,11 +99,6 @@ impl Collectives {
     /// Ranks in the group.
     pub fn world(&self) -> usize {
         self.comms.len()
-    }
-
-    /// NCCL's version code (e.g. 22703 for 2.27.3).
-    pub fn version() -> Result<i32> {
-        nr::get_nccl_version().map_err(nccl("ncclGetVersion"))
     }
 
     /// Runs `call(rank, comm, stream)` for every rank inside one NCCL group.
@@ -265,121 +259,9 @@ impl Drop for Collectives {
     }
 }
 
-/// The expert all-to-all of capacity-padded buffers, in both directions.
-///
-/// Rank `r` holds a dispatch buffer `[E, C, H]` (experts in global order, `C` slots each) at
-/// `dispatch[r]`. Forward: slot block `(expert j*El + e)` goes to rank `j`, which stores it at
-/// `recv[j] + (e * W + r) * C * H`: every local expert's rows from all ranks are contiguous
-/// (`[El, W*C, H]`), so each expert's GEMMs are single calls. Backward is the inverse, into
-/// `back[r]` laid out as `dispatch`.
-#[derive(Debug, Clone, Copy)]
-pub struct CapacityLayout {
-    /// Ranks.
-    pub world: usize,
-    /// Experts per rank.
-    pub local_experts: usize,
-    /// Slots per expert per source rank.
-    pub capacity: usize,
-    /// Elements per slot (the hidden size).
-    pub hidden: usize,
-    /// Bytes per element.
-    pub elem_bytes: usize,
-}
-
-impl CapacityLayout {
-    fn block_bytes(&self) -> u64 {
-        (self.capacity * self.hidden * self.elem_bytes) as u64
-    }
-
-    /// Forward exchange: dispatch buffers to expert-major receive buffers.
-    pub fn forward(&self, dispatch: &[u64], recv: &[u64]) -> Exchange {
-        let (w, el, blk) = (self.world, self.local_experts, self.block_bytes());
-        let mut x = Exchange::default();
-        for (r, &d) in dispatch.iter().enumerate().take(w) {
-            for (j, &rv) in recv.iter().enumerate().take(w) {
-                for e in 0..el {
-                    let src = d + (j * el + e) as u64 * blk;
-                    let dst = rv + (e * w + r) as u64 * blk;
-                    x.push(r, src, j, dst, self.capacity * self.hidden);
-                }
-            }
-        }
-        x
-    }
-
-    /// Backward exchange: expert outputs (laid out as `recv`) back to their source ranks.
-    pub fn backward(&self, out: &[u64], back: &[u64]) -> Exchange {
-        let (w, el, blk) = (self.world, self.local_experts, self.block_bytes());
-        let mut x = Exchange::default();
-        for (j, &o) in out.iter().enumerate().take(w) {
-            for (r, &b) in back.iter().enumerate().take(w) {
-                for e in 0..el {
-                    let src = o + (e * w + r) as u64 * blk;
-                    let dst = b + (j * el + e) as u64 * blk;
-                    x.push(j, src, r, dst, self.capacity * self.hidden);
-                }
-            }
-        }
-        x
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn layout(world: usize) -> CapacityLayout {
-        CapacityLayout {
-            world,
-            local_experts: 2,
-            capacity: 3,
-            hidden: 8,
-            elem_bytes: 2,
-        }
-    }
-
-    #[test]
-    fn forward_puts_each_experts_rows_together() {
-        let l = layout(2);
-        let blk = 3 * 8 * 2;
-        let x = l.forward(&[0, 100_000], &[1_000_000, 2_000_000]);
-        x.validate(2).expect("ranks in range");
-        assert_eq!(x.messages.len(), 2 * 2 * 2);
-        // Rank 1's block of global expert 1 (= rank 0's local expert 1) lands on rank 0 at
-        // local expert 1, source rank 1: block 1 * W + 1 = 3.
-        let m = x
-            .messages
-            .iter()
-            .find(|m| m.from == 1 && m.src == 100_000 + blk)
-            .expect("sent");
-        assert_eq!((m.to, m.dst, m.count), (0, 1_000_000 + 3 * blk, 3 * 8));
-    }
-
-    #[test]
-    fn backward_inverts_forward() {
-        let l = layout(4);
-        let d = [0u64, 1 << 20, 2 << 20, 3 << 20];
-        let r = [10u64 << 20, 11 << 20, 12 << 20, 13 << 20];
-        let f = l.forward(&d, &r);
-        let b = l.backward(&r, &d);
-        assert_eq!(f.messages.len(), b.messages.len());
-        for m in &f.messages {
-            assert!(
-                b.messages.iter().any(|n| n.from == m.to
-                    && n.src == m.dst
-                    && n.to == m.from
-                    && n.dst == m.src
-                    && n.count == m.count),
-                "{m:?} has no inverse"
-            );
-        }
-    }
-
-    #[test]
-    fn at_one_rank_the_layouts_coincide() {
-        let x = layout(1).forward(&[0], &[0]);
-        assert!(x.messages.iter().all(|m| m.src == m.dst));
-    }
 
     #[test]
     fn ranks_outside_the_group_are_rejected() {

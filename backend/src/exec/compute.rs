@@ -41,6 +41,7 @@ pub(crate) fn plain_float<B: Backend>(v: Local<B>) -> OpResult<Dense<B>> {
 /// A seeded weight block to make on the device (see `crate::weights::seeded::block_values`):
 /// element `i` of the block is the seeded value of its global flat index under `key`.
 #[derive(Clone, Debug)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // read by the CUDA seam only
 pub(crate) struct SeededBlock<'a> {
     /// The tensor's key (seed, name and global shape mixed).
     pub key: u64,
@@ -55,6 +56,7 @@ pub(crate) struct SeededBlock<'a> {
 /// taken (a CUDA event). The executor's `--profile` takes one after every node and charges each
 /// node the device time since the previous stamp, so per-op times add up to the compute time
 /// without synchronising between ops.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))] // implemented by the CUDA seam only
 pub(crate) trait Stamp: Send + Sync {
     /// Seconds from `earlier` to this stamp (both of one device), waiting until this one is
     /// reached.
