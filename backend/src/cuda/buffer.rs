@@ -144,6 +144,11 @@ impl<'t> Borrowed<'t> {
         })
     }
 
+    /// Elements from the first on.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
     /// The device address of the first element.
     pub fn addr(&self) -> u64 {
         self.addr

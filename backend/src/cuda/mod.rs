@@ -33,6 +33,7 @@ pub(crate) mod layout;
 pub(crate) mod libs;
 pub(crate) mod nccl;
 pub(crate) mod one_gpu;
+pub(crate) mod ppmoe;
 pub(crate) mod ops;
 
 pub(crate) use error::CudaError;

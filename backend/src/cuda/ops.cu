@@ -48,15 +48,17 @@ __device__ __forceinline__ bool row_of_thread(int rows, int rpb, i64* row, int* 
     return sub < rpb && *row < rows;
 }
 
-// dst[r] = src[idx[r]] for r < rows; a row of zeros where idx[r] < 0.
+// dst[r] = src[idx[r]] for r < rows; a row of zeros where idx[r] is not a row of src (< 0 or
+// >= src_rows).
 extern "C" __global__ void gather_rows(Vec8* __restrict__ dst, const Vec8* __restrict__ src,
-                                       const int* __restrict__ idx, int rows, int vpr, int rpb) {
+                                       const int* __restrict__ idx, int rows, int src_rows,
+                                       int vpr, int rpb) {
     i64 r;
     int lane, tpr;
     if (!row_of_thread(rows, rpb, &r, &lane, &tpr)) return;
     int s = idx[r];
     Vec8* d = dst + r * vpr;
-    if (s < 0) {
+    if (s < 0 || s >= src_rows) {
         Vec8 z;
         z.w[0] = 0u; z.w[1] = 0u; z.w[2] = 0u; z.w[3] = 0u;
         for (int c = lane; c < vpr; c += tpr) d[c] = z;

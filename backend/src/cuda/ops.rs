@@ -13,11 +13,12 @@ use std::sync::Arc;
 pub(crate) const SOURCE: &str = concat!(
     include_str!("ops.cu"),
     include_str!("attention.cu"),
-    include_str!("grouped.cu")
+    include_str!("grouped.cu"),
+    include_str!("ppmoe.cu")
 );
 
 /// Entries per block of the routing sort (`CHUNK` in the source).
-const SORT_CHUNK: usize = 256;
+pub(super) const SORT_CHUNK: usize = 256;
 /// Warps per routing-sort block.
 const SORT_WARPS: usize = SORT_CHUNK / 32;
 /// Threads of the single routing-scan block (the size of its shared array).
@@ -34,7 +35,7 @@ const VEC: usize = 8;
 const ROW_THREADS: usize = 256;
 
 /// The entry points of [`SOURCE`], in [`K`]'s order.
-const ENTRY_POINTS: [&str; 17] = [
+const ENTRY_POINTS: [&str; 21] = [
     "gather_rows",
     "combine_rows",
     "router_topk",
@@ -52,6 +53,10 @@ const ENTRY_POINTS: [&str; 17] = [
     "flash_attn_d128",
     "grouped_tiles",
     "grouped_gemm",
+    "local_entries",
+    "local_finish",
+    "count_offsets",
+    "index_add_rows",
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -73,6 +78,10 @@ pub(super) enum K {
     Flash128 = 14,
     GroupedTiles = 15,
     GroupedGemm = 16,
+    LocalEntries = 17,
+    LocalFinish = 18,
+    CountOffsets = 19,
+    IndexAdd = 20,
 }
 
 /// A kernel argument: a value whose address goes into the launch's parameter array.
@@ -100,7 +109,7 @@ pub(super) struct Launch {
 }
 
 /// One thread per element, 256 per block.
-fn flat(n: usize) -> Launch {
+pub(super) fn flat(n: usize) -> Launch {
     Launch {
         grid: n.div_ceil(256).max(1) as u32,
         block: 256,
@@ -110,7 +119,7 @@ fn flat(n: usize) -> Launch {
 
 /// Launch geometry of a row kernel over `rows` rows of `cols` bf16: (vectors per row, rows per
 /// block, launch).
-fn rows_launch(rows: usize, cols: usize) -> Result<(i32, i32, Launch)> {
+pub(super) fn rows_launch(rows: usize, cols: usize) -> Result<(i32, i32, Launch)> {
     if cols == 0 || cols % VEC != 0 {
         return Err(CudaError::Invalid(format!(
             "rows of {cols} bf16: the row kernels need a positive multiple of {VEC}"
@@ -246,8 +255,8 @@ impl Ops {
         .map_err(driver(ENTRY_POINTS[k as usize]))
     }
 
-    /// `dst[r] = src[idx[r]]` for `rows` rows of `cols` bf16 (zeros where `idx[r] < 0`; every
-    /// `idx[r] < src rows`, which the caller's construction guarantees).
+    /// `dst[r] = src[idx[r]]` for `rows` rows of `cols` bf16 (zeros where `idx[r]` is not a row
+    /// of `src`).
     pub fn gather_rows(
         &self,
         dst: &Borrowed<'_>,
@@ -265,10 +274,14 @@ impl Ops {
         dst.aligned("gather destination", 16)?;
         src.aligned("gather source", 16)?;
         let (vpr, rpb, l) = rows_launch(rows, cols)?;
+        let src_rows = int(src.len() / cols, "source rows")?;
         let (d, s, i, n) = (dst.addr(), src.addr(), idx.addr(), int(rows, "rows")?);
-        // SAFETY: gather_rows(Vec8*, const Vec8*, const int*, int, int, int); dst holds rows *
-        // cols, idx rows entries, src every row an index names.
-        unsafe { self.launch(K::Gather, l, &[dst, src, idx], &[&d, &s, &i, &n, &vpr, &rpb]) }
+        // SAFETY: gather_rows(Vec8*, const Vec8*, const int*, int, int, int, int); dst holds rows
+        // x cols, idx rows entries; the kernel reads only rows of src below src_rows, which src
+        // holds.
+        unsafe {
+            self.launch(K::Gather, l, &[dst, src, idx], &[&d, &s, &i, &n, &src_rows, &vpr, &rpb])
+        }
     }
 
     /// `out[t] = sum_j weight[t,j] * src[row[t,j]]` over `row >= 0`, `tokens` rows of `cols`.
@@ -405,50 +418,72 @@ impl Ops {
         if total == 0 {
             return Ok(());
         }
-        let chunks = total.div_ceil(SORT_CHUNK);
-        let len = experts * chunks;
         expert.holds(total, "routing choices")?;
         expert_cm.holds(total, "routing entries")?;
+        expert.is_elem(4, "routing choices")?;
+        expert_cm.is_elem(4, "routing entries")?;
+        let (t, kk, e) = (int(tokens, "tokens")?, int(k, "k")?, int(experts, "experts")?);
+        let (ex, cm) = (expert.addr(), expert_cm.addr());
+        let bufs = [expert, expert_cm];
+        // SAFETY: choice_major(const int*, int, int, int, int*); the sizes checked above.
+        unsafe { self.launch(K::ChoiceMajor, flat(total), &bufs, &[&ex, &t, &kk, &e, &cm])? };
+        self.sort_entries(expert_cm, total, experts, tokens, scratch, expert_off, sorted_token, entry_pos)
+    }
+
+    /// The stable routing sort of `total` entries (experts in `[0, experts)`, -1: none) into
+    /// expert-major order: `expert_off` `[experts + 1]`, `sorted[pos]` = entry index modulo `n`,
+    /// `entry_pos[p]` = the entry's position (-1 for none).
+    #[allow(clippy::too_many_arguments)]
+    pub fn sort_entries(
+        &self,
+        entries: &Borrowed<'_>,
+        total: usize,
+        experts: usize,
+        n: usize,
+        scratch: &Borrowed<'_>,
+        expert_off: &Borrowed<'_>,
+        sorted: &Borrowed<'_>,
+        entry_pos: &Borrowed<'_>,
+    ) -> Result<()> {
+        if total == 0 {
+            return Ok(());
+        }
+        if experts == 0 || experts > MAX_EXPERTS || n == 0 {
+            return Err(CudaError::Invalid(format!(
+                "routing sort of {total} entries over {experts} experts (1 to {MAX_EXPERTS})"
+            )));
+        }
+        let chunks = total.div_ceil(SORT_CHUNK);
+        let len = experts * chunks;
+        entries.holds(total, "routing entries")?;
         scratch.holds(Ops::sort_scratch(total, experts), "routing scratch")?;
         expert_off.holds(experts + 1, "expert offsets")?;
-        sorted_token.holds(total, "sorted tokens")?;
+        sorted.holds(total, "sorted entries")?;
         entry_pos.holds(total, "entry positions")?;
         for (b, what) in [
-            (expert, "routing choices"),
-            (expert_cm, "routing entries"),
+            (entries, "routing entries"),
             (scratch, "routing scratch"),
             (expert_off, "expert offsets"),
-            (sorted_token, "sorted tokens"),
+            (sorted, "sorted entries"),
             (entry_pos, "entry positions"),
         ] {
             b.is_elem(4, what)?;
         }
         let counts = scratch.addr();
         let offsets = scratch.at(len)?.addr();
-        let (t, kk, e, tot) = (
-            int(tokens, "tokens")?,
-            int(k, "k")?,
-            int(experts, "experts")?,
-            int(total, "routing entries")?,
-        );
+        let (e, tot, t) = (int(experts, "experts")?, int(total, "routing entries")?, int(n, "n")?);
         let (ln, ch) = (int(len, "experts x chunks")?, chunks as i32);
-        let (ex, cm, eo, st, ep) = (
-            expert.addr(),
-            expert_cm.addr(),
-            expert_off.addr(),
-            sorted_token.addr(),
-            entry_pos.addr(),
-        );
-        let bufs = [expert, expert_cm, scratch, expert_off, sorted_token, entry_pos];
+        let (cm, eo, st, ep) = (entries.addr(), expert_off.addr(), sorted.addr(), entry_pos.addr());
+        let bufs = [entries, scratch, expert_off, sorted, entry_pos];
         let sort = Launch {
             grid: chunks as u32,
             block: SORT_CHUNK as u32,
             shared: (SORT_WARPS * experts * 4) as u32,
         };
-        // SAFETY: the signatures of choice_major, route_count, route_scan and route_place;
-        // every buffer's size is checked above (scratch: counts then offsets).
+        // SAFETY: the signatures of route_count, route_scan and route_place; every buffer's size
+        // is checked above (scratch: counts then offsets); entries outside [0, experts) are
+        // treated as none by the kernels.
         unsafe {
-            self.launch(K::ChoiceMajor, flat(total), &bufs, &[&ex, &t, &kk, &e, &cm])?;
             self.launch(K::RouteCount, sort, &bufs, &[&cm, &tot, &e, &counts])?;
             let one = Launch {
                 grid: 1,

@@ -16,6 +16,7 @@
 
 use super::attention::{self, Heads};
 use super::moe::{self, ExpertWeights};
+use super::routing::LocalExperts;
 use super::{dense, routing, OpResult};
 use crate::value::{Dense, Ints, Local};
 use burn::tensor::backend::Backend;
@@ -169,6 +170,23 @@ pub(crate) trait Compute<B: Backend>: Sync {
             w,
             &bmm,
         )?))
+    }
+
+    /// `local_routes(indices, weights)` of this rank's experts `le` (see
+    /// `routing::local_routes`): token ids `[rows]`, weights `[rows]`, counts `[count]`.
+    fn local_routes(
+        &self,
+        idx: Local<B>,
+        w: Dense<B>,
+        le: LocalExperts,
+    ) -> OpResult<[Local<B>; 3]> {
+        let device = w.t.device();
+        let (ids, ws, counts) = routing::local_routes(&host_ints(idx)?, &w.to_host(), le)?;
+        Ok([
+            Local::Int(Ints::new(vec![le.rows], ids)),
+            Local::Float(Dense::from_host(ws, &[le.rows], &device)),
+            Local::Int(Ints::new(vec![le.count], counts)),
+        ])
     }
 
     /// `expert_ffn` in the grouped layout: rows `[N, H]` in runs of `counts`.

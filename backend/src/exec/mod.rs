@@ -30,7 +30,7 @@ pub(crate) use dense::{act as dense_act, matmul as dense_matmul, norm as dense_n
 pub(crate) use moe::expert_ffn_padded as moe_expert_ffn_padded;
 #[cfg(feature = "cuda")]
 pub(crate) use routing::{
-    combine as routing_combine, dispatch as routing_dispatch, router as routing_router,
+    combine as routing_combine, LocalExperts, dispatch as routing_dispatch, router as routing_router,
 };
 
 use crate::collective::{Collectives, Tag};

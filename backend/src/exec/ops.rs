@@ -141,8 +141,8 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                 capacity,
                 token_groups,
             } => {
-                let idx = ints(it.next())?;
-                let w = float(it.next())?.to_host();
+                let idx = any_ints(it.next())?;
+                let w = float(it.next())?;
                 let (index, size) = rank::axis_block(self.mesh, &coords, &[axis]);
                 let count = (*experts / size) as usize;
                 let rows = rank::local_shape(&node.outputs[0], self.mesh)[0];
@@ -154,12 +154,7 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                     token_groups: *token_groups as usize,
                     rows,
                 };
-                let (ids, ws, counts) = routing::local_routes(&idx, &w, le)?;
-                Ok(vec![
-                    Local::Int(Ints::new(vec![rows], ids)),
-                    Local::Float(Dense::from_host(ws, &[rows], &self.device_for(r))),
-                    Local::Int(Ints::new(vec![count], counts)),
-                ])
+                Ok(self.k.local_routes(idx, w, le)?.into())
             }
             Op::IndexSelect => {
                 let x = float(it.next())?;
