@@ -27,6 +27,7 @@ pub mod cuda;
 mod error;
 mod exec;
 mod flops;
+pub mod inputs;
 mod rank;
 mod run;
 #[cfg(test)]
@@ -38,6 +39,7 @@ mod weights;
 pub use crosscheck::{cross_check, CrossCheck, CrossCheckOptions, OutputAgreement};
 pub use error::{ExecError, WeightError};
 pub use exec::StepRun;
-pub use run::{run, useful_flops, Device, HostTensor, Precision, RunOptions, RunReport};
+pub use inputs::{InputError, Inputs, TokenIds};
+pub use run::{run, run_with, useful_flops, Device, HostTensor, Precision, RunOptions, RunReport};
 pub use verify::{diff, verify, Diff, NodeDiff, OutputCheck, Verdict, VerifyOptions};
 pub use weights::{Checkpoint, Weights};

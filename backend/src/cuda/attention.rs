@@ -37,12 +37,12 @@ pub(super) fn attention<F: FloatElement>(
     heads: Heads,
 ) -> OpResult<Dense<Cuda<F>>> {
     let (seq, kv) = (a.seq as usize, a.kv_seq as usize);
-    let (hd, vd, rd) = (a.head_dim as usize, a.v_head_dim as usize, a.rope_dim as usize);
-    let ([rows, qw], [krows, kw], [_, vw]) = (
-        dims2(&q)?,
-        dims2(&k)?,
-        dims2(&v)?,
+    let (hd, vd, rd) = (
+        a.head_dim as usize,
+        a.v_head_dim as usize,
+        a.rope_dim as usize,
     );
+    let ([rows, qw], [krows, kw], [_, vw]) = (dims2(&q)?, dims2(&k)?, dims2(&v)?);
     let (hl, kvl) = (qw / hd.max(1), vw / vd.max(1));
     if hl * hd != qw || kvl * hd != kw || seq == 0 || kv == 0 || rows % seq != 0 {
         return Err(format!(
@@ -73,7 +73,11 @@ pub(super) fn attention<F: FloatElement>(
     // RoPE'd copies of q and k (the inputs may have other readers).
     let (pq, pk) = (Prim::float(q.to::<2>()), Prim::float(k.to::<2>()));
     let (qr, kr) = if rd > 0 {
-        let bits: Vec<i32> = rot.inv_freq.iter().map(|&f| (f as f32).to_bits() as i32).collect();
+        let bits: Vec<i32> = rot
+            .inv_freq
+            .iter()
+            .map(|&f| (f as f32).to_bits() as i32)
+            .collect();
         let n = bits.len();
         let freq = Prim::int(Tensor::<Cuda<F>, 1, Int>::from_data(
             TensorData::new(bits, [n]),
@@ -85,10 +89,32 @@ pub(super) fn attention<F: FloatElement>(
         let cs = rot.cos_sin_scale as f32;
         let fb = freq.borrow().map_err(err)?;
         rt.ops
-            .rope(&qr.borrow().map_err(err)?, &pq.borrow().map_err(err)?, &fb, rows, hl, hd, rd, seq, interleaved, cs)
+            .rope(
+                &qr.borrow().map_err(err)?,
+                &pq.borrow().map_err(err)?,
+                &fb,
+                rows,
+                hl,
+                hd,
+                rd,
+                seq,
+                interleaved,
+                cs,
+            )
             .map_err(err)?;
         rt.ops
-            .rope(&kr.borrow().map_err(err)?, &pk.borrow().map_err(err)?, &fb, krows, kvl, hd, rd, kv, interleaved, cs)
+            .rope(
+                &kr.borrow().map_err(err)?,
+                &pk.borrow().map_err(err)?,
+                &fb,
+                krows,
+                kvl,
+                hd,
+                rd,
+                kv,
+                interleaved,
+                cs,
+            )
             .map_err(err)?;
         (qr, kr)
     } else {

@@ -176,8 +176,15 @@ impl<F: FloatElement> CudaCompute<F> {
         let groups = off.len().saturating_sub(1);
         if groups <= GROUPED_MIN_EXPERTS {
             self.with(&device, |rt| {
-                rt.blas
-                    .grouped(elem, off, cols, inner, &a.borrow()?, &pb.borrow()?, &pc.borrow()?)
+                rt.blas.grouped(
+                    elem,
+                    off,
+                    cols,
+                    inner,
+                    &a.borrow()?,
+                    &pb.borrow()?,
+                    &pc.borrow()?,
+                )
             })?;
             return Ok(pc.into_float::<F, 2>([n, cols]));
         }
@@ -246,11 +253,7 @@ impl<F: FloatElement> Compute<Cuda<F>> for CudaCompute<F> {
         Ok(Dense::of(y.reshape([m, n])).reshape(&shape))
     }
 
-    fn bmm(
-        &self,
-        a: Tensor<Cuda<F>, 3>,
-        b: Tensor<Cuda<F>, 3>,
-    ) -> OpResult<Tensor<Cuda<F>, 3>> {
+    fn bmm(&self, a: Tensor<Cuda<F>, 3>, b: Tensor<Cuda<F>, 3>) -> OpResult<Tensor<Cuda<F>, 3>> {
         match Self::elem() {
             Some(elem) => self.gemm3(elem, a, b),
             None => Ok(a.matmul(b)),
@@ -349,7 +352,8 @@ impl<F: FloatElement> Compute<Cuda<F>> for CudaCompute<F> {
         let fits = Self::bf16()
             && e <= super::ops::MAX_EXPERTS
             && (1..=super::ops::MAX_TOPK).contains(&k)
-            && a.groups.is_none_or(|g| g.groups as usize <= super::ops::MAX_GROUPS);
+            && a.groups
+                .is_none_or(|g| g.groups as usize <= super::ops::MAX_GROUPS);
         if !fits {
             let (idx, w) = crate::exec::routing_router(a, logits, bias)?;
             return Ok((Local::Int(idx), w));
@@ -405,7 +409,9 @@ impl<F: FloatElement> Compute<Cuda<F>> for CudaCompute<F> {
         let sparse = experts * cap > 2 * t * k;
         if !Self::bf16() || h % 8 != 0 || !sparse || t * k == 0 {
             let idx = crate::exec::compute::host_ints(idx)?;
-            return Ok(Local::Float(crate::exec::routing_dispatch(x, &idx, experts, cap)?));
+            return Ok(Local::Float(crate::exec::routing_dispatch(
+                x, &idx, experts, cap,
+            )?));
         }
         let device = x.t.device();
         let (pi, routing) = self.device_ints(idx, &device)?;
@@ -470,7 +476,11 @@ impl<F: FloatElement> Compute<Cuda<F>> for CudaCompute<F> {
             ));
         }
         // The one device-to-host read of the layer: cuBLAS takes group sizes on the host.
-        let off: Vec<usize> = r.host_offsets().iter().map(|&o| o.max(0) as usize).collect();
+        let off: Vec<usize> = r
+            .host_offsets()
+            .iter()
+            .map(|&o| o.max(0) as usize)
+            .collect();
         let grouped = |a: &Prim, b: Tensor<Cuda<F>, 3>, cols: usize, inner: usize| {
             self.grouped_gemm(elem, &off, a, b, n, cols, inner)
         };
@@ -525,11 +535,7 @@ impl<F: FloatElement> Compute<Cuda<F>> for CudaCompute<F> {
         Ok(Dense::of(out.into_float::<F, 2>([t, h])))
     }
 
-    fn seeded(
-        &self,
-        b: &SeededBlock<'_>,
-        device: &CudaDevice,
-    ) -> OpResult<Option<Dense<Cuda<F>>>> {
+    fn seeded(&self, b: &SeededBlock<'_>, device: &CudaDevice) -> OpResult<Option<Dense<Cuda<F>>>> {
         let bf16 = match F::dtype() {
             DType::BF16 => true,
             DType::F32 => false,
@@ -538,8 +544,15 @@ impl<F: FloatElement> Compute<Cuda<F>> for CudaCompute<F> {
         let n: usize = b.block.iter().product();
         let p = empty::<F, 1>([n.max(1)], device);
         self.with(device, |rt| {
-            rt.ops
-                .seeded_fill(&p.borrow()?, bf16, b.key, b.scale, b.global, b.offsets, b.block)
+            rt.ops.seeded_fill(
+                &p.borrow()?,
+                bf16,
+                b.key,
+                b.scale,
+                b.global,
+                b.offsets,
+                b.block,
+            )
         })?;
         let t = p.into_float::<F, 1>([n.max(1)]).narrow(0, 0, n);
         Ok(Some(Dense {

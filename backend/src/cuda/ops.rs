@@ -246,14 +246,25 @@ impl Ops {
         }
         dst.holds(rows * cols, "gather destination")?;
         idx.holds(rows, "gather indices")?;
-        widths(&[(dst, 2, "gather destination"), (src, 2, "gather source"), (idx, 4, "gather indices")])?;
+        widths(&[
+            (dst, 2, "gather destination"),
+            (src, 2, "gather source"),
+            (idx, 4, "gather indices"),
+        ])?;
         dst.aligned("gather destination", 16)?;
         src.aligned("gather source", 16)?;
         let (vpr, rpb, l) = rows_launch(rows, cols)?;
         let (d, s, i, n) = (dst.addr(), src.addr(), idx.addr(), int(rows, "rows")?);
         // SAFETY: gather_rows(Vec8*, const Vec8*, const int*, int, int, int); dst holds rows *
         // cols, idx rows entries, src every row an index names.
-        unsafe { self.launch(K::Gather, l, &[dst, src, idx], &[&d, &s, &i, &n, &vpr, &rpb]) }
+        unsafe {
+            self.launch(
+                K::Gather,
+                l,
+                &[dst, src, idx],
+                &[&d, &s, &i, &n, &vpr, &rpb],
+            )
+        }
     }
 
     /// `out[t] = sum_j weight[t,j] * src[row[t,j]]` over `row >= 0`, `tokens` rows of `cols`.
@@ -320,14 +331,17 @@ impl Ops {
                 && a.experts % a.groups == 0
                 && (1..=a.groups).contains(&a.topk_groups)
                 && a.k <= a.topk_groups * (a.experts / a.groups));
-        if a.k == 0 || a.k > MAX_TOPK || a.k > a.experts || a.experts > MAX_EXPERTS || !groups_ok
-        {
+        if a.k == 0 || a.k > MAX_TOPK || a.k > a.experts || a.experts > MAX_EXPERTS || !groups_ok {
             return Err(CudaError::Invalid(format!("router kernel limits: {a:?}")));
         }
         logits.holds(a.tokens * a.experts, "router logits")?;
         expert.holds(a.tokens * a.k, "router experts")?;
         weight.holds(a.tokens * a.k, "router weights")?;
-        widths(&[(logits, 2, "router logits"), (expert, 4, "router experts"), (weight, 2, "router weights")])?;
+        widths(&[
+            (logits, 2, "router logits"),
+            (expert, 4, "router experts"),
+            (weight, 2, "router weights"),
+        ])?;
         if let Some(b) = bias {
             b.holds(a.experts, "router bias")?;
             b.is_elem(2, "router bias")?;
@@ -340,11 +354,7 @@ impl Ops {
             expert.addr(),
             weight.addr(),
         );
-        let (n, e, k) = (
-            int(a.tokens, "tokens")?,
-            a.experts as i32,
-            a.k as i32,
-        );
+        let (n, e, k) = (int(a.tokens, "tokens")?, a.experts as i32, a.k as i32);
         let (g, tg, gs, norm) = (
             a.groups as i32,
             a.topk_groups as i32,
@@ -424,7 +434,14 @@ impl Ops {
             sorted_token.addr(),
             entry_pos.addr(),
         );
-        let bufs = [expert, expert_cm, scratch, expert_off, sorted_token, entry_pos];
+        let bufs = [
+            expert,
+            expert_cm,
+            scratch,
+            expert_off,
+            sorted_token,
+            entry_pos,
+        ];
         let sort = Launch {
             grid: chunks as u32,
             block: SORT_CHUNK as u32,
@@ -440,7 +457,12 @@ impl Ops {
                 block: SCAN_THREADS,
                 shared: 0,
             };
-            self.launch(K::RouteScan, one, &bufs, &[&counts, &ln, &ch, &e, &offsets, &eo])?;
+            self.launch(
+                K::RouteScan,
+                one,
+                &bufs,
+                &[&counts, &ln, &ch, &e, &offsets, &eo],
+            )?;
             self.launch(
                 K::RoutePlace,
                 sort,
@@ -471,7 +493,10 @@ impl Ops {
         if total == 0 {
             return Ok(());
         }
-        for (b, what) in [(entry_pos, "entry positions"), (expert_cm, "routing entries")] {
+        for (b, what) in [
+            (entry_pos, "entry positions"),
+            (expert_cm, "routing entries"),
+        ] {
             b.holds(total, what)?;
         }
         entry_row.holds(total, "entry rows")?;
@@ -595,7 +620,11 @@ impl Ops {
         x.holds(n, "RoPE input")?;
         y.holds(n, "RoPE output")?;
         inv_freq.holds(rd / 2, "RoPE frequencies")?;
-        widths(&[(x, 2, "RoPE input"), (y, 2, "RoPE output"), (inv_freq, 4, "RoPE frequencies")])?;
+        widths(&[
+            (x, 2, "RoPE input"),
+            (y, 2, "RoPE output"),
+            (inv_freq, 4, "RoPE frequencies"),
+        ])?;
         let (yy, xx, f) = (y.addr(), x.addr(), inv_freq.addr());
         let (r, h, dd, rr, s, pr) = (
             int(rows, "rows")?,
@@ -634,7 +663,10 @@ impl Ops {
         }
         s.holds(a.rows * a.kv, "attention scores")?;
         p.holds(a.rows * a.kv, "attention probabilities")?;
-        widths(&[(s, 4, "attention scores"), (p, 2, "attention probabilities")])?;
+        widths(&[
+            (s, 4, "attention scores"),
+            (p, 2, "attention probabilities"),
+        ])?;
         if let Some(k) = sinks {
             k.holds(a.heads, "attention sinks")?;
             k.is_elem(2, "attention sinks")?;
@@ -685,7 +717,11 @@ impl Ops {
         x.holds(groups * g, "norm input")?;
         y.holds(groups * g, "norm output")?;
         w.holds(g, "norm weight")?;
-        widths(&[(x, 2, "norm input"), (y, 2, "norm output"), (w, 2, "norm weight")])?;
+        widths(&[
+            (x, 2, "norm input"),
+            (y, 2, "norm output"),
+            (w, 2, "norm weight"),
+        ])?;
         if let Some(b) = b {
             b.holds(g, "norm bias")?;
             b.is_elem(2, "norm bias")?;

@@ -34,13 +34,14 @@ pub(crate) use routing::{
 };
 
 use crate::collective::{Collectives, Tag};
-use compute::Compute;
 use crate::error::ExecError;
+use crate::inputs::Inputs;
 use crate::rank;
 use crate::value::{Local, MAX_RANK};
 use crate::weights::Weights;
 use crate::HostTensor;
 use burn::tensor::backend::{Backend, DeviceOps};
+use compute::Compute;
 use moe_ir::pipeline::{steps, Phase};
 use moe_ir::{Graph, Mesh, Node, NodeId, Op, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -166,6 +167,8 @@ pub(crate) struct Exec<'a, B: Backend, C: Collectives<B> + Sync> {
     /// The compute seam the local ops call.
     k: &'a dyn Compute<B>,
     weights: &'a Weights,
+    /// Given values of inputs (the others are seeded).
+    inputs: Option<&'a Inputs>,
     seed: u64,
     /// First value slot of each node.
     slot0: Vec<usize>,
@@ -210,6 +213,8 @@ pub(crate) fn default_micro_batches(g: &Graph) -> u32 {
 /// Runs `g` (validated first) with every rank simulated on `device`, collectives through `coll`,
 /// local ops through the compute seam `k`:
 /// `micro_batches` micro-batches (default: [`default_micro_batches`]).
+#[allow(clippy::too_many_arguments)]
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub(crate) fn execute<B: Backend, C: Collectives<B> + Sync>(
     g: &Graph,
     device: B::Device,
@@ -221,41 +226,64 @@ pub(crate) fn execute<B: Backend, C: Collectives<B> + Sync>(
     capture: &BTreeSet<NodeId>,
     profile: bool,
 ) -> Result<Executed, ExecError> {
+    let run = Feed {
+        weights,
+        inputs: None,
+        seed,
+        micro_batches,
+    };
+    execute_fed(g, device, coll, k, run, capture, profile)
+}
+
+/// What a run reads: weights, given inputs (seeded from `seed` where not given), micro-batches.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Feed<'a> {
+    pub weights: &'a Weights,
+    pub inputs: Option<&'a Inputs>,
+    pub seed: u64,
+    pub micro_batches: Option<u32>,
+}
+
+/// [`execute`] with given inputs.
+pub(crate) fn execute_fed<B: Backend, C: Collectives<B> + Sync>(
+    g: &Graph,
+    device: B::Device,
+    coll: C,
+    k: &dyn Compute<B>,
+    feed: Feed<'_>,
+    capture: &BTreeSet<NodeId>,
+    profile: bool,
+) -> Result<Executed, ExecError> {
     moe_ir::validate(g).map_err(|e| ExecError::Invalid(e.to_string()))?;
     if let Some(s) = g.pipeline.as_ref().and_then(|p| p.only_stage) {
         return Err(ExecError::Invalid(format!(
             "the graph holds only the program of pipeline stage {s} (`--emit-stage`): run the whole partitioned graph"
         )));
     }
-    execute_unchecked(
-        g,
-        device,
-        coll,
-        k,
-        weights,
-        seed,
-        micro_batches,
-        capture,
-        profile,
-    )
+    execute_unchecked(g, device, coll, k, feed, capture, profile)
 }
 
 /// [`execute`] without validating `g` first (the caller did, or a test wants the executor's own
 /// checks).
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn execute_unchecked<B: Backend, C: Collectives<B> + Sync>(
     g: &Graph,
     device: B::Device,
     coll: C,
     k: &dyn Compute<B>,
-    weights: &Weights,
-    seed: u64,
-    micro_batches: Option<u32>,
+    feed: Feed<'_>,
     capture: &BTreeSet<NodeId>,
     profile: bool,
 ) -> Result<Executed, ExecError> {
     let start = Instant::now();
-    let micro_batches = micro_batches.unwrap_or_else(|| default_micro_batches(g));
+    let given = feed.inputs.map(Inputs::micro_batches);
+    let micro_batches = match (feed.micro_batches, given) {
+        (Some(m), Some(n)) if m != n => {
+            return Err(ExecError::Invalid(format!(
+                "{m} micro-batches asked for, the given inputs make {n}"
+            )))
+        }
+        (m, n) => m.or(n).unwrap_or_else(|| default_micro_batches(g)),
+    };
     if micro_batches == 0 {
         return Err(ExecError::Invalid(
             "a run needs at least one micro-batch".into(),
@@ -294,8 +322,9 @@ pub(crate) fn execute_unchecked<B: Backend, C: Collectives<B> + Sync>(
         device,
         coll,
         k,
-        weights,
-        seed,
+        weights: feed.weights,
+        inputs: feed.inputs,
+        seed: feed.seed,
         slot0,
         fixed,
         fixed_values: vec![Vec::new(); slots],
@@ -551,7 +580,9 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
         self.micro = micro;
         let started = Instant::now();
         let outs: Vec<Vec<Local<B>>> = match &node.op {
-            Op::Input(_) | Op::Weight(_) | Op::Zeros(_) | Op::Recv { .. } => self.leaf(id, ranks)?,
+            Op::Input(_) | Op::Weight(_) | Op::Zeros(_) | Op::Recv { .. } => {
+                self.leaf(id, ranks)?
+            }
             Op::Send { channel } => {
                 self.send(id, *channel, ranks)?;
                 Vec::new()
@@ -802,9 +833,12 @@ mod tests {
             Default::default(),
             InProcess::default(),
             &compute::Burn,
-            &Weights::Seeded,
-            0,
-            None,
+            Feed {
+                weights: &Weights::Seeded,
+                inputs: None,
+                seed: 0,
+                micro_batches: None,
+            },
             &BTreeSet::new(),
             false,
         )

@@ -5,8 +5,7 @@ use super::dense::{act, gated};
 use super::OpResult;
 
 /// A batched matmul `[n, M, K] @ [n, K, N]` (the compute seam's `bmm`).
-pub(crate) type Bmm<'a, B> =
-    &'a dyn Fn(Tensor<B, 3>, Tensor<B, 3>) -> OpResult<Tensor<B, 3>>;
+pub(crate) type Bmm<'a, B> = &'a dyn Fn(Tensor<B, 3>, Tensor<B, 3>) -> OpResult<Tensor<B, 3>>;
 use crate::value::{Dense, Ints};
 use burn::tensor::backend::Backend;
 use burn::tensor::{IndexingUpdateOp, Tensor};
@@ -57,7 +56,13 @@ pub(crate) fn expert_ffn_padded<B: Backend>(
     let mass = Dense::of(x.clone().to::<3>().abs().sum_dim(2)).to_host();
     let filled: Vec<usize> = (0..e * c).filter(|&r| mass[r] != 0.0).collect();
     if filled.len() * 4 >= e * c * 3 {
-        let y = w.apply(x.to::<3>(), w.up.clone(), w.gate.clone(), w.down.clone(), bmm)?;
+        let y = w.apply(
+            x.to::<3>(),
+            w.up.clone(),
+            w.gate.clone(),
+            w.down.clone(),
+            bmm,
+        )?;
         return Ok(Dense::of(y));
     }
     let device = x.t.device();
@@ -112,7 +117,13 @@ pub(crate) fn expert_ffn_grouped<B: Backend>(
         }
         let one = |t: &Tensor<B, 3>| t.clone().narrow(0, e, 1);
         let rows = x.clone().narrow(0, at, c).reshape([1, c, h]);
-        let y = w.apply(rows, one(&w.up), w.gate.as_ref().map(one), one(&w.down), bmm)?;
+        let y = w.apply(
+            rows,
+            one(&w.up),
+            w.gate.as_ref().map(one),
+            one(&w.down),
+            bmm,
+        )?;
         parts.push(y.reshape([c, h]));
         at += c;
     }
@@ -210,11 +221,23 @@ mod tests {
     #[test]
     fn grouped_experts_follow_counts_and_zero_the_padding() {
         let x = dense(&[1., 2., 3., 9.], &[4, 1]);
-        let y = expert_ffn_grouped(x.clone(), &Ints::new(vec![2], vec![1, 2]), &weights(false), &bmm);
+        let y = expert_ffn_grouped(
+            x.clone(),
+            &Ints::new(vec![2], vec![1, 2]),
+            &weights(false),
+            &bmm,
+        );
         assert_eq!(y.unwrap().to_host(), vec![2., 6., 9., 0.]);
-        let y = expert_ffn_grouped(x.clone(), &Ints::new(vec![2], vec![0, 3]), &weights(false), &bmm);
+        let y = expert_ffn_grouped(
+            x.clone(),
+            &Ints::new(vec![2], vec![0, 3]),
+            &weights(false),
+            &bmm,
+        );
         assert_eq!(y.unwrap().to_host(), vec![3., 6., 9., 0.]);
-        assert!(expert_ffn_grouped(x, &Ints::new(vec![2], vec![3, 3]), &weights(false), &bmm).is_err());
+        assert!(
+            expert_ffn_grouped(x, &Ints::new(vec![2], vec![3, 3]), &weights(false), &bmm).is_err()
+        );
     }
 
     #[test]

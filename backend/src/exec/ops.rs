@@ -3,8 +3,8 @@
 //! from the input types and the rank's coordinates, then calls the op's function.
 
 use super::attention::Heads;
-use super::moe::ExpertWeights;
 use super::compute::{host_ints, plain_float};
+use super::moe::ExpertWeights;
 use super::{collective, dense, routing, Exec, OpResult};
 use crate::collective::Collectives;
 use crate::rank;
@@ -127,13 +127,9 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                 let y = it.next().ok_or("missing input")?;
                 let idx = any_ints(it.next())?;
                 let w = float(it.next())?;
-                f(self.k.combine(
-                    y,
-                    idx,
-                    w,
-                    *experts as usize,
-                    *capacity as usize,
-                )?)
+                f(self
+                    .k
+                    .combine(y, idx, w, *experts as usize, *capacity as usize)?)
             }
             Op::LocalRoutes {
                 experts,
