@@ -23,11 +23,6 @@ const RTOL: f64 = 1e-4;
 
 /// Fixtures that do not match transformers yet: (fixture, error measured, why).
 const GAPS: &[(&str, f64, &str)] = &[
-    (
-        "dbrx",
-        8.954e-1,
-        "clip_qkv and the RoPE base transformers 5 reads are not modelled",
-    ),
     ("gpt-oss-120b", 2.756e-1, "expert biases are not modelled"),
     ("gpt-oss-20b", 5.242e-1, "expert biases are not modelled"),
     (
@@ -40,7 +35,6 @@ const GAPS: &[(&str, f64, &str)] = &[
         2.991e-1,
         "routed input scaled at combine, not before the expert",
     ),
-    ("olmoe-1b-7b", 2.701e-1, "clip_qkv is not modelled"),
     (
         "switch-base-8",
         4.152e0,

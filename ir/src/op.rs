@@ -119,6 +119,11 @@ pub struct AttentionAttrs {
     /// (the default, not written): none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query_temperature: Option<QueryTemperature>,
+    /// Before anything else, every value of q, k and v (and k_shared) is clamped to
+    /// `[-clip, clip]`: OLMoE's `clip_qkv` and DBRX's `attn_config.clip_qkv`. `None` (the default,
+    /// not written): no clamp. Typing: finite and positive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_qkv: Option<F64>,
     /// Tokens per query sequence: token rows are `batch x seq`, sequence-major.
     pub seq: u64,
     /// Tokens per key/value sequence; equals `seq` for self-attention.

@@ -121,6 +121,8 @@ pub struct AttentionSpec {
     pub o_bias: bool,
     /// Learned attention sinks per head (GPT-OSS).
     pub sinks: bool,
+    /// q, k and v clamped to `[-clip, clip]` (OLMoE's `clip_qkv`, DBRX's `attn_config.clip_qkv`).
+    pub clip_qkv: Option<f64>,
 }
 
 /// One transformer layer.

@@ -364,8 +364,15 @@ pub(super) fn attention(
     ))
 }
 
-/// The ranges of `rope_pairs`, `qk_norm_eps` and `query_temperature`.
+/// The ranges of `rope_pairs`, `qk_norm_eps`, `query_temperature` and `clip_qkv`.
 fn position_attrs(a: &AttentionAttrs) -> Result<()> {
+    if let Some(c) = a.clip_qkv {
+        if !(c.0.is_finite() && c.0 > 0.0) {
+            return Err(TypeError::Attr(format!(
+                "clip_qkv must be a positive number, is {c}"
+            )));
+        }
+    }
     if !a.rope_pairs.is_halves() && a.rope_dim == 0 {
         return Err(TypeError::Attr(
             "rope_pairs: interleaved needs rope_dim > 0 (there is no RoPE to pair)".into(),
@@ -519,6 +526,7 @@ mod tests {
             rope_scaling: Some(RopeScaling::Yarn(yarn)),
             qk_norm_eps: None,
             query_temperature: None,
+            clip_qkv: None,
             seq: 4,
             kv_seq: 4,
             mask: Mask::Causal,
@@ -615,6 +623,7 @@ mod tests {
                 floor_scale: F64(8192.0),
                 attn_scale: F64(0.1),
             }),
+            clip_qkv: Some(F64(8.0)),
             seq: 4,
             kv_seq: 4,
             mask: Mask::Causal,
@@ -637,6 +646,13 @@ mod tests {
                     ..a
                 },
                 "qk_norm_eps",
+            ),
+            (
+                AttentionAttrs {
+                    clip_qkv: Some(F64(-1.0)),
+                    ..a
+                },
+                "clip_qkv",
             ),
             (
                 AttentionAttrs {

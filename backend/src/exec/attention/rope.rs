@@ -164,6 +164,7 @@ mod tests {
             rope_scaling: scaling,
             qk_norm_eps: None,
             query_temperature: None,
+            clip_qkv: None,
             seq: 1,
             kv_seq: 1,
             mask: Mask::Full,

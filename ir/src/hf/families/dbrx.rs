@@ -2,7 +2,9 @@
 //! attention and FFN settings in nested `attn_config` / `ffn_config` objects. Every layer MoE:
 //! softmax top-k (`moe_top_k`) over `moe_num_experts` GLU experts of `ffn_hidden_size`, weights
 //! divided by their `moe_normalize_expert_weights`-norm (1: by their sum; null: not at all). GQA
-//! with `kv_n_heads` (fused Wqkv, no biases), LayerNorm without bias, untied embeddings.
+//! with `kv_n_heads` (fused Wqkv, no biases; `clip_qkv` clamps the Wqkv output), LayerNorm without
+//! bias, untied embeddings. RoPE base: `rope_parameters.rope_theta` in configs transformers 5
+//! wrote (what it computes with), else `attn_config.rope_theta` (DBRX's own code, transformers 4).
 //! transformers: `models/dbrx/`.
 
 use super::*;
@@ -20,14 +22,29 @@ pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
     let ffn = cfg
         .sub("ffn_config", "ffn_config.")?
         .ok_or_else(|| cfg.invalid("ffn_config", "is missing"))?;
-    // transformers' `DbrxAttentionConfig` defaults: one KV head, theta 10^4.
+    // transformers' `DbrxAttentionConfig` defaults: one KV head, theta 10^4, no clamp.
     let attn = cfg.sub("attn_config", "attn_config.")?;
-    let (kv_heads, theta) = match attn {
+    let (kv_heads, attn_theta, clip) = match attn {
         Some(a) => (
             a.opt_pos("kv_n_heads")?.unwrap_or(1),
             rope_theta(a, 10_000.0)?,
+            clip_qkv(a, "clip_qkv")?,
         ),
-        None => (1, 10_000.0),
+        None => (1, 10_000.0, None),
+    };
+    // transformers 5 computes RoPE from the top-level `rope_parameters` it writes (theta 10^4
+    // unless set there) and no longer reads `attn_config.rope_theta`, which DBRX's own code and
+    // transformers 4 use. A config that has `rope_parameters` was written by transformers 5 and
+    // runs as it computes; else `attn_config.rope_theta`, as the published config means it.
+    let theta = match cfg.sub("rope_parameters", "rope_parameters.")? {
+        Some(rp) => match rp.opt_f64("rope_theta")? {
+            Some(t) if t.is_finite() && t > 0.0 => t,
+            Some(t) => {
+                return Err(rp.invalid("rope_theta", format!("must be a positive number, is {t}")))
+            }
+            None => 10_000.0,
+        },
+        None => attn_theta,
     };
     if heads % kv_heads != 0 {
         return Err(ImportError::Key {
@@ -75,14 +92,17 @@ pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
             bias: false,
             eps: 1e-5,
         },
-        attention: plain_attention(
-            AttnKind::Mha {
-                heads,
-                kv_heads,
-                head_dim: hidden / heads,
-            },
-            theta,
-        ),
+        attention: AttentionSpec {
+            clip_qkv: clip,
+            ..plain_attention(
+                AttnKind::Mha {
+                    heads,
+                    kv_heads,
+                    head_dim: hidden / heads,
+                },
+                theta,
+            )
+        },
         layers: decoder_layers(n, |_| true),
         encoder_layers: 0,
         dense_mlp: MlpSpec {

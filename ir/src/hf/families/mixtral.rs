@@ -34,6 +34,7 @@ pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
                 qkv_bias: false,
                 o_bias: false,
                 sinks: false,
+                clip_qkv: None,
             },
             layers: layer_specs,
             dense_width: width,
