@@ -26,16 +26,6 @@ const GAPS: &[(&str, f64, &str)] = &[
     ("gpt-oss-120b", 2.756e-1, "expert biases are not modelled"),
     ("gpt-oss-20b", 5.242e-1, "expert biases are not modelled"),
     (
-        "llama4-maverick",
-        5.566e-2,
-        "routed input scaled at combine, not before the expert",
-    ),
-    (
-        "llama4-scout",
-        2.991e-1,
-        "routed input scaled at combine, not before the expert",
-    ),
-    (
         "switch-base-8",
         4.152e0,
         "T5 position bias, scaling and head rescale are not modelled",

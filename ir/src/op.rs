@@ -385,7 +385,8 @@ pub enum Op {
     /// operand (broadcast) -> the broadcast shape. Sharding: a dim that is not broadcast must be split alike in both; the
     /// partial axes must be equal (a sum of partials is partial).
     Add,
-    /// `mul(a, b)`: shapes as `add`. Sharding as `add`, except at most one operand may be partial
+    /// `mul(a, b)`: shapes as `add`; b may be of another float dtype (f32 router weights scaling
+    /// bf16 tokens), the output has a's. Sharding as `add`, except at most one operand may be partial
     /// (multiplying by a replicated factor keeps a partial sum a partial sum).
     Mul,
     /// `gelu(x)` -> same type; x not partial.

@@ -309,9 +309,20 @@ impl Lower<'_> {
     }
 
     /// The routed experts in the expert-parallel form, plus shared experts.
+    ///
+    /// With `scale_input` (Llama 4) the router's weight scales the expert's input: top-1 only
+    /// (each token's one expert then sees `x * w`); the router that dispatch and combine use
+    /// normalizes its one weight to exactly 1, and a second router on the same logits, unnormalized,
+    /// gives the scale `w` (`{p}.router_scale`, the same choice: same logits, same ties).
     fn moe(&mut self, p: &str, x: Value, hidden: u64, m: MoeSpec) -> Result<Value, ImportError> {
         let e = m.experts;
         let r = m.router;
+        if r.scale_input && m.top_k != 1 {
+            return Err(ImportError::Unsupported(format!(
+                "routed experts whose input the router weight scales (Llama 4) with {} experts per                  token (num_experts_per_tok): only top-1 is modelled",
+                m.top_k
+            )));
+        }
         let logits = self.linear(&format!("{p}.gate"), x, hidden, e, r.bias)?;
         let mut rin = vec![logits];
         if r.select_bias {
@@ -321,12 +332,26 @@ impl Lower<'_> {
             experts: e,
             k: m.top_k,
             score: r.score,
-            normalize: r.normalize,
+            normalize: r.normalize || r.scale_input,
             scale: F64(r.scale),
             groups: r.groups,
             select_bias: r.select_bias,
         };
         let routes = self.op(&format!("{p}.router"), Op::Router(attrs), &rin)?;
+        let routed_in = if r.scale_input {
+            let unit = RouterAttrs {
+                normalize: false,
+                ..attrs
+            };
+            let s = self.op(&format!("{p}.router_scale"), Op::Router(unit), &rin)?;
+            let w = Value {
+                node: s.node,
+                output: 1,
+            };
+            self.op(&format!("{p}.scaled_input"), Op::Mul, &[x, w])?
+        } else {
+            x
+        };
         let idx = Value {
             node: routes.node,
             output: 0,
@@ -358,7 +383,7 @@ impl Lower<'_> {
                 experts: e,
                 capacity,
             },
-            &[x, idx],
+            &[routed_in, idx],
         )?;
         let a = self.op(
             &format!("{p}.a2a_dispatch"),

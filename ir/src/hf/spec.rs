@@ -157,6 +157,9 @@ pub struct RouterSpec {
     pub select_bias: bool,
     /// A bias on the router's linear layer (GPT-OSS).
     pub bias: bool,
+    /// The routed expert's *input* is multiplied by the token's router weight, and its output
+    /// added unweighted (Llama 4: `routed_in = x * sigmoid(score)`); else the output is weighted.
+    pub scale_input: bool,
 }
 
 /// Shared experts, run on every token beside the routed ones.

@@ -104,7 +104,12 @@ pub(super) fn elementwise(inputs: &[&TensorType], is_mul: bool) -> Result<Tensor
     arity(inputs, 2)?;
     let (a, b) = (inputs[0], inputs[1]);
     float(inputs, 0)?;
-    same_dtype(inputs, 0, 1)?;
+    if is_mul {
+        // A factor of another float type (f32 router weights scaling bf16 tokens).
+        float(inputs, 1)?;
+    } else {
+        same_dtype(inputs, 0, 1)?;
+    }
     let r = a.rank().max(b.rank());
     // (size, split) of dim d of the broadcast result for operand t, None when t lacks that dim.
     let dim = |t: &TensorType, d: usize| -> Option<(u64, Vec<String>)> {

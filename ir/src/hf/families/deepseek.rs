@@ -186,6 +186,7 @@ pub(super) fn parse(cfg: Cfg<'_>, version: Version) -> Result<ModelSpec, ImportE
                     groups,
                     select_bias,
                     bias: false,
+                    scale_input: false,
                 },
                 shared,
             },

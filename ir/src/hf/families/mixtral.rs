@@ -50,6 +50,7 @@ pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
                     groups: None,
                     select_bias: false,
                     bias: false,
+                    scale_input: false,
                 },
                 shared: None,
             },

@@ -241,6 +241,7 @@ pub(super) fn router(score: Score, normalize: bool) -> RouterSpec {
         groups: None,
         select_bias: false,
         bias: false,
+        scale_input: false,
     }
 }
 
