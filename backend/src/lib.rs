@@ -28,6 +28,7 @@ mod error;
 mod exec;
 mod flops;
 pub mod inputs;
+pub mod memory;
 mod rank;
 mod run;
 #[cfg(test)]
@@ -40,6 +41,7 @@ pub use crosscheck::{cross_check, CrossCheck, CrossCheckOptions, OutputAgreement
 pub use error::{ExecError, WeightError};
 pub use exec::StepRun;
 pub use inputs::{InputError, Inputs, TokenIds};
+pub use memory::{estimate as estimate_memory, MemoryEstimate};
 pub use run::{run, run_with, useful_flops, Device, HostTensor, Precision, RunOptions, RunReport};
-pub use verify::{diff, verify, Diff, NodeDiff, OutputCheck, Verdict, VerifyOptions};
+pub use verify::{diff, verify, verify_with, Diff, NodeDiff, OutputCheck, Verdict, VerifyOptions};
 pub use weights::{Checkpoint, Weights};
