@@ -58,6 +58,14 @@ pub struct ExecArgs {
     /// GPU r).
     #[arg(long, value_name = "W")]
     pub gpus: Option<usize>,
+    /// Token ids to run instead of seeded ones: `.npy` or `.safetensors` integers `[batch, seq]`,
+    /// or JSON `[[ids], ...]` (an encoder-decoder takes `input_ids` and `decoder_input_ids` by
+    /// name). An HF config is imported with `seq`-token sequences, one per rank per micro-batch.
+    #[arg(long, value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// Run even when the estimated peak memory exceeds the memory available.
+    #[arg(long)]
+    pub allow_over_memory: bool,
 }
 
 impl ExecArgs {
@@ -86,17 +94,22 @@ impl ExecArgs {
         })
     }
 
-    /// The weights: read from `--weights`, else seeded.
-    pub fn weights(&self) -> Result<Weights> {
-        match &self.weights {
+    /// Where the weights are read from: `--weights`, else the model's checkpoint `folder`.
+    pub fn weights_path<'a>(&'a self, folder: Option<&'a Path>) -> Option<&'a Path> {
+        self.weights.as_deref().or(folder)
+    }
+
+    /// The weights: read from [`Self::weights_path`], else seeded.
+    pub fn weights(&self, folder: Option<&Path>) -> Result<Weights> {
+        match self.weights_path(folder) {
             None => Ok(Weights::Seeded),
             Some(p) => read_checkpoint(p).map(Weights::Checkpoint),
         }
     }
 
     /// Describes the weights for a report line.
-    pub fn weights_label(&self) -> String {
-        match &self.weights {
+    pub fn weights_label(&self, folder: Option<&Path>) -> String {
+        match self.weights_path(folder) {
             None => format!("seeded weights (seed {})", self.seed),
             Some(p) => format!("weights {}", p.display()),
         }

@@ -6,6 +6,7 @@
 mod cases;
 mod cmd;
 mod exec;
+mod input;
 mod io;
 mod load;
 
