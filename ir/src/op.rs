@@ -289,6 +289,10 @@ fn yes() -> bool {
     true
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 fn is_true(b: &bool) -> bool {
     *b
 }
@@ -463,15 +467,22 @@ pub enum Op {
     /// scale split alike on dim 0; buf's dim 0 unsplit and partial on every axis splitting ids (so
     /// the ranks' sum counts each row once); the output has buf's type.
     IndexAdd { scaled: bool },
-    /// `expert_ffn(x[, counts], w_up[, w_gate], w_down)`: experts' FFN `down(act(x W_gate) * (x W_up))`
-    /// (gated) or `down(act(x W_up))`. Padded: x `[E, C, H]`. Grouped: x `[N, H]`, counts `i32[E]`.
-    /// w_up, w_gate `[E, H, F]`, w_down `[E, F, H]` -> x's shape. Sharding: the expert dims of x
-    /// (padded), counts (grouped) and all weights split alike; in the grouped form x's rows split on
-    /// the same axes; the hidden dim unsplit; nothing partial.
+    /// `expert_ffn(x[, counts], w_up[, w_gate], w_down[, b_up[, b_gate], b_down])`: experts' FFN
+    /// `down(act(x W_gate) * (x W_up))` (gated) or `down(act(x W_up))`; with `bias` each
+    /// projection adds its expert's bias (`x W_up + b_up`, ..., `h W_down + b_down`: GPT-OSS).
+    /// Padded: x `[E, C, H]`. Grouped: x `[N, H]`, counts `i32[E]`. w_up, w_gate `[E, H, F]`,
+    /// w_down `[E, F, H]`, b_up, b_gate `[E, F]`, b_down `[E, H]` -> x's shape. Empty slots
+    /// (padded) and padding rows (grouped) are never read downstream; with biases their values
+    /// are unspecified. Sharding: the expert dims of x (padded), counts (grouped) and all weights
+    /// and biases split alike, the biases' F dim like the weights'; in the grouped form x's rows
+    /// split on the same axes; the hidden dim unsplit; nothing partial.
     ExpertFfn {
         layout: FfnLayout,
         act: Activation,
         gated: bool,
+        /// Biases follow the weights (default false, not written).
+        #[serde(default, skip_serializing_if = "is_false")]
+        bias: bool,
     },
 
     // ----- collectives (over one mesh axis; logical value and global shape unchanged) -----

@@ -4,8 +4,8 @@
 
 use super::attention::Heads;
 use super::compute::{host_ints, plain_float};
-use super::moe::ExpertWeights;
-use super::{collective, dense, routing, Exec, OpResult};
+use super::moe::{ExpertBiases, ExpertWeights};
+use super::{collective, dense, moe, routing, Exec, OpResult};
 use crate::collective::Collectives;
 use crate::rank;
 use crate::value::{Dense, Ints, Local};
@@ -172,7 +172,12 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                 };
                 f(self.k.index_add(buf, ids, src, scale)?)
             }
-            Op::ExpertFfn { layout, act, gated } => {
+            Op::ExpertFfn {
+                layout,
+                act,
+                gated,
+                bias,
+            } => {
                 let x = it.next().ok_or("missing input")?;
                 let counts = match layout {
                     FfnLayout::Grouped => Some(any_ints(it.next())?),
@@ -185,15 +190,46 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                     None
                 };
                 let down = float(it.next())?.to::<3>();
-                let w = ExpertWeights {
+                let mut w = ExpertWeights {
                     up,
                     gate,
                     down,
                     act: *act,
+                    biases: None,
                 };
+                if !*bias {
+                    return match counts {
+                        Some(c) => f(self.k.expert_ffn_grouped(plain_float(x)?, c, &w)?),
+                        None => Ok(vec![self.k.expert_ffn_padded(x, &w)?]),
+                    };
+                }
+                // Experts with biases run the burn bodies (the compute seam's kernels take
+                // none), with the seam's batched matmul.
+                let up_b = float(it.next())?.to::<2>();
+                let gate_b = if *gated {
+                    Some(float(it.next())?.to::<2>())
+                } else {
+                    None
+                };
+                let down_b = float(it.next())?.to::<2>();
+                w.biases = Some(ExpertBiases {
+                    up: up_b,
+                    gate: gate_b,
+                    down: down_b,
+                });
+                let bmm = |a, b| self.k.bmm(a, b);
                 match counts {
-                    Some(c) => f(self.k.expert_ffn_grouped(plain_float(x)?, c, &w)?),
-                    None => Ok(vec![self.k.expert_ffn_padded(x, &w)?]),
+                    Some(c) => f(moe::expert_ffn_grouped(
+                        plain_float(x)?,
+                        &host_ints(c)?,
+                        &w,
+                        &bmm,
+                    )?),
+                    None => Ok(vec![Local::Float(moe::expert_ffn_padded(
+                        plain_float(x)?,
+                        &w,
+                        &bmm,
+                    )?)]),
                 }
             }
             Op::Shard { axis, dim } => {

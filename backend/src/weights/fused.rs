@@ -80,10 +80,12 @@ pub(crate) fn apply(cut: &Cut, t: &Stored, shape: &[u64]) -> Result<Vec<f32>, St
             Ok(out)
         }
         Cut::Half(part) | Cut::Interleaved(part) => {
-            let [e, i, o] = g[..] else {
-                return Err(format!("cannot hold the {}-d graph weight", g.len()));
+            // Biases `[E, F]` of `[E, 2F]` cut like weights with one input row.
+            let (e, i, o, want) = match g[..] {
+                [e, i, o] => (e, i, o, vec![e, i, 2 * o]),
+                [e, o] => (e, 1, o, vec![e, 2 * o]),
+                _ => return Err(format!("cannot hold the {}-d graph weight", g.len())),
             };
-            let want = [e, i, 2 * o];
             if s != want {
                 return Err(needs(&format!("two fused projections need {want:?}"), s));
             }
@@ -249,6 +251,12 @@ mod tests {
         assert_eq!(
             apply(&Cut::Half(1), &t, &[1, 2, 2]).unwrap(),
             [2., 3., 6., 7.]
+        );
+        // Biases [E, 2F] -> [E, F].
+        let b = stored(&[2, 4]);
+        assert_eq!(
+            apply(&Cut::Interleaved(1), &b, &[2, 2]).unwrap(),
+            [1., 3., 5., 7.]
         );
         let even = apply(&Cut::Interleaved(0), &t, &[1, 2, 2]).unwrap();
         assert_eq!(even, [0., 2., 4., 6.]);

@@ -190,6 +190,25 @@ fn decoder(
         });
     }
     for key in layer_keys(rest) {
+        // GPT-OSS's expert biases: `gate_up_proj_bias` [E, 2F] (interleaved), `down_proj_bias`.
+        if let (Some((block, b)), 2) = (key.rsplit_once(".experts."), shape.len()) {
+            let fused = format!("{prefix}{block}.experts.gate_up_proj_bias");
+            match b {
+                "gate_bias" => out.push(Source::Fused {
+                    key: fused,
+                    cut: Cut::Interleaved(0),
+                }),
+                "up_bias" => out.push(Source::Fused {
+                    key: fused,
+                    cut: Cut::Interleaved(1),
+                }),
+                "down_bias" => out.push(Source::Direct(format!(
+                    "{prefix}{block}.experts.down_proj_bias"
+                ))),
+                _ => {}
+            }
+            continue;
+        }
         // Stacked routed experts: `….experts.{proj}` of shape [E, in, out].
         if let (Some((block, proj)), 3) = (key.rsplit_once(".experts."), shape.len()) {
             experts(
@@ -355,6 +374,15 @@ mod tests {
             key: "model.layers.0.mlp.experts.down_proj".into(),
             cut: Cut::ExpertsT,
         }));
+        let s = sources("l0.moe.experts.up_bias", &[2, 32], &gpt_oss());
+        assert!(s.contains(&Source::Fused {
+            key: "model.layers.0.mlp.experts.gate_up_proj_bias".into(),
+            cut: Cut::Interleaved(1),
+        }));
+        let s = sources("l0.moe.experts.down_bias", &[2, 64], &gpt_oss());
+        assert!(s.contains(&Source::Direct(
+            "model.layers.0.mlp.experts.down_proj_bias".into()
+        )));
         let s = sources("l0.moe.experts.down_proj", &[2, 32, 64], &gpt_oss());
         assert!(s.contains(&Source::Direct(
             "model.layers.0.mlp.experts.down_proj".into()

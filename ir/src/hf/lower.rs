@@ -401,12 +401,20 @@ impl Lower<'_> {
             ws.push(self.expert_weight(&format!("{p}.experts.gate_proj"), &[e, hidden, f])?);
         }
         ws.push(self.expert_weight(&format!("{p}.experts.down_proj"), &[e, f, hidden])?);
+        if m.expert_bias {
+            ws.push(self.expert_weight(&format!("{p}.experts.up_bias"), &[e, f])?);
+            if m.gated {
+                ws.push(self.expert_weight(&format!("{p}.experts.gate_bias"), &[e, f])?);
+            }
+            ws.push(self.expert_weight(&format!("{p}.experts.down_bias"), &[e, hidden])?);
+        }
         let h = self.op(
             &format!("{p}.experts"),
             Op::ExpertFfn {
                 layout: FfnLayout::Padded,
                 act: m.act,
                 gated: m.gated,
+                bias: m.expert_bias,
             },
             &ws,
         )?;

@@ -192,6 +192,9 @@ pub struct MoeSpec {
     pub router: RouterSpec,
     pub shared: Option<SharedSpec>,
     pub capacity: CapacitySpec,
+    /// Per-expert biases on the up, gate and down projections (GPT-OSS's `gate_up_proj_bias`,
+    /// `down_proj_bias`).
+    pub expert_bias: bool,
 }
 
 /// A model, normalized.

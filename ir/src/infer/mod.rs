@@ -105,9 +105,12 @@ pub fn infer(op: &Op, inputs: &[&TensorType], mesh: &Mesh) -> Result<Vec<TensorT
         } => routing::local_routes(*experts, axis, *capacity, *token_groups, inputs, mesh)?,
         Op::IndexSelect => vec![routing::index_select(inputs)?],
         Op::IndexAdd { scaled } => vec![routing::index_add(*scaled, inputs)?],
-        Op::ExpertFfn { layout, act, gated } => {
-            vec![routing::expert_ffn(*layout, *act, *gated, inputs)?]
-        }
+        Op::ExpertFfn {
+            layout,
+            act,
+            gated,
+            bias,
+        } => vec![routing::expert_ffn(*layout, *act, *gated, *bias, inputs)?],
         Op::AllToAll {
             axis,
             split_dim,

@@ -119,6 +119,7 @@ pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
             router: router(Score::Softmax, normalize),
             shared: None,
             capacity: CapacitySpec::Dropless,
+            expert_bias: false,
         }),
     })
 }

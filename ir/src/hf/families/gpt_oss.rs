@@ -8,8 +8,8 @@
 //! computes it (`truncate` false in the published configs: an unrounded correction range; cos and
 //! sin times `0.1 ln(factor) + 1`).
 //!
-//! Not modeled: the experts' biases (`gate_up_proj_bias` `[E, 2F]`, `down_proj_bias` `[E, H]`,
-//! about 0.03% of the parameters). transformers: `models/gpt_oss/`.
+//! The experts' biases (`gate_up_proj_bias` `[E, 2F]`, gate and up interleaved like the weights;
+//! `down_proj_bias` `[E, H]`) are `expert_ffn` biases. transformers: `models/gpt_oss/`.
 
 use super::*;
 
@@ -65,7 +65,7 @@ pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
     attention.rope_scaling = rope::rope_scaling(cfg, rope::Yarn::Transformers)?;
     let mut r = router(Score::Softmax, true);
     r.bias = true;
-    decoder_only(
+    let mut spec = decoder_only(
         cfg,
         Decoder {
             family: Family::GptOss,
@@ -84,5 +84,9 @@ pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
                 shared: None,
             },
         },
-    )
+    )?;
+    if let Some(m) = spec.moe.as_mut() {
+        m.expert_bias = true;
+    }
+    Ok(spec)
 }

@@ -463,6 +463,7 @@ pub(super) fn decoder_only(cfg: Cfg<'_>, d: Decoder) -> Result<ModelSpec, Import
             router: r.router,
             shared: r.shared,
             capacity: CapacitySpec::Dropless,
+            expert_bias: false,
         }),
     })
 }

@@ -87,6 +87,7 @@ pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
             router: r,
             shared: None,
             capacity: CapacitySpec::Slots(slots),
+            expert_bias: false,
         }),
     })
 }
