@@ -219,6 +219,13 @@ def make(name):
     x = ids(vocab, 2)
     enc_dec = model.config.model_type == "switch_transformers"
     y = ids(vocab, 3) if enc_dec else None
+    # Switch: count the tokens each sparse layer drops for capacity (the test covers drops).
+    dropped = []
+    for key, module in model.named_modules():
+        if key.endswith("mlp.router") and hasattr(module, "expert_capacity"):
+            module.register_forward_hook(
+                lambda _m, _i, out: dropped.append(int(out[0].numel() // out[0].shape[-1]
+                                                       - out[0].sum().item())))
     logits = logits_of(model, x, y).float().numpy()
     model.save_pretrained(out)
     for extra in ["generation_config.json"]:
@@ -257,6 +264,8 @@ def make(name):
         "torch": torch.__version__,
         "fused_layout": os.path.exists(fused),
     }
+    if dropped:
+        meta["dropped_tokens_per_sparse_layer"] = dropped
     with open(os.path.join(out, "meta.json"), "w") as f:
         json.dump(meta, f, indent=2, sort_keys=True)
         f.write("\n")

@@ -61,6 +61,7 @@ pub fn useful_flops(g: &Graph) -> f64 {
             | Op::Zeros(_)
             | Op::Embedding
             | Op::Transpose
+            | Op::Scale { .. }
             | Op::Add
             | Op::Mul
             | Op::Gelu

@@ -22,11 +22,7 @@ use std::path::{Path, PathBuf};
 const RTOL: f64 = 1e-4;
 
 /// Fixtures that do not match transformers yet: (fixture, error measured, why).
-const GAPS: &[(&str, f64, &str)] = &[(
-    "switch-base-8",
-    4.152e0,
-    "T5 position bias, scaling and head rescale are not modelled",
-)];
+const GAPS: &[(&str, f64, &str)] = &[];
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity")

@@ -124,6 +124,16 @@ pub struct AttentionAttrs {
     /// not written): no clamp. Typing: finite and positive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clip_qkv: Option<F64>,
+    /// The factor on `q.k` before the softmax, replacing `1 / sqrt(head_dim)` (T5: 1, it folds
+    /// the scale into its weights). `None` (the default, not written): `1 / sqrt(head_dim)`
+    /// (times YaRN's factor). Typing: finite and positive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub softmax_scale: Option<F64>,
+    /// T5's relative position bias, see [`RelativeBias`]: a table `[buckets, heads]` given as
+    /// the last input (replicated) adds `table[bucket(j - i), h]` to head `h`'s score of query
+    /// `i` and key `j`. `None` (the default, not written): none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position_bias: Option<RelativeBias>,
     /// Tokens per query sequence: token rows are `batch x seq`, sequence-major.
     pub seq: u64,
     /// Tokens per key/value sequence; equals `seq` for self-attention.
@@ -171,6 +181,46 @@ impl RopePairs {
     /// Whether this is the default pairing (which model.json leaves out).
     pub fn is_halves(&self) -> bool {
         *self == RopePairs::Halves
+    }
+}
+
+/// T5's relative position buckets (transformers' `_relative_position_bucket`): with `n =
+/// buckets` (halved when `bidirectional`, the upper half then holding keys after the query) and
+/// distance `d = |j - i|` (`max(i - j, 0)` when not bidirectional: later keys share bucket 0),
+/// distances below `n / 2` have a bucket each, longer ones share `n / 2 + floor(ln(d / (n/2)) /
+/// ln(max_distance / (n/2)) * (n - n/2))` (in f32), at most `n - 1`.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct RelativeBias {
+    pub buckets: u64,
+    pub max_distance: u64,
+    /// Encoders: keys before and after the query have their own buckets.
+    pub bidirectional: bool,
+}
+
+impl RelativeBias {
+    /// The bucket of a key at `j - i = rel` positions from the query.
+    pub fn bucket(&self, rel: i64) -> u64 {
+        let mut n = self.buckets as i64;
+        let mut out = 0;
+        let d = if self.bidirectional {
+            n /= 2;
+            if rel > 0 {
+                out += n;
+            }
+            rel.abs()
+        } else {
+            (-rel).max(0)
+        };
+        let exact = n / 2;
+        if d < exact {
+            return (out + d) as u64;
+        }
+        let log_ratio = ((self.max_distance as f64) / (exact as f64)).ln() as f32;
+        let large = (d as f32 / exact as f32).ln() / log_ratio * (n - exact) as f32;
+        (out + (exact + large as i64).min(n - 1)) as u64
     }
 }
 
@@ -382,6 +432,9 @@ pub enum Op {
     /// `transpose(x)`: `[..., M, N]` -> `[..., N, M]`, the last two dims' splits swapped; partial
     /// axes kept (transposition is linear). Used for tied LM heads (`x @ embedding^T`).
     Transpose,
+    /// `scale(x)`: `x * factor` -> x's type; partial axes kept (scaling is linear). T5's
+    /// `d_model^-0.5` before its tied LM head.
+    Scale { factor: F64 },
     /// `batch_matmul(a, b)`: a `[B, M, K]`, b `[B, K, N]` -> `[B, M, N]`. Sharding: the batch dims
     /// must be split alike and stay split; M and N carry; K splits become partial.
     BatchMatmul,
@@ -525,6 +578,7 @@ impl Op {
             Op::Embedding => "embedding",
             Op::Matmul => "matmul",
             Op::Transpose => "transpose",
+            Op::Scale { .. } => "scale",
             Op::BatchMatmul => "batch_matmul",
             Op::Add => "add",
             Op::Mul => "mul",
@@ -562,6 +616,7 @@ impl Op {
         "embedding",
         "matmul",
         "transpose",
+        "scale",
         "batch_matmul",
         "add",
         "mul",
@@ -771,6 +826,30 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<Op>(&plain.replace(r#""mask""#, bad)).is_err());
         }
+    }
+
+    #[test]
+    fn t5_relative_position_buckets() {
+        // transformers' `_relative_position_bucket` with 32 buckets and max distance 128.
+        let enc = RelativeBias {
+            buckets: 32,
+            max_distance: 128,
+            bidirectional: true,
+        };
+        let got: Vec<u64> = [0, 1, -1, 7, -8, -127, -200, 200]
+            .iter()
+            .map(|&r| enc.bucket(r))
+            .collect();
+        assert_eq!(got, [0, 17, 1, 23, 8, 15, 15, 31]);
+        let dec = RelativeBias {
+            bidirectional: false,
+            ..enc
+        };
+        let got: Vec<u64> = [0, 5, -5, -15, -16, -20, -1000]
+            .iter()
+            .map(|&r| dec.bucket(r))
+            .collect();
+        assert_eq!(got, [0, 0, 5, 15, 16, 17, 31]);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! reads the rank-dependent facts an op needs (which vocab rows, heads or experts the rank holds)
 //! from the input types and the rank's coordinates, then calls the op's function.
 
-use super::attention::Heads;
+use super::attention::{self, Heads};
 use super::compute::{host_ints, plain_float};
 use super::moe::{ExpertBiases, ExpertWeights};
 use super::{collective, dense, moe, routing, Exec, OpResult};
@@ -57,6 +57,13 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
             }
             Op::Matmul => f(self.k.matmul(float(it.next())?, float(it.next())?)?),
             Op::Transpose => f(dense::transpose(float(it.next())?)),
+            Op::Scale { factor } => {
+                let x = float(it.next())?;
+                f(Dense {
+                    t: x.t * factor.0,
+                    rank: x.rank,
+                })
+            }
             Op::BatchMatmul => {
                 let (a, b) = (float(it.next())?, float(it.next())?);
                 f(Dense::of(self.k.bmm(a.to::<3>(), b.to::<3>())?))
@@ -93,6 +100,11 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                 } else {
                     None
                 };
+                let table = if a.position_bias.is_some() {
+                    Some(float(it.next())?)
+                } else {
+                    None
+                };
                 let (qi, qn) =
                     rank::axis_block(self.mesh, &coords, self.input_type(node, 0)?.split_of(1));
                 let (ki, kn) =
@@ -101,6 +113,14 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                     first_head: (qi * (a.heads / qn)) as usize,
                     first_kv_head: (ki * (a.kv_heads / kn)) as usize,
                 };
+                // Attributes the compute seam's kernels do not take run the burn body (with the
+                // seam's batched matmul).
+                if table.is_some() || a.clip_qkv.is_some() || a.softmax_scale.is_some() {
+                    let bmm = |x, y| self.k.bmm(x, y);
+                    return f(attention::attention_with(
+                        a, q, k, v, ks, sinks, table, heads, &bmm,
+                    )?);
+                }
                 f(self.k.attention(a, q, k, v, ks, sinks, heads)?)
             }
             Op::Router(a) => {

@@ -8,8 +8,8 @@
 use super::spec::*;
 use super::{ImportError, ImportOptions};
 use crate::{
-    Activation, AttentionAttrs, DType, FfnLayout, Graph, Mask, Mesh, Op, RopePairs, RouterAttrs,
-    Scope, TensorType, Value, F64,
+    Activation, AttentionAttrs, DType, FfnLayout, Graph, Mask, Mesh, Op, RelativeBias, RopePairs,
+    RouterAttrs, Scope, TensorType, Value, F64,
 };
 
 /// Axes an imported graph may have.
@@ -62,6 +62,8 @@ struct Lower<'a> {
     local_tokens: u64,
     /// Tokens of the whole graph.
     global_tokens: u64,
+    /// T5's relative position bias table of each stack (encoder, decoder), made on first use.
+    bias_tables: [Option<Value>; 2],
 }
 
 impl Lower<'_> {
@@ -212,6 +214,8 @@ impl Lower<'_> {
                     qk_norm_eps: a.rope_qk_norm.filter(|_| roped).map(F64),
                     query_temperature: a.nope_temperature.filter(|_| !layer.rope && !cross),
                     clip_qkv: a.clip_qkv.map(F64),
+                    softmax_scale: a.softmax_scale.map(F64),
+                    position_bias: None,
                     seq,
                     kv_seq: seq,
                     mask,
@@ -266,6 +270,8 @@ impl Lower<'_> {
                     qk_norm_eps: a.rope_qk_norm.map(F64),
                     query_temperature: a.nope_temperature.filter(|_| !layer.rope && !cross),
                     clip_qkv: a.clip_qkv.map(F64),
+                    softmax_scale: a.softmax_scale.map(F64),
+                    position_bias: None,
                     seq,
                     kv_seq: seq,
                     mask,
@@ -278,6 +284,29 @@ impl Lower<'_> {
         ins.extend(extra);
         if a.sinks {
             ins.push(self.weight(&format!("{p}.sinks"), &[attrs.heads])?);
+        }
+        let mut attrs = attrs;
+        if let (Some((buckets, max_distance)), false) = (a.relative_bias, cross) {
+            // One table per stack: the decoder's layers are those with cross-attention.
+            let stack = usize::from(layer.cross_attention);
+            let table = match self.bias_tables[stack] {
+                Some(t) => t,
+                None => {
+                    let name = ["encoder", "decoder"][stack];
+                    let t = self.weight(
+                        &format!("{name}.relative_attention_bias"),
+                        &[buckets, attrs.heads],
+                    )?;
+                    self.bias_tables[stack] = Some(t);
+                    t
+                }
+            };
+            attrs.position_bias = Some(RelativeBias {
+                buckets,
+                max_distance,
+                bidirectional: mask == Mask::Full,
+            });
+            ins.push(table);
         }
         let o = self.op(&format!("{p}.sdpa"), Op::Attention(Box::new(attrs)), &ins)?;
         self.linear(
@@ -361,6 +390,14 @@ impl Lower<'_> {
             output: 1,
         };
         let t = self.local_tokens;
+        if matches!(m.capacity, CapacitySpec::Slots(_)) && self.opts.micro_batch > 1 {
+            return Err(ImportError::Options(format!(
+                "--micro-batch {}: expert capacity (expert_capacity) is counted per sequence, \
+                 and a graph counts it per rank's micro-batch: import with --micro-batch 1 \
+                 (run sequences as micro-batches)",
+                self.opts.micro_batch
+            )));
+        }
         let capacity = match m.capacity {
             CapacitySpec::Dropless => t,
             CapacitySpec::Slots(c) => c,
@@ -539,6 +576,7 @@ pub fn lower(spec: &ModelSpec, opts: &ImportOptions) -> Result<Graph, ImportErro
         tokens,
         local_tokens,
         global_tokens,
+        bias_tables: [None, None],
     };
     let h = spec.hidden;
     let table = lw.weight("embed_tokens.weight", &[spec.vocab, h])?;
@@ -563,7 +601,16 @@ pub fn lower(spec: &ModelSpec, opts: &ImportOptions) -> Result<Graph, ImportErro
         x = lw.layer(i, spec, x, enc_out)?;
     }
     lw.scope = Scope::Head;
-    let x = lw.norm("norm", x, h, spec.norm)?;
+    let mut x = lw.norm("norm", x, h, spec.norm)?;
+    if let Some(factor) = spec.head_scale {
+        x = lw.op(
+            "lm_head.scale",
+            Op::Scale {
+                factor: F64(factor),
+            },
+            &[x],
+        )?;
+    }
     let head = if spec.tie_embeddings {
         lw.op("lm_head.tied", Op::Transpose, &[table])?
     } else {

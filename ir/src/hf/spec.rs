@@ -123,6 +123,11 @@ pub struct AttentionSpec {
     pub sinks: bool,
     /// q, k and v clamped to `[-clip, clip]` (OLMoE's `clip_qkv`, DBRX's `attn_config.clip_qkv`).
     pub clip_qkv: Option<f64>,
+    /// The factor on `q.k` instead of `1 / sqrt(head_dim)` (T5: 1).
+    pub softmax_scale: Option<f64>,
+    /// T5's relative position bias on self-attention: (buckets, max distance); one table per
+    /// stack, bidirectional in the encoder.
+    pub relative_bias: Option<(u64, u64)>,
 }
 
 /// One transformer layer.
@@ -214,4 +219,7 @@ pub struct ModelSpec {
     /// The MLP of dense layers.
     pub dense_mlp: MlpSpec,
     pub moe: Option<MoeSpec>,
+    /// A factor on the final hidden states before the LM head (T5 with tied embeddings:
+    /// `d_model^-0.5`).
+    pub head_scale: Option<f64>,
 }

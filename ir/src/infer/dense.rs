@@ -256,10 +256,12 @@ pub(super) fn attention(
     mesh: &Mesh,
 ) -> Result<TensorType> {
     let shared = a.shared_k_dim > 0;
-    let n = 3 + usize::from(shared) + usize::from(a.sinks);
+    let table = a.position_bias.is_some();
+    let n = 3 + usize::from(shared) + usize::from(a.sinks) + usize::from(table);
     arity(inputs, n)?;
+    let sinks_at = (a.sinks).then_some(n - 1 - usize::from(table));
     for i in 0..n {
-        rank(inputs, i, if a.sinks && i == n - 1 { 1 } else { 2 })?;
+        rank(inputs, i, if sinks_at == Some(i) { 1 } else { 2 })?;
         float(inputs, i)?;
         same_dtype(inputs, 0, i)?;
         not_partial(inputs, i)?;
@@ -360,6 +362,20 @@ pub(super) fn attention(
                 "sinks must be split like the heads".into(),
             ));
         }
+        next += 1;
+    }
+    if let Some(b) = a.position_bias {
+        expect_dim(inputs, next, 0, b.buckets, "position bias buckets")?;
+        expect_dim(inputs, next, 1, a.heads, "position bias heads")?;
+        unsplit(inputs, next, 0, "the position bias table")?;
+        unsplit(inputs, next, 1, "the position bias table")?;
+        if b.buckets < 2 || b.max_distance == 0 || (b.bidirectional && b.buckets < 4) {
+            return Err(TypeError::Attr(format!(
+                "position_bias needs at least 2 buckets (4 bidirectional) and a positive \
+                 max_distance, has {} and {}",
+                b.buckets, b.max_distance
+            )));
+        }
     }
     Ok(make(
         q.dtype,
@@ -371,6 +387,13 @@ pub(super) fn attention(
 
 /// The ranges of `rope_pairs`, `qk_norm_eps`, `query_temperature` and `clip_qkv`.
 fn position_attrs(a: &AttentionAttrs) -> Result<()> {
+    if let Some(s) = a.softmax_scale {
+        if !(s.0.is_finite() && s.0 > 0.0) {
+            return Err(TypeError::Attr(format!(
+                "softmax_scale must be a positive number, is {s}"
+            )));
+        }
+    }
     if let Some(c) = a.clip_qkv {
         if !(c.0.is_finite() && c.0 > 0.0) {
             return Err(TypeError::Attr(format!(
@@ -532,6 +555,8 @@ mod tests {
             qk_norm_eps: None,
             query_temperature: None,
             clip_qkv: None,
+            softmax_scale: None,
+            position_bias: None,
             seq: 4,
             kv_seq: 4,
             mask: Mask::Causal,
@@ -629,6 +654,8 @@ mod tests {
                 attn_scale: F64(0.1),
             }),
             clip_qkv: Some(F64(8.0)),
+            softmax_scale: None,
+            position_bias: None,
             seq: 4,
             kv_seq: 4,
             mask: Mask::Causal,
@@ -655,6 +682,8 @@ mod tests {
             (
                 AttentionAttrs {
                     clip_qkv: Some(F64(-1.0)),
+                    softmax_scale: None,
+                    position_bias: None,
                     ..a
                 },
                 "clip_qkv",

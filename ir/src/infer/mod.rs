@@ -81,6 +81,16 @@ pub fn infer(op: &Op, inputs: &[&TensorType], mesh: &Mesh) -> Result<Vec<TensorT
         Op::Embedding => vec![dense::embedding(inputs)?],
         Op::Matmul => vec![dense::matmul(inputs)?],
         Op::Transpose => vec![dense::transpose(inputs)?],
+        Op::Scale { factor } => {
+            arity(inputs, 1)?;
+            float(inputs, 0)?;
+            if !factor.0.is_finite() {
+                return Err(TypeError::Attr(format!(
+                    "scale: factor {factor} must be finite"
+                )));
+            }
+            vec![inputs[0].clone()]
+        }
         Op::BatchMatmul => vec![dense::batch_matmul(inputs)?],
         Op::Add => vec![dense::elementwise(inputs, false)?],
         Op::Mul => vec![dense::elementwise(inputs, true)?],

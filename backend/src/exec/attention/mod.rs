@@ -9,7 +9,9 @@
 //! key head (with a shared key, the key head is its per-head part followed by the shared part);
 //! then `qk_norm_eps` RMS-normalizes every query and key head (no weight) and
 //! `query_temperature` multiplies each query by its position's factor; sinks add one logit per
-//! head to the softmax's denominator only; `clip_qkv` clamps q, k and v first. `rope_scaling` changes the frequencies, scales cos and
+//! head to the softmax's denominator only; `clip_qkv` clamps q, k and v first; `softmax_scale`
+//! replaces `1/sqrt(head_dim)`; T5's `position_bias` adds a learned bias per head and relative
+//! position bucket to the scores. `rope_scaling` changes the frequencies, scales cos and
 //! sin, and (DeepSeek's YaRN) the softmax scale: see [`rope`].
 
 pub(crate) mod rope;
@@ -20,7 +22,7 @@ use crate::value::{Dense, Ints};
 use burn::tensor::activation;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor};
-use moe_ir::{AttentionAttrs, Mask, QueryTemperature};
+use moe_ir::{AttentionAttrs, Mask, QueryTemperature, RelativeBias};
 use rope::Rope;
 
 /// Which heads this rank holds: its query heads are `first_head..first_head + local heads`; its
@@ -144,6 +146,46 @@ pub(crate) fn attention<B: Backend>(
     heads: Heads,
     bmm: Bmm<'_, B>,
 ) -> OpResult<Dense<B>> {
+    attention_with(a, q, k, v, k_shared, sinks, None, heads, bmm)
+}
+
+/// The bias `[1, local heads, seq, kv_seq]` of T5's relative positions: `table[bucket(j - i),
+/// h]` for this rank's heads `first..first + local`.
+fn position_bias<B: Backend>(
+    b: &RelativeBias,
+    table: Dense<B>,
+    seq: usize,
+    kv_seq: usize,
+    first: usize,
+    local: usize,
+) -> Tensor<B, 4> {
+    let device = table.t.device();
+    let mut idx = Vec::with_capacity(seq * kv_seq);
+    for i in 0..seq {
+        for j in 0..kv_seq {
+            idx.push(b.bucket(j as i64 - i as i64) as i64);
+        }
+    }
+    let idx = Ints::new(vec![seq * kv_seq], idx).to_tensor::<B>(&device);
+    let rows = table.to::<2>().select(0, idx).narrow(1, first, local);
+    rows.reshape([seq, kv_seq, local])
+        .permute([2, 0, 1])
+        .reshape([1, local, seq, kv_seq])
+}
+
+/// [`attention`] with T5's position bias `table` (`[buckets, heads]`, when `a.position_bias`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attention_with<B: Backend>(
+    a: &AttentionAttrs,
+    q: Dense<B>,
+    k: Dense<B>,
+    v: Dense<B>,
+    k_shared: Option<Dense<B>>,
+    sinks: Option<Dense<B>>,
+    table: Option<Dense<B>>,
+    heads: Heads,
+    bmm: Bmm<'_, B>,
+) -> OpResult<Dense<B>> {
     let (seq, kv_seq) = (a.seq as usize, a.kv_seq as usize);
     let hd = a.head_dim as usize;
     let vd = a.v_head_dim as usize;
@@ -200,13 +242,19 @@ pub(crate) fn attention<B: Backend>(
     let k = k.select(1, kv_of.clone());
     let v = v.select(1, kv_of);
     let b = q.dims()[0];
-    let scale = rope::softmax_scale(a) / (hd as f64).sqrt();
+    let scale = match a.softmax_scale {
+        Some(s) => s.0,
+        None => rope::softmax_scale(a) / (hd as f64).sqrt(),
+    };
     let flat = |t: Tensor<B, 4>| {
         let [b, h, s, d] = t.dims();
         t.reshape([b * h, s, d])
     };
     let scores = bmm(flat(q), flat(k.swap_dims(2, 3)))?;
     let mut scores: Tensor<B, 4> = scores.reshape([b, hl, seq, kv_seq]) * scale;
+    if let (Some(b), Some(t)) = (&a.position_bias, table) {
+        scores = scores + position_bias(b, t, seq, kv_seq, heads.first_head, hl);
+    }
     if let Some(bias) = mask_bias::<B>(a.mask, seq, kv_seq, &device) {
         scores = scores + bias;
     }

@@ -165,6 +165,8 @@ mod tests {
             qk_norm_eps: None,
             query_temperature: None,
             clip_qkv: None,
+            softmax_scale: None,
+            position_bias: None,
             seq: 1,
             kv_seq: 1,
             mask: Mask::Full,

@@ -21,6 +21,8 @@ fn attrs(heads: u64, kv_heads: u64, d: u64, seq: u64, mask: Mask) -> AttentionAt
         qk_norm_eps: None,
         query_temperature: None,
         clip_qkv: None,
+        softmax_scale: None,
+        position_bias: None,
         seq,
         kv_seq: seq,
         mask,
@@ -70,6 +72,8 @@ fn clip_qkv_clamps_the_inputs() {
     // Full mask, zero scores: the output is the mean of the clamped values.
     let a = AttentionAttrs {
         clip_qkv: Some(F64(4.0)),
+        softmax_scale: None,
+        position_bias: None,
         ..attrs(1, 1, 1, 3, Mask::Full)
     };
     let z = dense(&[0., 0., 0.], &[3, 1]);
@@ -353,6 +357,8 @@ fn qk_norm_and_temperature_by_hand() {
         qk_norm_eps: Some(F64(1e-5)),
         query_temperature: Some(t),
         clip_qkv: None,
+        softmax_scale: None,
+        position_bias: None,
         ..attrs(1, 1, 4, 4, Mask::Causal)
     };
     let q: Vec<f64> = (0..16).map(|i| 2.0 * (0.7 * i as f64).sin()).collect();
@@ -422,6 +428,8 @@ fn qk_norm_and_temperature_by_hand() {
     let no_temp = AttentionAttrs {
         query_temperature: None,
         clip_qkv: None,
+        softmax_scale: None,
+        position_bias: None,
         ..a
     };
     assert_close(&run(&no_temp), &reference(true, false), 1e-12);

@@ -121,5 +121,6 @@ pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
             capacity: CapacitySpec::Dropless,
             expert_bias: false,
         }),
+        head_scale: None,
     })
 }

@@ -35,6 +35,8 @@ pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
                 o_bias: false,
                 sinks: false,
                 clip_qkv: None,
+                softmax_scale: None,
+                relative_bias: None,
             },
             layers: layer_specs,
             dense_width: width,

@@ -229,6 +229,8 @@ pub(super) fn plain_attention(kind: AttnKind, rope_theta: f64) -> AttentionSpec 
         o_bias: false,
         sinks: false,
         clip_qkv: None,
+        softmax_scale: None,
+        relative_bias: None,
     }
 }
 
@@ -465,5 +467,6 @@ pub(super) fn decoder_only(cfg: Cfg<'_>, d: Decoder) -> Result<ModelSpec, Import
             capacity: CapacitySpec::Dropless,
             expert_bias: false,
         }),
+        head_scale: None,
     })
 }
