@@ -152,11 +152,7 @@ pub fn load_at(name: &str, text: &str, import: &ImportArgs, tokens: Option<u64>)
         }
         return Ok(g);
     }
-    let mut config = value.unwrap_or_default();
-    for s in &import.sets {
-        hf::apply_set(&mut config, s).map_err(|e| miette!("{name}: {e}"))?;
-    }
-    let spec = hf::parse_spec(&config).map_err(|e| miette!("{name}: {e}"))?;
+    let spec = crate::load::spec_of(name, value.unwrap_or_default(), &import.sets)?;
     let mut opts = import.options()?;
     let mesh = opts
         .mesh

@@ -80,14 +80,11 @@ pub fn read_ids(path: &Path) -> Result<Vec<(Option<String>, TokenIds)>> {
 /// checked against the ids after).
 pub fn load_for_ids(m: &Model, import: &ImportArgs, batch: usize, seq: usize) -> Result<Graph> {
     let value: Option<serde_json::Value> = serde_json::from_str(&m.text).ok();
-    let Some(mut config) = value.filter(hf::looks_like_hf_config) else {
+    let Some(config) = value.filter(hf::looks_like_hf_config) else {
         return crate::load::load(&m.name, &m.text, import);
     };
     let name = &m.name;
-    for s in &import.sets {
-        hf::apply_set(&mut config, s).map_err(|e| miette!("{name}: {e}"))?;
-    }
-    let spec = hf::parse_spec(&config).map_err(|e| miette!("{name}: {e}"))?;
+    let spec = crate::load::spec_of(name, config, &import.sets)?;
     let mut opts = import.options()?;
     if opts.mesh.is_none() {
         let experts = spec.moe.map_or(1, |x| x.experts);

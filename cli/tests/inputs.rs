@@ -208,3 +208,23 @@ fn bad_inputs_exit_1_naming_the_file_and_field_and_write_nothing() {
         &["would need about", "available", "--allow-over-memory"],
     );
 }
+
+#[test]
+fn unknown_config_keys_are_named() {
+    let cfg = fixture().join("config.json");
+    let cfg = cfg.to_str().unwrap();
+    let o = moe_opt(&["import", cfg, "--set", "frobnicate=3"], None);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("`frobnicate` is not modelled"),
+        "{}",
+        stderr(&o)
+    );
+    let o = moe_opt(&["inspect", cfg, "--set", "frobnicate=3"], None);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("may change the function: frobnicate")
+            && text.contains("inert (training, ids, bookkeeping): architectures"),
+        "{text}"
+    );
+}

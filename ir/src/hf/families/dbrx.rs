@@ -37,6 +37,9 @@ pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
     // transformers 4 use. A config that has `rope_parameters` was written by transformers 5 and
     // runs as it computes; else `attn_config.rope_theta`, as the published config means it.
     let theta = match cfg.sub("rope_parameters", "rope_parameters.")? {
+        Some(rp) if rp.opt_str("rope_type")?.is_some_and(|t| t != "default") => {
+            return Err(rp.invalid("rope_type", "is not `default`: DBRX's RoPE is not scaled"))
+        }
         Some(rp) => match rp.opt_f64("rope_theta")? {
             Some(t) if t.is_finite() && t > 0.0 => t,
             Some(t) => {
@@ -46,6 +49,16 @@ pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
         },
         None => attn_theta,
     };
+    // transformers 5 mirrors `attn_config.kv_n_heads` and `d_model` at other keys.
+    if let Some(n) = cfg
+        .opt_u64("num_key_value_heads")?
+        .filter(|&n| n != kv_heads)
+    {
+        return Err(cfg.invalid(
+            "num_key_value_heads",
+            format!("= {n} contradicts attn_config.kv_n_heads = {kv_heads}"),
+        ));
+    }
     if heads % kv_heads != 0 {
         return Err(ImportError::Key {
             key: "attn_config.kv_n_heads".into(),
@@ -54,6 +67,12 @@ pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
     }
     let (experts, top_k) = experts_topk(ffn, "moe_num_experts", "moe_top_k")?;
     let width = ffn.pos("ffn_hidden_size")?;
+    if let Some(h) = ffn.opt_u64("hidden_size")?.filter(|&h| h != hidden) {
+        return Err(ffn.invalid(
+            "hidden_size",
+            format!("= {h} contradicts d_model = {hidden}"),
+        ));
+    }
     let act = match ffn.sub("ffn_act_fn", "ffn_config.ffn_act_fn.")? {
         Some(a) => activation(a, "name", Activation::Silu)?,
         None => Activation::Silu,

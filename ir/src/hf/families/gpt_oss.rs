@@ -16,7 +16,13 @@ use super::*;
 pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
     let hidden = cfg.pos("hidden_size")?;
     let n = layer_count(cfg, "num_hidden_layers")?;
-    let (experts, top_k) = experts_topk(cfg, "num_local_experts", "num_experts_per_tok")?;
+    let (experts, top_k) = experts_topk(
+        cfg,
+        "num_local_experts",
+        alias(cfg, &["num_experts_per_tok", "experts_per_token"])?,
+    )?;
+    // The experts' activation is the clamped SwiGLU whatever `hidden_act` says.
+    cfg.ack(&["hidden_act"]);
     let width = cfg.pos("intermediate_size")?;
     // The IR's activation fixes the constants the modeling code hard-codes.
     for (key, fixed) in [("swiglu_limit", 7.0), ("swiglu_alpha", 1.702)] {
