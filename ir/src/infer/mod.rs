@@ -4,6 +4,7 @@
 //! passes share it, so a rewrite can never produce a type the validator would refuse.
 //! Rules are grouped by op family: [`dense`], [`routing`], [`collective`].
 
+mod attention;
 mod collective;
 mod dense;
 pub(crate) mod routing;
@@ -99,7 +100,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType], mesh: &Mesh) -> Result<Vec<TensorT
         Op::Softmax => vec![dense::softmax(inputs)?],
         Op::RmsNorm { eps } => vec![dense::norm(inputs, false, eps.0, mesh)?],
         Op::LayerNorm { eps, bias } => vec![dense::norm(inputs, *bias, eps.0, mesh)?],
-        Op::Attention(a) => vec![dense::attention(a, inputs, mesh)?],
+        Op::Attention(a) => vec![attention::attention(a, inputs, mesh)?],
         Op::Router(a) => routing::router(a, inputs)?,
         Op::Dispatch { experts, capacity } => {
             vec![routing::dispatch(*experts, *capacity, inputs, mesh)?]
