@@ -16,7 +16,9 @@ fixed token ids through it and writes into `backend/tests/parity/<name>/`:
                              the families where it differs from `model.safetensors`;
 - `input_ids.npy`            int64 [batch, seq] token ids (Switch: `decoder_input_ids.npy` too);
 - `logits.npy`               float32 [batch, seq, vocab], transformers' logits for those ids;
-- `meta.json`                what was changed from the published config, and the versions used.
+- `meta.json`                what was changed from the published config, and the versions used;
+- `tokenizer.json`, `prompt.json` (mixtral-8x7b only): a tiny BPE tokenizer saved by
+                             transformers, a prompt and the ids it encodes to.
 
 `backend/tests/parity.rs` loads each fixture with moe-opt and compares logits, so CI needs no
 torch. To refresh the fixtures (after a transformers release, or a change here):
@@ -210,6 +212,34 @@ def logits_of(model, input_ids, decoder_input_ids=None):
         return model(input_ids=input_ids, decoder_input_ids=decoder_input_ids).logits
 
 
+# A tokenizer for one fixture (its vocabulary size), saved by transformers, with a prompt and the
+# ids transformers encodes it to: `moe-opt run --prompt` must give the same ids.
+TOKENIZED = "mixtral-8x7b"
+PROMPT = "the quick brown fox jumps"
+
+
+def make_tokenizer(out, vocab):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<unk>", "<s>"],
+                                  show_progress=False)
+    text = ["the quick brown fox jumps over the lazy dog",
+            "mixture of experts routes every token", "pipeline stages run micro batches",
+            "hello world"] * 20
+    tok.train_from_iterator(text, trainer)
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>",
+                                                unk_token="<unk>")
+    fast.save_pretrained(out)
+    os.remove(os.path.join(out, "tokenizer_config.json"))
+    ids = fast(PROMPT)["input_ids"]
+    with open(os.path.join(out, "prompt.json"), "w") as f:
+        json.dump({"prompt": PROMPT, "input_ids": [ids]}, f)
+        f.write("\n")
+
+
 def make(name):
     out = os.path.join(OUT, name)
     os.makedirs(out, exist_ok=True)
@@ -269,6 +299,8 @@ def make(name):
     with open(os.path.join(out, "meta.json"), "w") as f:
         json.dump(meta, f, indent=2, sort_keys=True)
         f.write("\n")
+    if name == TOKENIZED:
+        make_tokenizer(out, vocab)
     params = sum(p.numel() for p in model.parameters())
     print(f"{name}: {params} parameters, logits {list(logits.shape)}, "
           f"fused layout {'yes' if meta['fused_layout'] else 'same as saved'}")

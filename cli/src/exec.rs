@@ -61,8 +61,16 @@ pub struct ExecArgs {
     /// Token ids to run instead of seeded ones: `.npy` or `.safetensors` integers `[batch, seq]`,
     /// or JSON `[[ids], ...]` (an encoder-decoder takes `input_ids` and `decoder_input_ids` by
     /// name). An HF config is imported with `seq`-token sequences, one per rank per micro-batch.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "prompt")]
     pub input: Option<PathBuf>,
+    /// Text to run, as one sequence of the ids `--tokenizer` encodes it to (`run` then prints the
+    /// top next tokens decoded).
+    #[arg(long, value_name = "TEXT")]
+    pub prompt: Option<String>,
+    /// The Hugging Face tokenizer.json of `--prompt` (default: tokenizer.json in the checkpoint
+    /// folder given as the model).
+    #[arg(long, value_name = "FILE", requires = "prompt")]
+    pub tokenizer: Option<PathBuf>,
     /// Run even when the estimated peak memory exceeds the memory available.
     #[arg(long)]
     pub allow_over_memory: bool,

@@ -102,9 +102,60 @@ pub fn load_for_ids(m: &Model, import: &ImportArgs, batch: usize, seq: usize) ->
     hf::lower(&spec, &opts).map_err(|e| miette!("{name}: {e}"))
 }
 
-/// `--input`'s ids laid out for `g`, with the file named in errors.
-pub fn inputs_for(g: &Graph, path: &Path, ids: &[(Option<String>, TokenIds)]) -> Result<Inputs> {
-    Inputs::for_graph(g, ids).map_err(|e| miette!("{}: {e}", path.display()))
+/// Token ids given on the command line, named for messages: `--input FILE`'s, or `--prompt`
+/// encoded by its tokenizer (returned too, to decode the top next tokens).
+#[derive(Debug)]
+pub struct Given {
+    pub what: String,
+    pub ids: Vec<(Option<String>, TokenIds)>,
+    pub tokenizer: Option<crate::prompt::Tok>,
+}
+
+impl Given {
+    /// The ids of `exec` (none when neither `--input` nor `--prompt` is given); the tokenizer
+    /// defaults to `tokenizer.json` in the model's checkpoint `folder`.
+    pub fn read(exec: &ExecArgs, folder: Option<&Path>) -> Result<Option<Given>> {
+        if exec.tokens.is_some() && (exec.input.is_some() || exec.prompt.is_some()) {
+            return Err(miette!(
+                "--tokens with --input or --prompt: the ids set the tokens"
+            ));
+        }
+        if let Some(p) = &exec.input {
+            return Ok(Some(Given {
+                what: p.display().to_string(),
+                ids: read_ids(p)?,
+                tokenizer: None,
+            }));
+        }
+        let Some(text) = &exec.prompt else {
+            return Ok(None);
+        };
+        let path = match (&exec.tokenizer, folder) {
+            (Some(t), _) => t.clone(),
+            (None, Some(f)) => f.join("tokenizer.json"),
+            (None, None) => {
+                return Err(miette!(
+                    "--prompt needs --tokenizer tokenizer.json (or a checkpoint folder holding one as the model)"
+                ))
+            }
+        };
+        let tok = crate::prompt::Tok::load(&path)?;
+        Ok(Some(Given {
+            what: format!("--prompt (tokenized by {})", path.display()),
+            ids: vec![(None, tok.encode(text)?)],
+            tokenizer: Some(tok),
+        }))
+    }
+
+    /// Sequences and their length.
+    pub fn batch_seq(&self) -> (usize, usize) {
+        self.ids.first().map_or((0, 0), |(_, t)| (t.batch, t.seq))
+    }
+
+    /// The ids laid out for `g`, with their source named in errors.
+    pub fn inputs_for(&self, g: &Graph) -> Result<Inputs> {
+        Inputs::for_graph(g, &self.ids).map_err(|e| miette!("{}: {e}", self.what))
+    }
 }
 
 /// The memory available to this process: `MemAvailable` of /proc/meminfo, when readable.

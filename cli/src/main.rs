@@ -7,6 +7,7 @@ mod cases;
 mod cmd;
 mod exec;
 mod input;
+mod prompt;
 mod io;
 mod load;
 

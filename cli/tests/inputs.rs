@@ -228,3 +228,55 @@ fn unknown_config_keys_are_named() {
         "{text}"
     );
 }
+
+#[test]
+fn a_prompt_is_tokenized_as_transformers_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        tmp.path().join("a.safetensors"),
+        tmp.path().join("b.safetensors"),
+    );
+    // prompt.json: the prompt and the ids transformers' tokenizer gave (an object by input name).
+    let p: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("prompt.json")).unwrap())
+            .unwrap();
+    let prompt = p["prompt"].as_str().unwrap();
+    let o = moe_opt(
+        &[
+            "run",
+            FIXTURE,
+            "--prompt",
+            prompt,
+            "-o",
+            a.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("sequence 0: top-5 next tokens") && text.contains('"'),
+        "{text}"
+    );
+    let ids = fixture().join("prompt.json");
+    let o = moe_opt(
+        &[
+            "run",
+            FIXTURE,
+            "--input",
+            ids.to_str().unwrap(),
+            "-o",
+            b.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    // Without a tokenizer there is nothing to encode with.
+    let o = moe_opt(
+        &["run", "examples/hf/mixtral-8x7b.json", "--prompt", "hi"],
+        None,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("--tokenizer"), "{}", stderr(&o));
+}

@@ -214,7 +214,8 @@ pub fn safetensors_ids(bytes: &[u8], what: &str) -> Result<Vec<(String, TokenIds
     Ok(out)
 }
 
-/// Token ids from JSON: `[[ids], ...]`, `[ids]`, or `{"name": those, ...}` by input name.
+/// Token ids from JSON: `[[ids], ...]`, `[ids]`, or `{"name": those, ...}` by input name (keys
+/// holding no array are skipped).
 pub fn json_ids(text: &str, what: &str) -> Result<Vec<(Option<String>, TokenIds)>, InputError> {
     let v: serde_json::Value =
         serde_json::from_str(text).map_err(|e| err(what, format!("not JSON: {e}")))?;
@@ -258,8 +259,10 @@ pub fn json_ids(text: &str, what: &str) -> Result<Vec<(Option<String>, TokenIds)
         })
     };
     match &v {
+        // Keys of other values (a prompt's text beside its ids) are not ids.
         serde_json::Value::Object(m) => m
             .iter()
+            .filter(|(_, x)| x.is_array())
             .map(|(k, x)| Ok((Some(k.clone()), one(x, k)?)))
             .collect(),
         _ => Ok(vec![(None, one(&v, "ids")?)]),

@@ -2,7 +2,7 @@
 //! [--input IDS] [-o OUT.safetensors] [--dump NODE,...]`.
 
 use crate::exec::{load_at, ExecArgs};
-use crate::input::{self, read_model};
+use crate::input::{self, read_model, Given};
 use crate::io::{write_bytes, write_output};
 use crate::load::ImportArgs;
 use miette::{miette, Result};
@@ -90,15 +90,12 @@ pub fn run(a: Args) -> Result<()> {
     let mut opts = a.exec.options()?;
     opts.profile = a.profile;
     let m = read_model(&a.model)?;
-    let (g, inputs, batch_seq) = match &a.exec.input {
-        Some(path) => {
-            if a.exec.tokens.is_some() {
-                return Err(miette!("--tokens and --input: the ids set the tokens"));
-            }
-            let ids = input::read_ids(path)?;
-            let (b, s) = ids.first().map_or((0, 0), |(_, t)| (t.batch, t.seq));
+    let given = Given::read(&a.exec, m.folder.as_deref())?;
+    let (g, inputs, batch_seq) = match &given {
+        Some(ids) => {
+            let (b, s) = ids.batch_seq();
             let g = input::load_for_ids(&m, &a.import, b, s)?;
-            let inputs = input::inputs_for(&g, path, &ids)?;
+            let inputs = ids.inputs_for(&g)?;
             (g, Some(inputs), Some((b, s)))
         }
         None => (
@@ -141,7 +138,14 @@ pub fn run(a: Args) -> Result<()> {
     }
     if let (Some((b, s)), Some((name, logits))) = (batch_seq, r.outputs.first()) {
         for (seq, top) in input::top_next(logits, b, s, 5).iter().enumerate() {
-            let best: Vec<String> = top.iter().map(|(i, v)| format!("{i} ({v:.4})")).collect();
+            let tok = given.as_ref().and_then(|g| g.tokenizer.as_ref());
+            let best: Vec<String> = top
+                .iter()
+                .map(|(i, v)| match tok {
+                    Some(t) => format!("{i} {:?} ({v:.4})", t.decode(*i)),
+                    None => format!("{i} ({v:.4})"),
+                })
+                .collect();
             let _ = writeln!(
                 out,
                 "sequence {seq}: top-5 next tokens by `{name}`: {}",

@@ -1,7 +1,7 @@
 //! `moe-opt verify A B --backend cpu [--tokens N] [--rtol R] [--seed S] [--weights W]`.
 
 use crate::exec::{is_hf_config, load_at, ExecArgs};
-use crate::input::{self, read_model};
+use crate::input::{self, read_model, Given};
 use crate::io::write_output;
 use crate::load::ImportArgs;
 use miette::{miette, Result};
@@ -35,16 +35,8 @@ pub fn run(a: Args) -> Result<()> {
         run: a.exec.options()?,
         rtol: a.rtol,
     };
-    let ids = match &a.exec.input {
-        Some(p) if a.exec.tokens.is_some() => {
-            return Err(miette!(
-                "--tokens and --input: the ids set the tokens ({})",
-                p.display()
-            ))
-        }
-        Some(p) => Some((p, input::read_ids(p)?)),
-        None => None,
-    };
+    let folder_a = read_model(&a.a).ok().and_then(|m| m.folder);
+    let ids = Given::read(&a.exec, folder_a.as_deref())?;
     // Import options (`--set`, `--mesh`, ...) apply to whichever of A and B is an HF config.
     let load = |name: &str| -> Result<(moe_ir::Graph, Option<Inputs>, Option<std::path::PathBuf>)> {
         let m = read_model(name)?;
@@ -52,13 +44,13 @@ pub fn run(a: Args) -> Result<()> {
         if !is_hf_config(&m.text) {
             import.sets.clear();
         }
-        let Some((path, ids)) = &ids else {
+        let Some(ids) = &ids else {
             let g = load_at(&m.name, &m.text, &import, a.exec.tokens)?;
             return Ok((g, None, m.folder));
         };
-        let (b, s) = ids.first().map_or((0, 0), |(_, t)| (t.batch, t.seq));
+        let (b, s) = ids.batch_seq();
         let g = input::load_for_ids(&m, &import, b, s)?;
-        let inputs = input::inputs_for(&g, path, ids)?;
+        let inputs = ids.inputs_for(&g)?;
         Ok((g, Some(inputs), m.folder))
     };
     let (ga, ia, folder) = load(&a.a)?;
