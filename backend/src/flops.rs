@@ -31,9 +31,10 @@ pub fn useful_flops(g: &Graph) -> f64 {
     for (_, n) in g.nodes() {
         total += match &n.op {
             Op::Matmul | Op::BatchMatmul => {
-                let out: f64 = n.outputs.first().map_or(0.0, |t| {
-                    t.shape.iter().map(|&d| d as f64).product()
-                });
+                let out: f64 = n
+                    .outputs
+                    .first()
+                    .map_or(0.0, |t| t.shape.iter().map(|&d| d as f64).product());
                 let k = dims(n, 0).last().copied().unwrap_or(0.0);
                 2.0 * out * k
             }
@@ -60,6 +61,7 @@ pub fn useful_flops(g: &Graph) -> f64 {
             | Op::Zeros(_)
             | Op::Embedding
             | Op::Transpose
+            | Op::Scale { .. }
             | Op::Add
             | Op::Mul
             | Op::Gelu

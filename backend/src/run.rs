@@ -2,8 +2,9 @@
 
 use crate::collective::InProcess;
 use crate::error::ExecError;
-use crate::exec::{self, Executed, StepRun};
+use crate::exec::{self, Executed, Feed, StepRun};
 pub use crate::flops::useful_flops;
+use crate::inputs::Inputs;
 use crate::weights::Weights;
 use burn::tensor::backend::Backend;
 use burn_ndarray::{NdArray, NdArrayDevice};
@@ -104,12 +105,49 @@ pub struct RunReport {
     pub op_times: Vec<(&'static str, Duration)>,
     /// The useful floating-point operations of the run (see [`useful_flops`]).
     pub flops: f64,
+    /// The values of the nodes asked for with [`run_with`]'s `dump`, by name.
+    pub dumped: Vec<(String, HostTensor)>,
 }
 
 /// Runs `g` on `opts.device` with `weights`; every rank of the mesh runs its program.
 pub fn run(g: &Graph, weights: &Weights, opts: &RunOptions) -> Result<RunReport, ExecError> {
-    let e = run_capturing(g, weights, opts, &BTreeSet::new())?;
+    run_with(g, weights, None, &[], opts)
+}
+
+/// Runs `g` on `inputs` (seeded where `None`, or for inputs they do not name) and also returns
+/// the global values of the nodes named in `dump` (every output of each, micro-batches
+/// concatenated like the graph outputs; `name` for a one-output node, `name:k` for output `k`).
+pub fn run_with(
+    g: &Graph,
+    weights: &Weights,
+    inputs: Option<&Inputs>,
+    dump: &[String],
+    opts: &RunOptions,
+) -> Result<RunReport, ExecError> {
+    let mut capture = BTreeSet::new();
+    for name in dump {
+        let id = g
+            .find(name)
+            .ok_or_else(|| ExecError::Invalid(format!("--dump: the graph has no node `{name}`")))?;
+        capture.insert(id);
+    }
+    let mut e = run_capturing_fed(g, weights, inputs, opts, &capture)?;
+    let mut dumped = Vec::new();
+    for name in dump {
+        let Some(id) = g.find(name) else { continue };
+        let outs = e.captured.remove(&id).unwrap_or_default();
+        let many = outs.len() > 1;
+        for (k, t) in outs.into_iter().enumerate() {
+            let key = if many {
+                format!("{name}:{k}")
+            } else {
+                name.clone()
+            };
+            dumped.push((key, t));
+        }
+    }
     Ok(RunReport {
+        dumped,
         outputs: e.outputs,
         micro_batches: e.micro_batches,
         trace: e.trace,
@@ -128,18 +166,39 @@ pub(crate) fn run_capturing(
     opts: &RunOptions,
     capture: &BTreeSet<NodeId>,
 ) -> Result<Executed, ExecError> {
+    run_capturing_fed(g, weights, None, opts, capture)
+}
+
+/// [`run_capturing`] with given inputs.
+pub(crate) fn run_capturing_fed(
+    g: &Graph,
+    weights: &Weights,
+    inputs: Option<&Inputs>,
+    opts: &RunOptions,
+    capture: &BTreeSet<NodeId>,
+) -> Result<Executed, ExecError> {
+    let feed = Feed {
+        weights,
+        inputs,
+        seed: opts.seed,
+        micro_batches: opts.micro_batches,
+    };
     match (opts.device, opts.precision) {
         (Device::Cpu, Precision::F32) => {
-            on::<NdArray<f32>>(g, NdArrayDevice::Cpu, weights, opts, capture)
+            on::<NdArray<f32>>(g, NdArrayDevice::Cpu, feed, opts, capture)
         }
         (Device::Cpu, Precision::F64) => {
-            on::<NdArray<f64>>(g, NdArrayDevice::Cpu, weights, opts, capture)
+            on::<NdArray<f64>>(g, NdArrayDevice::Cpu, feed, opts, capture)
         }
         (Device::Cpu, Precision::Bf16) => Err(ExecError::Precision {
             device: "the CPU backend (burn-ndarray)",
             precision: "bf16",
             why: "it computes in f32 or f64 only; use --backend cuda for bf16",
         }),
+        #[cfg(feature = "cuda")]
+        (Device::Cuda { .. }, _) if inputs.is_some() => Err(ExecError::Cuda(
+            "given token ids (--input) are not wired into the CUDA executor yet; run them on the CPU".into(),
+        )),
         #[cfg(feature = "cuda")]
         (Device::Cuda { gpus }, precision) => crate::cuda::exec::execute(
             g,
@@ -161,18 +220,16 @@ pub(crate) fn run_capturing(
 fn on<B: Backend>(
     g: &Graph,
     device: B::Device,
-    weights: &Weights,
+    feed: Feed<'_>,
     opts: &RunOptions,
     capture: &BTreeSet<NodeId>,
 ) -> Result<Executed, ExecError> {
-    exec::execute::<B, InProcess<B>>(
+    exec::execute_fed::<B, InProcess<B>>(
         g,
         device,
         InProcess::default(),
         &exec::compute::Burn,
-        weights,
-        opts.seed,
-        opts.micro_batches,
+        feed,
         capture,
         opts.profile,
     )

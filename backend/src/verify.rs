@@ -9,7 +9,8 @@
 
 use crate::error::ExecError;
 use crate::exec::default_micro_batches;
-use crate::run::{run_capturing, HostTensor, RunOptions};
+use crate::inputs::Inputs;
+use crate::run::{run_capturing_fed, HostTensor, RunOptions};
 use crate::weights::Weights;
 use moe_ir::{Graph, NodeId};
 use std::collections::BTreeSet;
@@ -135,15 +136,30 @@ pub fn verify(
     weights: &Weights,
     opts: &VerifyOptions,
 ) -> Result<Verdict, ExecError> {
+    verify_with(a, b, weights, [None, None], opts)
+}
+
+/// [`verify`] on given inputs: `inputs[0]` laid out for `a`, `inputs[1]` for `b` (the same ids;
+/// seeded where `None`).
+pub fn verify_with(
+    a: &Graph,
+    b: &Graph,
+    weights: &Weights,
+    inputs: [Option<&Inputs>; 2],
+    opts: &VerifyOptions,
+) -> Result<Verdict, ExecError> {
     let none = BTreeSet::new();
     // Both programs run the same micro-batches: by default as many as the more pipelined one's.
     let mut run = opts.run;
+    let given = inputs.iter().flatten().map(|i| i.micro_batches()).max();
     run.micro_batches = Some(
         run.micro_batches
+            .or(given)
             .unwrap_or_else(|| default_micro_batches(a).max(default_micro_batches(b))),
     );
-    let ra = run_capturing(a, weights, &run, &none)?;
-    let rb = run_capturing(b, weights, &run, &none)?;
+    let [ia, ib] = inputs;
+    let ra = run_capturing_fed(a, weights, ia, &run, &none)?;
+    let rb = run_capturing_fed(b, weights, ib, &run, &none)?;
     let mut outputs: Vec<OutputCheck> = ra
         .outputs
         .iter()
@@ -170,8 +186,8 @@ pub fn verify(
         // Runs are deterministic: run again, keeping the shared nodes' values.
         let ca: BTreeSet<NodeId> = pairs.iter().map(|p| p.0).collect();
         let cb: BTreeSet<NodeId> = pairs.iter().map(|p| p.1).collect();
-        let xa = run_capturing(a, weights, &run, &ca)?;
-        let xb = run_capturing(b, weights, &run, &cb)?;
+        let xa = run_capturing_fed(a, weights, ia, &run, &ca)?;
+        let xb = run_capturing_fed(b, weights, ib, &run, &cb)?;
         'nodes: for (ia, ib) in &pairs {
             let (Some(va), Some(vb)) = (xa.captured.get(ia), xb.captured.get(ib)) else {
                 continue;

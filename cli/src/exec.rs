@@ -58,6 +58,22 @@ pub struct ExecArgs {
     /// GPU r).
     #[arg(long, value_name = "W")]
     pub gpus: Option<usize>,
+    /// Token ids to run instead of seeded ones: `.npy` or `.safetensors` integers `[batch, seq]`,
+    /// or JSON `[[ids], ...]` (an encoder-decoder takes `input_ids` and `decoder_input_ids` by
+    /// name). An HF config is imported with `seq`-token sequences, one per rank per micro-batch.
+    #[arg(long, value_name = "FILE", conflicts_with = "prompt")]
+    pub input: Option<PathBuf>,
+    /// Text to run, as one sequence of the ids `--tokenizer` encodes it to (`run` then prints the
+    /// top next tokens decoded).
+    #[arg(long, value_name = "TEXT")]
+    pub prompt: Option<String>,
+    /// The Hugging Face tokenizer.json of `--prompt` (default: tokenizer.json in the checkpoint
+    /// folder given as the model).
+    #[arg(long, value_name = "FILE", requires = "prompt")]
+    pub tokenizer: Option<PathBuf>,
+    /// Run even when the estimated peak memory exceeds the memory available.
+    #[arg(long)]
+    pub allow_over_memory: bool,
 }
 
 impl ExecArgs {
@@ -86,17 +102,22 @@ impl ExecArgs {
         })
     }
 
-    /// The weights: read from `--weights`, else seeded.
-    pub fn weights(&self) -> Result<Weights> {
-        match &self.weights {
+    /// Where the weights are read from: `--weights`, else the model's checkpoint `folder`.
+    pub fn weights_path<'a>(&'a self, folder: Option<&'a Path>) -> Option<&'a Path> {
+        self.weights.as_deref().or(folder)
+    }
+
+    /// The weights: read from [`Self::weights_path`], else seeded.
+    pub fn weights(&self, folder: Option<&Path>) -> Result<Weights> {
+        match self.weights_path(folder) {
             None => Ok(Weights::Seeded),
             Some(p) => read_checkpoint(p).map(Weights::Checkpoint),
         }
     }
 
     /// Describes the weights for a report line.
-    pub fn weights_label(&self) -> String {
-        match &self.weights {
+    pub fn weights_label(&self, folder: Option<&Path>) -> String {
+        match self.weights_path(folder) {
             None => format!("seeded weights (seed {})", self.seed),
             Some(p) => format!("weights {}", p.display()),
         }
@@ -139,11 +160,7 @@ pub fn load_at(name: &str, text: &str, import: &ImportArgs, tokens: Option<u64>)
         }
         return Ok(g);
     }
-    let mut config = value.unwrap_or_default();
-    for s in &import.sets {
-        hf::apply_set(&mut config, s).map_err(|e| miette!("{name}: {e}"))?;
-    }
-    let spec = hf::parse_spec(&config).map_err(|e| miette!("{name}: {e}"))?;
+    let spec = crate::load::spec_of(name, value.unwrap_or_default(), &import.sets)?;
     let mut opts = import.options()?;
     let mesh = opts
         .mesh

@@ -26,32 +26,36 @@ pub fn write_output(out: Option<&Path>, text: &str) -> Result<()> {
     match out {
         None => print_stdout(text),
         Some(p) if p.as_os_str() == "-" => print_stdout(text),
-        Some(p) => {
-            let dir = match p.parent() {
-                Some(d) if !d.as_os_str().is_empty() => d,
-                _ => Path::new("."),
-            };
-            let mut tmp = tempfile::NamedTempFile::new_in(dir)
-                .into_diagnostic()
-                .wrap_err_with(|| format!("cannot create a file in `{}`", dir.display()))?;
-            tmp.write_all(text.as_bytes())
-                .into_diagnostic()
-                .wrap_err_with(|| format!("cannot write `{}`", p.display()))?;
-            // Temporary files are private (0600); give the output the target's mode, or the usual 0644.
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                let mode = std::fs::metadata(p).map_or(0o644, |m| m.permissions().mode());
-                tmp.as_file()
-                    .set_permissions(std::fs::Permissions::from_mode(mode))
-                    .into_diagnostic()?;
-            }
-            tmp.as_file().sync_all().into_diagnostic()?;
-            tmp.persist(p)
-                .map_err(|e| miette!("cannot write `{}`: {}", p.display(), e.error))?;
-            Ok(())
-        }
+        Some(p) => write_bytes(p, text.as_bytes()),
     }
+}
+
+/// Writes `bytes` to the file `p` atomically: a temporary file in the same folder, renamed over
+/// the target once complete.
+pub fn write_bytes(p: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .into_diagnostic()
+        .wrap_err_with(|| format!("cannot create a file in `{}`", dir.display()))?;
+    tmp.write_all(bytes)
+        .into_diagnostic()
+        .wrap_err_with(|| format!("cannot write `{}`", p.display()))?;
+    // Temporary files are private (0600); give the output the target's mode, or the usual 0644.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(p).map_or(0o644, |m| m.permissions().mode());
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode))
+            .into_diagnostic()?;
+    }
+    tmp.as_file().sync_all().into_diagnostic()?;
+    tmp.persist(p)
+        .map_err(|e| miette!("cannot write `{}`: {}", p.display(), e.error))?;
+    Ok(())
 }
 
 fn print_stdout(text: &str) -> Result<()> {

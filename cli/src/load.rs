@@ -3,7 +3,7 @@
 
 use clap::{Args as ClapArgs, ValueEnum};
 use miette::{miette, Diagnostic, NamedSource, Result, SourceSpan};
-use moe_ir::hf::{self, ImportOptions};
+use moe_ir::hf::{self, ImportOptions, ModelSpec};
 use moe_ir::json::JsonError;
 use moe_ir::text::TextError;
 use moe_ir::{DType, Graph, Mesh, DEFAULT_GPUS_PER_NODE};
@@ -131,6 +131,22 @@ pub fn is_text_form(text: &str) -> bool {
         .is_some_and(|l| l.starts_with("graph \""))
 }
 
+/// The spec of HF config `config` (named `name`), after `--set`s; warns about every key the
+/// importer did not read that may change what the model computes.
+pub fn spec_of(name: &str, mut config: serde_json::Value, sets: &[String]) -> Result<ModelSpec> {
+    for s in sets {
+        hf::apply_set(&mut config, s).map_err(|e| miette!("{name}: {e}"))?;
+    }
+    let (spec, ignored) = hf::parse_spec_reporting(&config).map_err(|e| miette!("{name}: {e}"))?;
+    for i in ignored.iter().filter(|i| i.unknown) {
+        tracing::warn!(
+            "{name}: config key `{}` is not modelled and may change what the model computes",
+            i.key
+        );
+    }
+    Ok(spec)
+}
+
 /// Loads `text` (named `name` in messages): an HF config is imported with `import`, the text form
 /// is parsed, anything else is read as model.json.
 pub fn load(name: &str, text: &str, import: &ImportArgs) -> Result<Graph> {
@@ -138,7 +154,8 @@ pub fn load(name: &str, text: &str, import: &ImportArgs) -> Result<Graph> {
     if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
         if hf::looks_like_hf_config(&v) {
             let opts = import.options()?;
-            return hf::import(text, &import.sets, &opts).map_err(|e| miette!("{name}: {e}"));
+            let spec = spec_of(name, v, &import.sets)?;
+            return hf::lower(&spec, &opts).map_err(|e| miette!("{name}: {e}"));
         }
     }
     let text_form = is_text_form(text);

@@ -6,6 +6,8 @@
 mod cases;
 mod cmd;
 mod exec;
+mod input;
+mod prompt;
 mod io;
 mod load;
 

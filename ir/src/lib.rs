@@ -42,7 +42,7 @@ pub use infer::{check_type, infer, local_route_rows, TypeError};
 pub use mesh::{is_identifier, Level, Mesh, MeshAxis, MeshError, DEFAULT_GPUS_PER_NODE};
 pub use op::{
     Activation, AttentionAttrs, Capacity, FfnLayout, GroupScore, Groups, Llama3Scaling, Mask, Op,
-    QueryTemperature, RopePairs, RopeScaling, RouterAttrs, Score, YarnScaling,
+    QueryTemperature, RelativeBias, RopePairs, RopeScaling, RouterAttrs, Score, YarnScaling,
 };
 pub use pipeline::{PipelineSpec, Schedule};
 pub use scalar::F64;

@@ -105,6 +105,7 @@ fn build() -> Result<Graph, moe_ir::BuildError> {
             layout: FfnLayout::Padded,
             act: Activation::Silu,
             gated: true,
+            bias: false,
         },
         &[a.into(), up.into(), gate.into(), down.into()],
         l0,

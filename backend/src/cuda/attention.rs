@@ -8,7 +8,7 @@
 //!
 //! Computes what `exec::attention::attention` computes, with one rounding per step instead of
 //! one per burn op. Shapes it does not take (MLA's shared key part, per-head q/k norms, query
-//! temperature) are left to that default.
+//! temperature, clip_qkv, T5's position bias) are left to that default.
 
 use super::blas::{Elem, Operand};
 use super::buffer::{empty, empty_int, Cuda, Prim};
@@ -25,7 +25,12 @@ use moe_ir::{AttentionAttrs, Mask};
 
 /// Whether the CUDA path takes `a` (else the default runs).
 pub(super) fn takes(a: &AttentionAttrs, k_shared: bool) -> bool {
-    !k_shared && a.qk_norm_eps.is_none() && a.query_temperature.is_none() && a.rope_dim % 2 == 0
+    !k_shared
+        && a.qk_norm_eps.is_none()
+        && a.query_temperature.is_none()
+        && a.clip_qkv.is_none()
+        && a.position_bias.is_none()
+        && a.rope_dim % 2 == 0
 }
 
 /// `attention(q, k, v[, sinks])` on this rank's heads (see the module docs).
@@ -40,12 +45,12 @@ pub(super) fn attention<F: FloatElement>(
     heads: Heads,
 ) -> OpResult<Dense<Cuda<F>>> {
     let (seq, kv) = (a.seq as usize, a.kv_seq as usize);
-    let (hd, vd, rd) = (a.head_dim as usize, a.v_head_dim as usize, a.rope_dim as usize);
-    let ([rows, qw], [krows, kw], [_, vw]) = (
-        dims2(&q)?,
-        dims2(&k)?,
-        dims2(&v)?,
+    let (hd, vd, rd) = (
+        a.head_dim as usize,
+        a.v_head_dim as usize,
+        a.rope_dim as usize,
     );
+    let ([rows, qw], [krows, kw], [_, vw]) = (dims2(&q)?, dims2(&k)?, dims2(&v)?);
     let (hl, kvl) = (qw / hd.max(1), vw / vd.max(1));
     if hl * hd != qw || kvl * hd != kw || seq == 0 || kv == 0 || rows % seq != 0 {
         return Err(format!(
@@ -72,11 +77,18 @@ pub(super) fn attention<F: FloatElement>(
         .collect::<Result<Vec<_>, _>>()?;
     let device = q.t.device();
     let rot = rope::Rope::of(a);
-    let scale = (rope::softmax_scale(a) / (hd as f64).sqrt()) as f32;
+    let scale = match a.softmax_scale {
+        Some(s) => s.0 as f32,
+        None => (rope::softmax_scale(a) / (hd as f64).sqrt()) as f32,
+    };
     // RoPE'd copies of q and k (the inputs may have other readers).
     let (pq, pk) = (Prim::float(q.to::<2>()), Prim::float(k.to::<2>()));
     let (qr, kr) = if rd > 0 {
-        let bits: Vec<i32> = rot.inv_freq.iter().map(|&f| (f as f32).to_bits() as i32).collect();
+        let bits: Vec<i32> = rot
+            .inv_freq
+            .iter()
+            .map(|&f| (f as f32).to_bits() as i32)
+            .collect();
         let n = bits.len();
         let freq = Prim::int(Tensor::<Cuda<F>, 1, Int>::from_data(
             TensorData::new(bits, [n]),
@@ -88,10 +100,32 @@ pub(super) fn attention<F: FloatElement>(
         let cs = rot.cos_sin_scale as f32;
         let fb = freq.borrow().map_err(err)?;
         rt.ops
-            .rope(&qr.borrow().map_err(err)?, &pq.borrow().map_err(err)?, &fb, rows, hl, hd, rd, seq, interleaved, cs)
+            .rope(
+                &qr.borrow().map_err(err)?,
+                &pq.borrow().map_err(err)?,
+                &fb,
+                rows,
+                hl,
+                hd,
+                rd,
+                seq,
+                interleaved,
+                cs,
+            )
             .map_err(err)?;
         rt.ops
-            .rope(&kr.borrow().map_err(err)?, &pk.borrow().map_err(err)?, &fb, krows, kvl, hd, rd, kv, interleaved, cs)
+            .rope(
+                &kr.borrow().map_err(err)?,
+                &pk.borrow().map_err(err)?,
+                &fb,
+                krows,
+                kvl,
+                hd,
+                rd,
+                kv,
+                interleaved,
+                cs,
+            )
             .map_err(err)?;
         (qr, kr)
     } else {

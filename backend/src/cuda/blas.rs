@@ -173,12 +173,7 @@ impl Blas {
             }
             self.gemm(
                 elem,
-                Shape {
-                    batch: 1,
-                    m,
-                    n,
-                    k,
-                },
+                Shape { batch: 1, m, n, k },
                 &a.at(off[g] * k)?,
                 &b.at(g * k * n)?,
                 &c.at(off[g] * n)?,
@@ -325,7 +320,11 @@ impl Blas {
         a.holds(rows * k, "grouped GEMM A")?;
         b.holds(groups * k * n, "grouped GEMM B")?;
         c.holds(rows * n, "grouped GEMM C")?;
-        for (x, what) in [(a, "grouped GEMM A"), (b, "grouped GEMM B"), (c, "grouped GEMM C")] {
+        for (x, what) in [
+            (a, "grouped GEMM A"),
+            (b, "grouped GEMM B"),
+            (c, "grouped GEMM C"),
+        ] {
             x.is_elem(elem.bytes(), what)?;
         }
         let (_, _, ni, ki) = Shape {
@@ -379,7 +378,9 @@ impl Blas {
         ptrs.holds(6 * g, "grouped GEMM pointer arrays")?;
         let stream = same_stream(&[ptrs])?;
         if stream != plan.stream {
-            return Err(CudaError::Burn("grouped GEMM plan made on another stream".into()));
+            return Err(CudaError::Burn(
+                "grouped GEMM plan made on another stream".into(),
+            ));
         }
         let no = vec![cbs::cublasOperation_t::CUBLAS_OP_N; g];
         let n = vec![plan.n; g];

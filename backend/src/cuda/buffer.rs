@@ -90,7 +90,10 @@ impl Prim {
     }
 
     /// Back to a burn float tensor of `dims` (their product must be the element count).
-    pub fn into_float<F: FloatElement, const D: usize>(self, dims: [usize; D]) -> Tensor<Cuda<F>, D> {
+    pub fn into_float<F: FloatElement, const D: usize>(
+        self,
+        dims: [usize; D],
+    ) -> Tensor<Cuda<F>, D> {
         let n = self.len();
         Tensor::<Cuda<F>, 1>::from_primitive(TensorPrimitive::Float(self.0))
             .reshape([n])

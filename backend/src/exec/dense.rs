@@ -197,7 +197,11 @@ mod tests {
         assert_eq!(transpose(x).to_host(), vec![1., 4., 2., 5., 3., 6.]);
         let a = dense(&[1., 2., 3., 4.], &[2, 1, 2]);
         let b = dense(&[1., 1., 2., 0.], &[2, 2, 1]);
-        let y = super::super::compute::Compute::bmm(&super::super::compute::Burn, a.to::<3>(), b.to::<3>());
+        let y = super::super::compute::Compute::bmm(
+            &super::super::compute::Burn,
+            a.to::<3>(),
+            b.to::<3>(),
+        );
         assert_eq!(Dense::of(y.unwrap()).to_host(), vec![3., 6.]);
     }
 

@@ -80,17 +80,29 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                 }
             },
             Op::Input(_) => {
-                let bound = self.id_bound(id);
+                let given = self.inputs.and_then(|i| i.get(&node.name, self.micro));
                 let seed = weights::micro_batch_seed(self.seed, self.micro);
                 // Float inputs are seeded like weights (`weights::input`): made on the device
                 // where the compute seam can.
-                if ty.dtype.is_float() {
+                if given.is_none() && ty.dtype.is_float() {
                     let init = Init::Uniform { std: 1.0 };
                     if let Some(v) = self.seeded_on_device(id, seed, key, ty, init, ranks)? {
                         return Ok(vec![v]);
                     }
                 }
-                let global = weights::input(seed, key, ty, bound);
+                let global = match given {
+                    Some(ids) if !ty.dtype.is_float() && ids.len() as u64 == ty.numel() => {
+                        Global::Int(ids.to_vec())
+                    }
+                    Some(ids) => {
+                        return Err(self
+                            .node_err(id, format!("{} ids given, the input is {ty}", ids.len())))
+                    }
+                    None => {
+                        let bound = self.id_bound(id);
+                        weights::input(seed, key, ty, bound)
+                    }
+                };
                 let shape = global_shape(ty);
                 self.shards(ty, ranks, |b| match &global {
                     Global::Float(g) => Global::Float(rank::take_block(g, &shape, b)),

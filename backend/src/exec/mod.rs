@@ -18,10 +18,19 @@ pub(crate) mod attention;
 mod collective;
 pub(crate) mod compute;
 mod dense;
+mod entry;
 mod leaf;
 pub(crate) mod moe;
 mod ops;
+mod program;
 mod routing;
+
+#[cfg(feature = "cuda")]
+pub(crate) use entry::execute;
+#[cfg(test)]
+use entry::execute_unchecked;
+pub(crate) use entry::{default_micro_batches, execute_fed, Feed};
+use program::Program;
 
 // The default bodies the CUDA seam falls back to for shapes or types its kernels do not take.
 #[cfg(feature = "cuda")]
@@ -34,14 +43,14 @@ pub(crate) use routing::{
 };
 
 use crate::collective::{Collectives, Tag};
-use compute::Compute;
 use crate::error::ExecError;
+use crate::inputs::Inputs;
 use crate::rank;
-use crate::value::{Local, MAX_RANK};
+use crate::value::Local;
 use crate::weights::Weights;
 use crate::HostTensor;
 use burn::tensor::backend::{Backend, DeviceOps};
-use moe_ir::pipeline::{steps, Phase};
+use compute::Compute;
 use moe_ir::{Graph, Mesh, Node, NodeId, Op, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -91,68 +100,6 @@ pub(crate) struct Executed {
     pub op_times: BTreeMap<&'static str, Duration>,
 }
 
-/// One stage's program: the ranks that run it, its weights, and its forward steps in schedule
-/// order.
-#[derive(Debug)]
-struct Program {
-    stage: u32,
-    ranks: Vec<u64>,
-    /// Weights and zeros of the stage: made once, before the first step.
-    fixed: Vec<NodeId>,
-    /// The stage's other nodes, per virtual stage, in arena order.
-    by_vstage: BTreeMap<u32, Vec<NodeId>>,
-    /// (micro-batch, virtual stage) of each forward step, in schedule order.
-    steps: Vec<(u32, u32)>,
-    /// The step running, and the position in its nodes.
-    step: usize,
-    pos: usize,
-}
-
-impl Program {
-    /// The program of `stage`, run by `ranks`, with forward `steps`; nodes are added after.
-    fn new(stage: u32, ranks: Vec<u64>, steps: Vec<(u32, u32)>) -> Program {
-        Program {
-            stage,
-            ranks,
-            fixed: Vec::new(),
-            by_vstage: BTreeMap::new(),
-            steps,
-            step: 0,
-            pos: 0,
-        }
-    }
-
-    /// The node to run next and its micro-batch, or `None` when the program is done.
-    fn current(&self) -> Option<(NodeId, u32)> {
-        let &(m, v) = self.steps.get(self.step)?;
-        let nodes = self.by_vstage.get(&v).map_or(&[][..], Vec::as_slice);
-        nodes.get(self.pos).map(|&id| (id, m))
-    }
-
-    /// Moves past the node just run, and past finished (or empty) steps; returns the steps
-    /// completed.
-    fn advance(&mut self, ran: bool) -> Vec<StepRun> {
-        if ran {
-            self.pos += 1;
-        }
-        let mut done = Vec::new();
-        while let Some(&(m, v)) = self.steps.get(self.step) {
-            let len = self.by_vstage.get(&v).map_or(0, Vec::len);
-            if self.pos < len {
-                break;
-            }
-            done.push(StepRun {
-                stage: self.stage,
-                micro: m,
-                vstage: v,
-            });
-            self.step += 1;
-            self.pos = 0;
-        }
-        done
-    }
-}
-
 /// Weights and zeros are made once per run and shared by the micro-batches.
 fn is_fixed(op: &Op) -> bool {
     matches!(op, Op::Weight(_) | Op::Zeros(_))
@@ -167,6 +114,8 @@ pub(crate) struct Exec<'a, B: Backend, C: Collectives<B> + Sync> {
     /// The compute seam the local ops call.
     k: &'a dyn Compute<B>,
     weights: &'a Weights,
+    /// Given values of inputs (the others are seeded).
+    inputs: Option<&'a Inputs>,
     seed: u64,
     /// First value slot of each node.
     slot0: Vec<usize>,
@@ -206,151 +155,6 @@ impl<B: Backend, C: Collectives<B> + Sync> std::fmt::Debug for Exec<'_, B, C> {
     }
 }
 
-/// Micro-batches a run of `g` executes by default: its pipeline's, else 1.
-pub(crate) fn default_micro_batches(g: &Graph) -> u32 {
-    g.pipeline.as_ref().map_or(1, |p| p.micro_batches)
-}
-
-/// Runs `g` (validated first) with every rank simulated on `device`, collectives through `coll`,
-/// local ops through the compute seam `k`:
-/// `micro_batches` micro-batches (default: [`default_micro_batches`]).
-pub(crate) fn execute<B: Backend, C: Collectives<B> + Sync>(
-    g: &Graph,
-    device: B::Device,
-    coll: C,
-    k: &dyn Compute<B>,
-    weights: &Weights,
-    seed: u64,
-    micro_batches: Option<u32>,
-    capture: &BTreeSet<NodeId>,
-    profile: bool,
-) -> Result<Executed, ExecError> {
-    moe_ir::validate(g).map_err(|e| ExecError::Invalid(e.to_string()))?;
-    if let Some(s) = g.pipeline.as_ref().and_then(|p| p.only_stage) {
-        return Err(ExecError::Invalid(format!(
-            "the graph holds only the program of pipeline stage {s} (`--emit-stage`): run the whole partitioned graph"
-        )));
-    }
-    execute_unchecked(
-        g,
-        device,
-        coll,
-        k,
-        weights,
-        seed,
-        micro_batches,
-        capture,
-        profile,
-    )
-}
-
-/// [`execute`] without validating `g` first (the caller did, or a test wants the executor's own
-/// checks).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn execute_unchecked<B: Backend, C: Collectives<B> + Sync>(
-    g: &Graph,
-    device: B::Device,
-    coll: C,
-    k: &dyn Compute<B>,
-    weights: &Weights,
-    seed: u64,
-    micro_batches: Option<u32>,
-    capture: &BTreeSet<NodeId>,
-    profile: bool,
-) -> Result<Executed, ExecError> {
-    let start = Instant::now();
-    let micro_batches = micro_batches.unwrap_or_else(|| default_micro_batches(g));
-    if micro_batches == 0 {
-        return Err(ExecError::Invalid(
-            "a run needs at least one micro-batch".into(),
-        ));
-    }
-    for (_, n) in g.nodes() {
-        if let Some(t) = n.outputs.iter().find(|t| t.rank() > MAX_RANK) {
-            return Err(ExecError::Rank {
-                node: n.name.clone(),
-                op: n.op.name(),
-                rank: t.rank(),
-            });
-        }
-    }
-    let mut slot0 = Vec::with_capacity(g.len());
-    let mut slots = 0;
-    for (_, n) in g.nodes() {
-        slot0.push(slots);
-        slots += n.outputs.len();
-    }
-    let mut uses = vec![0usize; slots];
-    for (_, n) in g.nodes() {
-        for v in &n.inputs {
-            uses[slot0[v.node.index()] + v.output as usize] += 1;
-        }
-    }
-    let keep = g
-        .outputs
-        .iter()
-        .map(|o| slot0[o.value.node.index()] + o.value.output as usize)
-        .collect();
-    let fixed: Vec<bool> = g.nodes().map(|(_, n)| is_fixed(&n.op)).collect();
-    let mut ex = Exec {
-        g,
-        mesh: &g.mesh,
-        device,
-        coll,
-        k,
-        weights,
-        seed,
-        slot0,
-        fixed,
-        fixed_values: vec![Vec::new(); slots],
-        live: HashMap::new(),
-        micro: 0,
-        uses,
-        uses_left: HashMap::new(),
-        keep,
-        capture,
-        captured: BTreeMap::new(),
-        ran_on: vec![Vec::new(); g.len()],
-        leaves: Duration::ZERO,
-        op_times: BTreeMap::new(),
-        trace: Vec::new(),
-        profile,
-        stamps: Vec::new(),
-    };
-    let mut programs = ex.programs(micro_batches)?;
-    let compute = ex.run(&mut programs)?;
-    let mut outputs = Vec::with_capacity(g.outputs.len());
-    for o in &g.outputs {
-        let parts = (0..micro_batches)
-            .map(|m| ex.global(o.value, m))
-            .collect::<Result<Vec<_>, _>>()?;
-        outputs.push((o.name.clone(), concat_micro(parts)));
-    }
-    let captured = std::mem::take(&mut ex.captured)
-        .into_iter()
-        .map(|(id, per_micro)| {
-            let outs = per_micro.values().next().map_or(0, Vec::len);
-            let mut by_output: Vec<Vec<HostTensor>> = vec![Vec::new(); outs];
-            for values in per_micro.into_values() {
-                for (k, t) in values.into_iter().enumerate() {
-                    by_output[k].push(t);
-                }
-            }
-            (id, by_output.into_iter().map(concat_micro).collect())
-        })
-        .collect();
-    Ok(Executed {
-        outputs,
-        captured,
-        micro_batches,
-        trace: std::mem::take(&mut ex.trace),
-        leaves: ex.leaves,
-        compute,
-        total: start.elapsed(),
-        op_times: std::mem::take(&mut ex.op_times),
-    })
-}
-
 impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
     fn node_err(&self, id: NodeId, why: impl Into<String>) -> ExecError {
         let n = self.g.node(id);
@@ -359,83 +163,6 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
             op: n.op.name(),
             why: why.into(),
         }
-    }
-
-    /// The stage programs (one program of every node on every rank when unstaged), each with its
-    /// forward steps for `micro_batches` micro-batches.
-    fn programs(&self, micro_batches: u32) -> Result<Vec<Program>, ExecError> {
-        let all: Vec<u64> = (0..self.mesh.ranks()).collect();
-        let pp = pipeline_axis(self.g).and_then(|a| self.mesh.axis_index(a));
-        let staged = self.g.pipeline.as_ref().zip(pp);
-        let mut out = match staged {
-            None => vec![Program::new(
-                0,
-                all,
-                (0..micro_batches).map(|m| (m, 0)).collect(),
-            )],
-            Some((spec, i)) => {
-                let order =
-                    steps(spec.schedule, self.mesh.axes[i].size, micro_batches).map_err(|e| {
-                        ExecError::Invalid(format!(
-                            "pipeline schedule {} with {micro_batches} micro-batches: {e}",
-                            spec.schedule
-                        ))
-                    })?;
-                (0u32..)
-                    .zip(order)
-                    .map(|(s, steps)| {
-                        let ranks = all
-                            .iter()
-                            .copied()
-                            .filter(|&r| self.mesh.coords(r)[i] == s)
-                            .collect();
-                        let forward = steps
-                            .into_iter()
-                            .filter(|st| st.phase == Phase::Forward)
-                            .map(|st| (st.micro, st.vstage))
-                            .collect();
-                        Program::new(s, ranks, forward)
-                    })
-                    .collect()
-            }
-        };
-        for (id, n) in self.g.nodes() {
-            let stage = n.stage.unwrap_or(0);
-            let v = match staged {
-                None => 0,
-                Some((spec, i)) => {
-                    let axis = &self.mesh.axes[i];
-                    if stage >= axis.size {
-                        return Err(ExecError::Pipeline {
-                            node: n.name.clone(),
-                            why: format!(
-                                "stage {stage} does not exist on the mesh's `{}` axis of {}",
-                                axis.name, axis.size
-                            ),
-                        });
-                    }
-                    let v = spec.virtual_stage_of(n.scope);
-                    if !is_fixed(&n.op) && v % axis.size != stage {
-                        return Err(ExecError::Pipeline {
-                            node: n.name.clone(),
-                            why: format!(
-                                "its scope {} belongs to virtual stage {v}, which runs on stage {}, but the node is on stage {stage}: no step of the schedule runs it",
-                                n.scope,
-                                v % axis.size
-                            ),
-                        });
-                    }
-                    v
-                }
-            };
-            let p = &mut out[if staged.is_some() { stage as usize } else { 0 }];
-            if is_fixed(&n.op) {
-                p.fixed.push(id);
-            } else {
-                p.by_vstage.entry(v).or_default().push(id);
-            }
-        }
-        Ok(out)
     }
 
     /// Waits until every device of the run has finished the work issued so far.
@@ -583,7 +310,9 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
         self.micro = micro;
         let started = Instant::now();
         let outs: Vec<Vec<Local<B>>> = match &node.op {
-            Op::Input(_) | Op::Weight(_) | Op::Zeros(_) | Op::Recv { .. } => self.leaf(id, ranks)?,
+            Op::Input(_) | Op::Weight(_) | Op::Zeros(_) | Op::Recv { .. } => {
+                self.leaf(id, ranks)?
+            }
             Op::Send { channel } => {
                 self.send(id, *channel, ranks)?;
                 Vec::new()
@@ -768,110 +497,5 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
     }
 }
 
-/// The values of one node output over micro-batches as one tensor: concatenated along dim 0, or
-/// stacked into `[M]` for scalars.
-fn concat_micro(parts: Vec<HostTensor>) -> HostTensor {
-    let count = parts.len() as u64;
-    let mut it = parts.into_iter();
-    let Some(mut out) = it.next() else {
-        return HostTensor {
-            shape: vec![0],
-            data: Vec::new(),
-        };
-    };
-    if count == 1 {
-        return out;
-    }
-    match out.shape.first_mut() {
-        Some(d0) => *d0 *= count,
-        None => out.shape = vec![count],
-    }
-    for p in it {
-        out.data.extend(p.data);
-    }
-    out
-}
-
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-    use crate::collective::InProcess;
-    use crate::testing::Cpu;
-    use moe_ir::{DType, PipelineSpec, Schedule, Scope, TensorType};
-
-    /// Two stages each waiting for the other's message before sending its own.
-    fn crossed() -> Graph {
-        let mut g = Graph::new("crossed", Mesh::parse("pp=2", 8).unwrap());
-        g.pipeline = Some(PipelineSpec {
-            axis: "pp".into(),
-            layout: vec![1, 1],
-            schedule: Schedule::OneFOneB,
-            micro_batches: 2,
-            recompute: false,
-            only_stage: None,
-        });
-        let t = TensorType::new(DType::F32, [2]);
-        let mut add = |name: &str, op: Op, inputs: &[NodeId], stage: u32| {
-            let ins: Vec<Value> = inputs.iter().map(|&i| i.into()).collect();
-            let id = g.add(name, op, &ins, Scope::Layer(stage)).unwrap();
-            g.node_mut(id).stage = Some(stage);
-            id
-        };
-        let r1 = add(
-            "s0.recv",
-            Op::Recv {
-                channel: 1,
-                ty: t.clone(),
-            },
-            &[],
-            0,
-        );
-        add("s0.send", Op::Send { channel: 0 }, &[r1], 0);
-        let r0 = add("s1.recv", Op::Recv { channel: 0, ty: t }, &[], 1);
-        add("s1.send", Op::Send { channel: 1 }, &[r0], 1);
-        g.add_output("y", r0);
-        g
-    }
-
-    #[test]
-    fn waiting_stages_that_cannot_advance_are_a_deadlock_not_a_hang() {
-        let g = crossed();
-        let e = execute_unchecked::<Cpu, InProcess<Cpu>>(
-            &g,
-            Default::default(),
-            InProcess::default(),
-            &compute::Burn,
-            &Weights::Seeded,
-            0,
-            None,
-            &BTreeSet::new(),
-            false,
-        )
-        .unwrap_err();
-        assert_eq!(
-            e,
-            ExecError::Deadlock {
-                node: "s0.recv".into(),
-                channel: 1,
-                micro: 0,
-                rank: 0
-            }
-        );
-        // The validator refuses it before execution.
-        assert!(matches!(
-            execute::<Cpu, InProcess<Cpu>>(
-                &g,
-                Default::default(),
-                InProcess::default(),
-                &compute::Burn,
-                &Weights::Seeded,
-                0,
-                None,
-                &BTreeSet::new(),
-                false
-            ),
-            Err(ExecError::Invalid(_))
-        ));
-    }
-}
+mod tests;

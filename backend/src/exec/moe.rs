@@ -5,47 +5,87 @@ use super::dense::{act, gated};
 use super::OpResult;
 
 /// A batched matmul `[n, M, K] @ [n, K, N]` (the compute seam's `bmm`).
-pub(crate) type Bmm<'a, B> =
-    &'a dyn Fn(Tensor<B, 3>, Tensor<B, 3>) -> OpResult<Tensor<B, 3>>;
+pub(crate) type Bmm<'a, B> = &'a dyn Fn(Tensor<B, 3>, Tensor<B, 3>) -> OpResult<Tensor<B, 3>>;
 use crate::value::{Dense, Ints};
 use burn::tensor::backend::Backend;
 use burn::tensor::{IndexingUpdateOp, Tensor};
 use moe_ir::Activation;
 
-/// The stacked expert weights of one `expert_ffn`: `[E, H, F]`, `[E, H, F]`, `[E, F, H]`.
+/// The stacked expert weights of one `expert_ffn`: `[E, H, F]`, `[E, H, F]`, `[E, F, H]`, and
+/// its biases when it has them.
 #[derive(Clone, Debug)]
 pub(crate) struct ExpertWeights<B: Backend> {
     pub up: Tensor<B, 3>,
     pub gate: Option<Tensor<B, 3>>,
     pub down: Tensor<B, 3>,
     pub act: Activation,
+    pub biases: Option<ExpertBiases<B>>,
+}
+
+/// Per-expert biases: `[E, F]`, `[E, F]`, `[E, H]`.
+#[derive(Clone, Debug)]
+pub(crate) struct ExpertBiases<B: Backend> {
+    pub up: Tensor<B, 2>,
+    pub gate: Option<Tensor<B, 2>>,
+    pub down: Tensor<B, 2>,
+}
+
+/// The experts `e..e + n` of this layer's weights and biases (as `[n, 1, width]` for biases).
+struct Slice<B: Backend> {
+    up: Tensor<B, 3>,
+    gate: Option<Tensor<B, 3>>,
+    down: Tensor<B, 3>,
+    biases: Option<[Option<Tensor<B, 3>>; 3]>,
 }
 
 impl<B: Backend> ExpertWeights<B> {
-    /// `down(act(x W_gate) * (x W_up))` or `down(act(x W_up))` for `x` `[E, C, H]` (batched over experts).
-    fn apply(
-        &self,
-        x: Tensor<B, 3>,
-        up: Tensor<B, 3>,
-        gate: Option<Tensor<B, 3>>,
-        down: Tensor<B, 3>,
-        bmm: Bmm<'_, B>,
-    ) -> OpResult<Tensor<B, 3>> {
-        let u = bmm(x.clone(), up)?;
-        let h = match gate {
-            Some(g) => gated(self.act, bmm(x, g)?, u),
+    /// Experts `e..e + n`.
+    fn slice(&self, e: usize, n: usize) -> Slice<B> {
+        let w = |t: &Tensor<B, 3>| t.clone().narrow(0, e, n);
+        let b = |t: &Tensor<B, 2>| {
+            let width = t.dims()[1];
+            t.clone().narrow(0, e, n).reshape([n, 1, width])
+        };
+        Slice {
+            up: w(&self.up),
+            gate: self.gate.as_ref().map(w),
+            down: w(&self.down),
+            biases: self
+                .biases
+                .as_ref()
+                .map(|x| [Some(b(&x.up)), x.gate.as_ref().map(b), Some(b(&x.down))]),
+        }
+    }
+
+    /// All experts.
+    fn all(&self) -> Slice<B> {
+        self.slice(0, self.up.dims()[0])
+    }
+
+    /// `down(act(x W_gate) * (x W_up))` or `down(act(x W_up))` for `x` `[E, C, H]` (batched over
+    /// experts), each product plus its bias when there are biases.
+    fn apply(&self, x: Tensor<B, 3>, s: Slice<B>, bmm: Bmm<'_, B>) -> OpResult<Tensor<B, 3>> {
+        let [bu, bg, bd] = s.biases.unwrap_or([None, None, None]);
+        let plus = |y: Tensor<B, 3>, b: Option<Tensor<B, 3>>| match b {
+            Some(b) => y + b,
+            None => y,
+        };
+        let u = plus(bmm(x.clone(), s.up)?, bu);
+        let h = match s.gate {
+            Some(g) => gated(self.act, plus(bmm(x, g)?, bg), u),
             None => act(self.act, u),
         };
-        bmm(h, down)
+        Ok(plus(bmm(h, s.down)?, bd))
     }
 }
 
 /// `expert_ffn` in the padded layout: `x` `[E, C, H]`.
 ///
-/// An all-zero row gives an all-zero output (the FFN has no biases and every activation maps 0 to
-/// 0), and most slots of a dropless capacity buffer are empty: when fewer than 3/4 of the rows hold
-/// data, only those rows are computed (gathered per expert, run as the grouped layout, scattered
-/// back), which gives the same numbers as the batched computation.
+/// Most slots of a dropless capacity buffer are empty (all-zero rows): when fewer than 3/4 of the
+/// rows hold data, only those rows are computed (gathered per expert, run as the grouped layout,
+/// scattered back), which gives the same numbers as the batched computation on the filled rows
+/// (without biases an empty row's output is zero either way; with biases empty slots are never
+/// read, see the op's typing rule).
 pub(crate) fn expert_ffn_padded<B: Backend>(
     x: Dense<B>,
     w: &ExpertWeights<B>,
@@ -57,7 +97,7 @@ pub(crate) fn expert_ffn_padded<B: Backend>(
     let mass = Dense::of(x.clone().to::<3>().abs().sum_dim(2)).to_host();
     let filled: Vec<usize> = (0..e * c).filter(|&r| mass[r] != 0.0).collect();
     if filled.len() * 4 >= e * c * 3 {
-        let y = w.apply(x.to::<3>(), w.up.clone(), w.gate.clone(), w.down.clone(), bmm)?;
+        let y = w.apply(x.to::<3>(), w.all(), bmm)?;
         return Ok(Dense::of(y));
     }
     let device = x.t.device();
@@ -110,9 +150,8 @@ pub(crate) fn expert_ffn_grouped<B: Backend>(
         if c == 0 {
             continue;
         }
-        let one = |t: &Tensor<B, 3>| t.clone().narrow(0, e, 1);
         let rows = x.clone().narrow(0, at, c).reshape([1, c, h]);
-        let y = w.apply(rows, one(&w.up), w.gate.as_ref().map(one), one(&w.down), bmm)?;
+        let y = w.apply(rows, w.slice(e, 1), bmm)?;
         parts.push(y.reshape([c, h]));
         at += c;
     }
@@ -187,6 +226,7 @@ mod tests {
             gate: gate.then(|| dense(&[1., -1.], &[2, 1, 1]).to::<3>()),
             down: dense(&[1., 1.], &[2, 1, 1]).to::<3>(),
             act: Activation::Relu,
+            biases: None,
         }
     }
 
@@ -210,11 +250,23 @@ mod tests {
     #[test]
     fn grouped_experts_follow_counts_and_zero_the_padding() {
         let x = dense(&[1., 2., 3., 9.], &[4, 1]);
-        let y = expert_ffn_grouped(x.clone(), &Ints::new(vec![2], vec![1, 2]), &weights(false), &bmm);
+        let y = expert_ffn_grouped(
+            x.clone(),
+            &Ints::new(vec![2], vec![1, 2]),
+            &weights(false),
+            &bmm,
+        );
         assert_eq!(y.unwrap().to_host(), vec![2., 6., 9., 0.]);
-        let y = expert_ffn_grouped(x.clone(), &Ints::new(vec![2], vec![0, 3]), &weights(false), &bmm);
+        let y = expert_ffn_grouped(
+            x.clone(),
+            &Ints::new(vec![2], vec![0, 3]),
+            &weights(false),
+            &bmm,
+        );
         assert_eq!(y.unwrap().to_host(), vec![3., 6., 9., 0.]);
-        assert!(expert_ffn_grouped(x, &Ints::new(vec![2], vec![3, 3]), &weights(false), &bmm).is_err());
+        assert!(
+            expert_ffn_grouped(x, &Ints::new(vec![2], vec![3, 3]), &weights(false), &bmm).is_err()
+        );
     }
 
     #[test]

@@ -2,10 +2,10 @@
 //! reads the rank-dependent facts an op needs (which vocab rows, heads or experts the rank holds)
 //! from the input types and the rank's coordinates, then calls the op's function.
 
-use super::attention::Heads;
-use super::moe::ExpertWeights;
+use super::attention::{self, Heads};
 use super::compute::{host_ints, plain_float};
-use super::{collective, dense, routing, Exec, OpResult};
+use super::moe::{ExpertBiases, ExpertWeights};
+use super::{collective, dense, moe, routing, Exec, OpResult};
 use crate::collective::Collectives;
 use crate::rank;
 use crate::value::{Dense, Ints, Local};
@@ -57,6 +57,13 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
             }
             Op::Matmul => f(self.k.matmul(float(it.next())?, float(it.next())?)?),
             Op::Transpose => f(dense::transpose(float(it.next())?)),
+            Op::Scale { factor } => {
+                let x = float(it.next())?;
+                f(Dense {
+                    t: x.t * factor.0,
+                    rank: x.rank,
+                })
+            }
             Op::BatchMatmul => {
                 let (a, b) = (float(it.next())?, float(it.next())?);
                 f(Dense::of(self.k.bmm(a.to::<3>(), b.to::<3>())?))
@@ -93,6 +100,11 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                 } else {
                     None
                 };
+                let table = if a.position_bias.is_some() {
+                    Some(float(it.next())?)
+                } else {
+                    None
+                };
                 let (qi, qn) =
                     rank::axis_block(self.mesh, &coords, self.input_type(node, 0)?.split_of(1));
                 let (ki, kn) =
@@ -101,6 +113,14 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                     first_head: (qi * (a.heads / qn)) as usize,
                     first_kv_head: (ki * (a.kv_heads / kn)) as usize,
                 };
+                // Attributes the compute seam's kernels do not take run the burn body (with the
+                // seam's batched matmul).
+                if table.is_some() || a.clip_qkv.is_some() || a.softmax_scale.is_some() {
+                    let bmm = |x, y| self.k.bmm(x, y);
+                    return f(attention::attention_with(
+                        a, q, k, v, ks, sinks, table, heads, &bmm,
+                    )?);
+                }
                 f(self.k.attention(a, q, k, v, ks, sinks, heads)?)
             }
             Op::Router(a) => {
@@ -127,13 +147,9 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                 let y = it.next().ok_or("missing input")?;
                 let idx = any_ints(it.next())?;
                 let w = float(it.next())?;
-                f(self.k.combine(
-                    y,
-                    idx,
-                    w,
-                    *experts as usize,
-                    *capacity as usize,
-                )?)
+                f(self
+                    .k
+                    .combine(y, idx, w, *experts as usize, *capacity as usize)?)
             }
             Op::LocalRoutes {
                 experts,
@@ -171,7 +187,12 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                 };
                 f(self.k.index_add(buf, ids, src, scale)?)
             }
-            Op::ExpertFfn { layout, act, gated } => {
+            Op::ExpertFfn {
+                layout,
+                act,
+                gated,
+                bias,
+            } => {
                 let x = it.next().ok_or("missing input")?;
                 let counts = match layout {
                     FfnLayout::Grouped => Some(any_ints(it.next())?),
@@ -184,15 +205,46 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                     None
                 };
                 let down = float(it.next())?.to::<3>();
-                let w = ExpertWeights {
+                let mut w = ExpertWeights {
                     up,
                     gate,
                     down,
                     act: *act,
+                    biases: None,
                 };
+                if !*bias {
+                    return match counts {
+                        Some(c) => f(self.k.expert_ffn_grouped(plain_float(x)?, c, &w)?),
+                        None => Ok(vec![self.k.expert_ffn_padded(x, &w)?]),
+                    };
+                }
+                // Experts with biases run the burn bodies (the compute seam's kernels take
+                // none), with the seam's batched matmul.
+                let up_b = float(it.next())?.to::<2>();
+                let gate_b = if *gated {
+                    Some(float(it.next())?.to::<2>())
+                } else {
+                    None
+                };
+                let down_b = float(it.next())?.to::<2>();
+                w.biases = Some(ExpertBiases {
+                    up: up_b,
+                    gate: gate_b,
+                    down: down_b,
+                });
+                let bmm = |a, b| self.k.bmm(a, b);
                 match counts {
-                    Some(c) => f(self.k.expert_ffn_grouped(plain_float(x)?, c, &w)?),
-                    None => Ok(vec![self.k.expert_ffn_padded(x, &w)?]),
+                    Some(c) => f(moe::expert_ffn_grouped(
+                        plain_float(x)?,
+                        &host_ints(c)?,
+                        &w,
+                        &bmm,
+                    )?),
+                    None => Ok(vec![Local::Float(moe::expert_ffn_padded(
+                        plain_float(x)?,
+                        &w,
+                        &bmm,
+                    )?)]),
                 }
             }
             Op::Shard { axis, dim } => {

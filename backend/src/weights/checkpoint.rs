@@ -45,7 +45,13 @@ impl Checkpoint {
         let name = name.into();
         let (header, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| WeightError::File {
             file: name.clone(),
-            why: e.to_string(),
+            why: match e {
+                safetensors::SafeTensorError::MetadataIncompleteBuffer => format!(
+                    "truncated: its header lists more tensor data than its {} bytes hold",
+                    bytes.len()
+                ),
+                e => e.to_string(),
+            },
         })?;
         let i = self.files.len();
         let mut tensors: Vec<(String, TensorInfo)> = meta

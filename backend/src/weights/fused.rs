@@ -17,6 +17,11 @@ pub(crate) enum Cut {
     /// `[E, in, 2 * out]`: the first (`0`) or second (`1`) half of the last dim (Llama 4's
     /// `gate_up_proj`: gate, then up).
     Half(usize),
+    /// `[E, 2 * out, in]`: the first (`0`) or second (`1`) half of each expert's rows,
+    /// transposed (transformers 5's `gate_up_proj`: gate rows, then up rows).
+    HalfRowsT(usize),
+    /// `[E, out, in]`: each expert's matrix transposed (transformers 5's `down_proj`).
+    ExpertsT,
     /// `[E, in, 2 * out]`: the even (`0`) or odd (`1`) columns of the last dim (GPT-OSS's
     /// `gate_up_proj`: gate even, up odd).
     Interleaved(usize),
@@ -75,10 +80,12 @@ pub(crate) fn apply(cut: &Cut, t: &Stored, shape: &[u64]) -> Result<Vec<f32>, St
             Ok(out)
         }
         Cut::Half(part) | Cut::Interleaved(part) => {
-            let [e, i, o] = g[..] else {
-                return Err(format!("cannot hold the {}-d graph weight", g.len()));
+            // Biases `[E, F]` of `[E, 2F]` cut like weights with one input row.
+            let (e, i, o, want) = match g[..] {
+                [e, i, o] => (e, i, o, vec![e, i, 2 * o]),
+                [e, o] => (e, 1, o, vec![e, 2 * o]),
+                _ => return Err(format!("cannot hold the {}-d graph weight", g.len())),
             };
-            let want = [e, i, 2 * o];
             if s != want {
                 return Err(needs(&format!("two fused projections need {want:?}"), s));
             }
@@ -92,6 +99,28 @@ pub(crate) fn apply(cut: &Cut, t: &Stored, shape: &[u64]) -> Result<Vec<f32>, St
             let mut out = Vec::with_capacity(e * i * o);
             for row in t.data.chunks_exact(2 * o) {
                 out.extend((0..o).map(|j| row[col(j)]));
+            }
+            Ok(out)
+        }
+        Cut::HalfRowsT(_) | Cut::ExpertsT => {
+            let [e, i, o] = g[..] else {
+                return Err(format!("cannot hold the {}-d graph weight", g.len()));
+            };
+            let (rows, start) = match *cut {
+                Cut::HalfRowsT(part) => (2 * o, part * o),
+                _ => (o, 0),
+            };
+            let want = [e, rows, i];
+            if s != want {
+                return Err(needs(
+                    &format!("{e} experts of [{rows}, {i}] need {want:?}"),
+                    s,
+                ));
+            }
+            let mut out = Vec::with_capacity(e * i * o);
+            for x in 0..e {
+                let block = &t.data[x * rows * i..(x + 1) * rows * i];
+                out.extend(rows_t(block, i, start, o));
             }
             Ok(out)
         }
@@ -223,6 +252,12 @@ mod tests {
             apply(&Cut::Half(1), &t, &[1, 2, 2]).unwrap(),
             [2., 3., 6., 7.]
         );
+        // Biases [E, 2F] -> [E, F].
+        let b = stored(&[2, 4]);
+        assert_eq!(
+            apply(&Cut::Interleaved(1), &b, &[2, 2]).unwrap(),
+            [1., 3., 5., 7.]
+        );
         let even = apply(&Cut::Interleaved(0), &t, &[1, 2, 2]).unwrap();
         assert_eq!(even, [0., 2., 4., 6.]);
         let odd = apply(&Cut::Interleaved(1), &t, &[1, 2, 2]).unwrap();
@@ -233,6 +268,19 @@ mod tests {
         assert!(apply(&Cut::Interleaved(1), &empty, &[1, 2, 0])
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn transformers5_expert_rows() {
+        // 1 expert, in 2, out 1: gate_up [1, 2, 2] rows g = (0, 1), u = (2, 3).
+        let t = stored(&[1, 2, 2]);
+        assert_eq!(apply(&Cut::HalfRowsT(0), &t, &[1, 2, 1]).unwrap(), [0., 1.]);
+        assert_eq!(apply(&Cut::HalfRowsT(1), &t, &[1, 2, 1]).unwrap(), [2., 3.]);
+        // down [E, H, F] = [1, 3, 2] -> graph [1, 2, 3].
+        let t = stored(&[1, 3, 2]);
+        let d = apply(&Cut::ExpertsT, &t, &[1, 2, 3]).unwrap();
+        assert_eq!(d, [0., 2., 4., 1., 3., 5.]);
+        assert!(apply(&Cut::ExpertsT, &t, &[1, 3, 2]).is_err());
     }
 
     #[test]

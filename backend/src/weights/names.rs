@@ -83,7 +83,11 @@ fn linear_or_direct(key: String, name: &str, shape: &[u64]) -> Source {
 pub(crate) fn sources(name: &str, shape: &[u64], scheme: &Scheme) -> Vec<Source> {
     let mut out = vec![Source::Direct(name.to_string())];
     match scheme {
-        Scheme::Decoder { root, head } => decoder(&mut out, name, shape, root, head),
+        Scheme::Decoder {
+            root,
+            head,
+            interleaved,
+        } => decoder(&mut out, name, shape, root, head, *interleaved),
         Scheme::Dbrx => dbrx::sources(&mut out, name, shape),
         Scheme::T5 { encoder_blocks } => t5::sources(&mut out, name, shape, *encoder_blocks),
     }
@@ -157,7 +161,14 @@ const MLA: &[(&str, &str, MlaPart)] = &[
 ];
 
 /// The decoder-only scheme: `{root}layers.{i}.…`.
-fn decoder(out: &mut Vec<Source>, name: &str, shape: &[u64], root: &str, head: &str) {
+fn decoder(
+    out: &mut Vec<Source>,
+    name: &str,
+    shape: &[u64],
+    root: &str,
+    head: &str,
+    interleaved: bool,
+) {
     match name {
         "embed_tokens.weight" => out.push(Source::Direct(format!("{root}embed_tokens.weight"))),
         "norm.weight" => out.push(Source::Direct(format!("{root}norm.weight"))),
@@ -179,9 +190,34 @@ fn decoder(out: &mut Vec<Source>, name: &str, shape: &[u64], root: &str, head: &
         });
     }
     for key in layer_keys(rest) {
+        // GPT-OSS's expert biases: `gate_up_proj_bias` [E, 2F] (interleaved), `down_proj_bias`.
+        if let (Some((block, b)), 2) = (key.rsplit_once(".experts."), shape.len()) {
+            let fused = format!("{prefix}{block}.experts.gate_up_proj_bias");
+            match b {
+                "gate_bias" => out.push(Source::Fused {
+                    key: fused,
+                    cut: Cut::Interleaved(0),
+                }),
+                "up_bias" => out.push(Source::Fused {
+                    key: fused,
+                    cut: Cut::Interleaved(1),
+                }),
+                "down_bias" => out.push(Source::Direct(format!(
+                    "{prefix}{block}.experts.down_proj_bias"
+                ))),
+                _ => {}
+            }
+            continue;
+        }
         // Stacked routed experts: `….experts.{proj}` of shape [E, in, out].
         if let (Some((block, proj)), 3) = (key.rsplit_once(".experts."), shape.len()) {
-            experts(out, &format!("{prefix}{block}"), proj, shape[0]);
+            experts(
+                out,
+                &format!("{prefix}{block}"),
+                proj,
+                shape[0],
+                interleaved,
+            );
             continue;
         }
         out.push(linear_or_direct(format!("{prefix}{key}"), name, shape));
@@ -189,9 +225,11 @@ fn decoder(out: &mut Vec<Source>, name: &str, shape: &[u64], root: &str, head: &
 }
 
 /// The sources of stacked experts `{block}.experts.{proj}` (`block` with its key prefix):
-/// per-expert tensors, or the fused `[E, in, 2F]` `gate_up_proj` and `[E, F, H]` `down_proj` of
-/// GPT-OSS (`mlp.`: gate and up interleaved) and Llama 4 (`feed_forward.`: gate then up).
-fn experts(out: &mut Vec<Source>, block: &str, proj: &str, n: u64) {
+/// per-expert tensors, or fused ones: Llama 4's (`feed_forward.`) `[E, H, 2F]` `gate_up_proj`
+/// (gate then up) and `[E, F, H]` `down_proj`; GPT-OSS's (`interleaved`) `[E, H, 2F]` (gate and
+/// up interleaved) and `[E, F, H]`; else transformers 5's `[E, 2F, H]` (gate rows then up rows)
+/// and `[E, H, F]`.
+fn experts(out: &mut Vec<Source>, block: &str, proj: &str, n: u64, interleaved: bool) {
     let Some((_, hf)) = EXPERT_PROJ.iter().find(|(p, _)| *p == proj) else {
         return;
     };
@@ -201,18 +239,29 @@ fn experts(out: &mut Vec<Source>, block: &str, proj: &str, n: u64) {
             .collect();
         out.push(Source::Experts(keys));
     }
+    let llama4 = block.ends_with("feed_forward");
     let part = match proj {
         "gate_proj" => 0,
         "up_proj" => 1,
         _ => {
-            out.push(Source::Direct(format!("{block}.experts.down_proj")));
+            let key = format!("{block}.experts.down_proj");
+            out.push(if llama4 || interleaved {
+                Source::Direct(key)
+            } else {
+                Source::Fused {
+                    key,
+                    cut: Cut::ExpertsT,
+                }
+            });
             return;
         }
     };
-    let cut = if block.ends_with("feed_forward") {
+    let cut = if llama4 {
         Cut::Half(part)
-    } else {
+    } else if interleaved {
         Cut::Interleaved(part)
+    } else {
+        Cut::HalfRowsT(part)
     };
     out.push(Source::Fused {
         key: format!("{block}.experts.gate_up_proj"),
@@ -228,6 +277,15 @@ mod tests {
         Scheme::Decoder {
             root: "model.".into(),
             head: "lm_head.weight".into(),
+            interleaved: false,
+        }
+    }
+
+    fn gpt_oss() -> Scheme {
+        Scheme::Decoder {
+            root: "model.".into(),
+            head: "lm_head.weight".into(),
+            interleaved: true,
         }
     }
 
@@ -266,6 +324,7 @@ mod tests {
         let wrapped = Scheme::Decoder {
             root: "language_model.model.".into(),
             head: "language_model.lm_head.weight".into(),
+            interleaved: false,
         };
         let s = sources("lm_head.weight", &[64, 100], &wrapped);
         assert_eq!(
@@ -290,8 +349,14 @@ mod tests {
             "model.layers.0.block_sparse_moe.experts.0.w1.weight".into(),
             "model.layers.0.block_sparse_moe.experts.1.w1.weight".into(),
         ])));
-        // GPT-OSS: gate in the even columns; Llama 4: in the first half.
+        // transformers 5: gate in the first rows; Llama 4: in the first half of the columns;
+        // GPT-OSS: in the even columns.
         assert!(s.contains(&Source::Fused {
+            key: "model.layers.0.mlp.experts.gate_up_proj".into(),
+            cut: Cut::HalfRowsT(0),
+        }));
+        let g = sources("l0.moe.experts.gate_proj", &[2, 64, 32], &gpt_oss());
+        assert!(g.contains(&Source::Fused {
             key: "model.layers.0.mlp.experts.gate_up_proj".into(),
             cut: Cut::Interleaved(0),
         }));
@@ -305,8 +370,25 @@ mod tests {
             cut: Cut::Half(1),
         }));
         let s = sources("l0.moe.experts.down_proj", &[2, 32, 64], &plain());
+        assert!(s.contains(&Source::Fused {
+            key: "model.layers.0.mlp.experts.down_proj".into(),
+            cut: Cut::ExpertsT,
+        }));
+        let s = sources("l0.moe.experts.up_bias", &[2, 32], &gpt_oss());
+        assert!(s.contains(&Source::Fused {
+            key: "model.layers.0.mlp.experts.gate_up_proj_bias".into(),
+            cut: Cut::Interleaved(1),
+        }));
+        let s = sources("l0.moe.experts.down_bias", &[2, 64], &gpt_oss());
+        assert!(s.contains(&Source::Direct(
+            "model.layers.0.mlp.experts.down_proj_bias".into()
+        )));
+        let s = sources("l0.moe.experts.down_proj", &[2, 32, 64], &gpt_oss());
         assert!(s.contains(&Source::Direct(
             "model.layers.0.mlp.experts.down_proj".into()
+        )));
+        assert!(s.contains(&Source::Direct(
+            "model.layers.0.feed_forward.experts.down_proj".into()
         )));
     }
 

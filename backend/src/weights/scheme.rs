@@ -9,8 +9,14 @@ use super::Checkpoint;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Scheme {
     /// `{root}layers.{i}.…`, `{root}embed_tokens.weight`, `{root}norm.weight`; the LM head is
-    /// `head`.
-    Decoder { root: String, head: String },
+    /// `head`. `mlp.experts.gate_up_proj` is GPT-OSS's `[E, H, 2F]` (gate and up interleaved)
+    /// when `interleaved` (told by its `gate_up_proj_bias`, which only GPT-OSS has), else
+    /// transformers 5's `[E, 2F, H]` (gate rows, then up rows) with `down_proj` `[E, H, F]`.
+    Decoder {
+        root: String,
+        head: String,
+        interleaved: bool,
+    },
     /// DBRX: `transformer.blocks.{i}.…`, `transformer.wte.weight`, `transformer.norm_f.weight`.
     Dbrx,
     /// T5 (Switch Transformers): graph layers `0..encoder_blocks` are `encoder.block.{i}`, the
@@ -49,9 +55,13 @@ impl Scheme {
                     || c.contains(&format!("{root}embed_tokens.weight"))
             })
             .unwrap_or(&DECODER_ROOTS[0]);
+        let interleaved = c
+            .keys_with_prefix(root)
+            .any(|k| k.ends_with(".experts.gate_up_proj_bias"));
         Scheme::Decoder {
             root: root.to_string(),
             head: head.to_string(),
+            interleaved,
         }
     }
 }
@@ -75,6 +85,7 @@ mod tests {
         let plain = Scheme::Decoder {
             root: "model.".into(),
             head: "lm_head.weight".into(),
+            interleaved: false,
         };
         assert_eq!(scheme(&["model.layers.0.mlp.gate.weight"]), plain);
         assert_eq!(scheme(&["l0.self_attn.q_proj.weight"]), plain);
@@ -83,6 +94,7 @@ mod tests {
             Scheme::Decoder {
                 root: "language_model.model.".into(),
                 head: "language_model.lm_head.weight".into(),
+                interleaved: false,
             }
         );
         assert_eq!(

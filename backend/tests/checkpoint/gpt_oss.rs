@@ -1,6 +1,7 @@
 //! GPT-OSS: `model.layers.{i}.mlp.router` (weight and bias), the fused experts
 //! `mlp.experts.gate_up_proj` `[E, hidden, 2 * ffn]` with gate and up in the even and odd columns,
-//! `mlp.experts.down_proj` `[E, ffn, hidden]`, attention biases and sinks.
+//! `mlp.experts.down_proj` `[E, ffn, hidden]`, their biases `gate_up_proj_bias` `[E, 2 * ffn]`
+//! (interleaved alike) and `down_proj_bias` `[E, hidden]`, attention biases and sinks.
 
 use super::*;
 
@@ -57,6 +58,19 @@ fn hf(g: &Graph) -> Vec<Tensor> {
         w.direct(
             &format!("l{i}.moe.experts.down_proj"),
             format!("{p}mlp.experts.down_proj"),
+        );
+        // The biases: gate_up_proj_bias[e][2j] = gate_bias[e][j], [2j + 1] = up_bias[e][j].
+        let (s, gate) = w.take(&format!("l{i}.moe.experts.gate_bias"));
+        let (_, up) = w.take(&format!("l{i}.moe.experts.up_bias"));
+        let fused = gate.iter().zip(&up).flat_map(|(g, u)| [*g, *u]).collect();
+        w.push(
+            format!("{p}mlp.experts.gate_up_proj_bias"),
+            vec![s[0], 2 * s[1]],
+            fused,
+        );
+        w.direct(
+            &format!("l{i}.moe.experts.down_bias"),
+            format!("{p}mlp.experts.down_proj_bias"),
         );
     }
     w.finish()

@@ -1,7 +1,8 @@
 //! Switch Transformers (T5 names): `shared.weight`, `encoder.block.{i}.layer.{0,1}` and
 //! `decoder.block.{i}.layer.{0,1,2}` (self-attention, cross-attention, FFN), the router
 //! `mlp.router.classifier` (with its bias) and experts `mlp.experts.expert_{e}.{wi,wo}`, the final
-//! layer norms; the LM head tied to the embedding.
+//! layer norms; each stack's relative position bias table in its first block; the LM head tied to
+//! the embedding.
 
 use super::*;
 
@@ -86,6 +87,12 @@ fn hf(g: &Graph) -> Vec<Tensor> {
                 format!("{m}experts.expert_{e}.{x}.weight")
             });
         }
+    }
+    for stack in ["encoder", "decoder"] {
+        w.direct(
+            &format!("{stack}.relative_attention_bias"),
+            format!("{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+        );
     }
     w.finish()
 }

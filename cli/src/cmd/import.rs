@@ -29,7 +29,9 @@ pub fn run(a: Args) -> Result<()> {
         ));
     }
     let opts = a.import.options()?;
-    let g = moe_ir::hf::import(&text, &a.import.sets, &opts)
-        .map_err(|e| miette!("{}: {e}", a.config))?;
+    let config: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| miette!("{}: config is not valid JSON: {e}", a.config))?;
+    let spec = crate::load::spec_of(&a.config, config, &a.import.sets)?;
+    let g = moe_ir::hf::lower(&spec, &opts).map_err(|e| miette!("{}: {e}", a.config))?;
     write_output(a.output.as_deref(), &render(&g, a.format))
 }

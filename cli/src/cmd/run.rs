@@ -1,16 +1,32 @@
-//! `moe-opt run MODEL --backend cpu|cuda [--gpus W] [--tokens N] [--weights W] [--seed S] [--repeat N]`.
+//! `moe-opt run MODEL --backend cpu|cuda [--gpus W] [--tokens N] [--weights W] [--seed S] [--repeat N]
+//! [--input IDS] [-o OUT.safetensors] [--dump NODE,...]`.
 
 use crate::exec::{load_at, ExecArgs};
-use crate::io::{read_input, write_output};
+use crate::input::{self, read_model, Given};
+use crate::io::{write_bytes, write_output};
 use crate::load::ImportArgs;
 use miette::{miette, Result};
-use moe_backend::{run as execute, HostTensor};
+use moe_backend::{run_with, HostTensor};
 use std::fmt::Write as _;
+use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// model.json or Hugging Face config.json (`-` for stdin).
+    /// model.json, Hugging Face config.json (`-` for stdin), or a checkpoint folder (config.json
+    /// and its safetensors, sharded with an index or not).
     model: String,
+    /// Write the graph outputs (logits `[batch, seq, vocab]` with `--input`) and the `--dump`
+    /// values to this safetensors file, as f32 (atomically: nothing is written on an error).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Also write the values of these nodes (by name, comma-separated) to `-o`.
+    #[arg(
+        long,
+        value_name = "NODE,...",
+        value_delimiter = ',',
+        requires = "output"
+    )]
+    dump: Vec<String>,
     /// Also print the time per op kind (all ranks together), largest first: device time, the
     /// devices synchronised after every node (so the run is slower and the times add up to its
     /// compute time).
@@ -73,13 +89,36 @@ fn schedule_line(g: &moe_ir::Graph, r: &moe_backend::RunReport) -> String {
 pub fn run(a: Args) -> Result<()> {
     let mut opts = a.exec.options()?;
     opts.profile = a.profile;
-    let text = read_input(&a.model)?;
-    let g = load_at(&a.model, &text, &a.import, a.exec.tokens)?;
-    let weights = a.exec.weights()?;
-    let mut r = execute(&g, &weights, &opts).map_err(|e| miette!("{}: {e}", a.model))?;
+    let m = read_model(&a.model)?;
+    let given = Given::read(&a.exec, m.folder.as_deref())?;
+    let (g, inputs, batch_seq) = match &given {
+        Some(ids) => {
+            let (b, s) = ids.batch_seq();
+            let g = input::load_for_ids(&m, &a.import, b, s)?;
+            let inputs = ids.inputs_for(&g)?;
+            (g, Some(inputs), Some((b, s)))
+        }
+        None => (
+            load_at(&m.name, &m.text, &a.import, a.exec.tokens)?,
+            None,
+            None,
+        ),
+    };
+    let micro = opts
+        .micro_batches
+        .or(inputs.as_ref().map(|i| i.micro_batches()))
+        .unwrap_or_else(|| g.pipeline.as_ref().map_or(1, |p| p.micro_batches));
+    let folder = m.folder.as_deref();
+    input::check_memory(&[&g], &a.exec, a.exec.weights_path(folder), micro)?;
+    let weights = a.exec.weights(folder)?;
+    let go = || {
+        run_with(&g, &weights, inputs.as_ref(), &a.dump, &opts)
+            .map_err(|e| miette!("{}: {e}", m.name))
+    };
+    let mut r = go()?;
     let mut times = vec![(r.total, r.compute)];
     for _ in 1..a.repeat {
-        r = execute(&g, &weights, &opts).map_err(|e| miette!("{}: {e}", a.model))?;
+        r = go()?;
         times.push((r.total, r.compute));
     }
     let mut out = String::new();
@@ -89,13 +128,30 @@ pub fn run(a: Args) -> Result<()> {
         g.name,
         g.mesh,
         g.mesh.ranks(),
-        a.exec.weights_label(),
+        a.exec.weights_label(folder),
         opts.device,
         opts.precision
     );
     let _ = writeln!(out, "{}", schedule_line(&g, &r));
     for (name, t) in &r.outputs {
         let _ = writeln!(out, "output {name} {:?}: {}", t.shape, checksum(t));
+    }
+    if let (Some((b, s)), Some((name, logits))) = (batch_seq, r.outputs.first()) {
+        for (seq, top) in input::top_next(logits, b, s, 5).iter().enumerate() {
+            let tok = given.as_ref().and_then(|g| g.tokenizer.as_ref());
+            let best: Vec<String> = top
+                .iter()
+                .map(|(i, v)| match tok {
+                    Some(t) => format!("{i} {:?} ({v:.4})", t.decode(*i)),
+                    None => format!("{i} ({v:.4})"),
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "sequence {seq}: top-5 next tokens by `{name}`: {}",
+                best.join(", ")
+            );
+        }
     }
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     let _ = writeln!(
@@ -131,6 +187,13 @@ pub fn run(a: Args) -> Result<()> {
         for (op, t) in ops {
             let _ = writeln!(out, "  {op:<16} {:9.1} ms", t.as_secs_f64() * 1e3);
         }
+    }
+    if let Some(path) = &a.output {
+        let mut all = r.outputs.clone();
+        all.extend(r.dumped.iter().cloned());
+        let bytes = input::safetensors_of(&all, batch_seq)?;
+        write_bytes(path, &bytes)?;
+        let _ = writeln!(out, "wrote {} tensors to {}", all.len(), path.display());
     }
     write_output(None, &out)
 }

@@ -1,15 +1,17 @@
 //! `moe-opt verify A B --backend cpu [--tokens N] [--rtol R] [--seed S] [--weights W]`.
 
 use crate::exec::{is_hf_config, load_at, ExecArgs};
-use crate::io::{read_input, write_output};
+use crate::input::{self, read_model, Given};
+use crate::io::write_output;
 use crate::load::ImportArgs;
 use miette::{miette, Result};
-use moe_backend::{verify as compare, VerifyOptions};
+use moe_backend::{verify_with, Inputs, VerifyOptions};
 use std::fmt::Write as _;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The reference: model.json or Hugging Face config.json (`-` for stdin).
+    /// The reference: model.json, Hugging Face config.json (`-` for stdin) or a checkpoint
+    /// folder.
     a: String,
     /// The program checked against it (model.json or config.json).
     b: String,
@@ -33,19 +35,36 @@ pub fn run(a: Args) -> Result<()> {
         run: a.exec.options()?,
         rtol: a.rtol,
     };
+    let folder_a = read_model(&a.a).ok().and_then(|m| m.folder);
+    let ids = Given::read(&a.exec, folder_a.as_deref())?;
     // Import options (`--set`, `--mesh`, ...) apply to whichever of A and B is an HF config.
-    let load = |name: &str| -> Result<moe_ir::Graph> {
-        let text = read_input(name)?;
+    let load = |name: &str| -> Result<(moe_ir::Graph, Option<Inputs>, Option<std::path::PathBuf>)> {
+        let m = read_model(name)?;
         let mut import = a.import.clone();
-        if !is_hf_config(&text) {
+        if !is_hf_config(&m.text) {
             import.sets.clear();
         }
-        load_at(name, &text, &import, a.exec.tokens)
+        let Some(ids) = &ids else {
+            let g = load_at(&m.name, &m.text, &import, a.exec.tokens)?;
+            return Ok((g, None, m.folder));
+        };
+        let (b, s) = ids.batch_seq();
+        let g = input::load_for_ids(&m, &import, b, s)?;
+        let inputs = ids.inputs_for(&g)?;
+        Ok((g, Some(inputs), m.folder))
     };
-    let ga = load(&a.a)?;
-    let gb = load(&a.b)?;
-    let weights = a.exec.weights()?;
-    let v = compare(&ga, &gb, &weights, &opts).map_err(|e| miette!("{e}"))?;
+    let (ga, ia, folder) = load(&a.a)?;
+    let (gb, ib, _) = load(&a.b)?;
+    let micro = opts
+        .run
+        .micro_batches
+        .or(ia.as_ref().map(Inputs::micro_batches))
+        .unwrap_or(1);
+    let folder = folder.as_deref();
+    input::check_memory(&[&ga, &gb], &a.exec, a.exec.weights_path(folder), micro)?;
+    let weights = a.exec.weights(folder)?;
+    let v = verify_with(&ga, &gb, &weights, [ia.as_ref(), ib.as_ref()], &opts)
+        .map_err(|e| miette!("{e}"))?;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -56,7 +75,7 @@ pub fn run(a: Args) -> Result<()> {
         a.b,
         gb.mesh,
         v.times[1].as_secs_f64() * 1e3,
-        a.exec.weights_label(),
+        a.exec.weights_label(folder),
         opts.run.device,
         opts.run.precision,
         v.micro_batches,

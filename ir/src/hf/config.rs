@@ -2,6 +2,8 @@
 
 use super::ImportError;
 use serde_json::{Map, Value};
+use std::cell::RefCell;
+use std::collections::BTreeSet;
 
 /// Integers a config may hold are below this bound (2^31), so that products of two sizes (and of
 /// a size and a sum of two) fit in a `u64` while building a graph.
@@ -13,17 +15,40 @@ pub const MAX_INT: u64 = 1 << 31;
 pub struct Cfg<'a> {
     obj: &'a Map<String, Value>,
     prefix: &'a str,
+    /// The dotted paths of the keys read so far (see [`super::ignored`]), when tracked.
+    seen: Option<&'a RefCell<BTreeSet<String>>>,
 }
 
 impl<'a> Cfg<'a> {
     /// Views `v`, which must be an object.
     pub fn root(v: &'a Value) -> Result<Cfg<'a>, ImportError> {
         match v {
-            Value::Object(obj) => Ok(Cfg { obj, prefix: "" }),
+            Value::Object(obj) => Ok(Cfg {
+                obj,
+                prefix: "",
+                seen: None,
+            }),
             _ => Err(ImportError::Key {
                 key: "(root)".into(),
                 why: "a config must be a JSON object".into(),
             }),
+        }
+    }
+
+    /// Views `v`, recording in `seen` the path of every key read through it or its nested views.
+    pub fn tracked(
+        v: &'a Value,
+        seen: &'a RefCell<BTreeSet<String>>,
+    ) -> Result<Cfg<'a>, ImportError> {
+        Ok(Cfg {
+            seen: Some(seen),
+            ..Cfg::root(v)?
+        })
+    }
+
+    fn mark(&self, key: &str) {
+        if let Some(s) = self.seen {
+            s.borrow_mut().insert(self.path(key));
         }
     }
 
@@ -43,8 +68,17 @@ impl<'a> Cfg<'a> {
         }
     }
 
+    /// Marks `keys` as read: the parser knows they cannot change the function here (settings
+    /// of an option that is off, values derived from keys it read).
+    pub fn ack(&self, keys: &[&str]) {
+        for k in keys {
+            self.mark(k);
+        }
+    }
+
     /// The raw value, `None` when absent or null.
     pub fn get(&self, key: &str) -> Option<&'a Value> {
+        self.mark(key);
         self.obj.get(key).filter(|v| !v.is_null())
     }
 
@@ -55,6 +89,7 @@ impl<'a> Cfg<'a> {
     /// Whether `key` is present with an explicit `null` (which some configs use to switch a part
     /// off, e.g. DeepSeek-V2-Lite's `q_lora_rank`), as opposed to absent.
     pub fn is_null(&self, key: &str) -> bool {
+        self.mark(key);
         self.obj.get(key).is_some_and(Value::is_null)
     }
 
@@ -62,7 +97,11 @@ impl<'a> Cfg<'a> {
     pub fn sub(&self, key: &str, prefix: &'a str) -> Result<Option<Cfg<'a>>, ImportError> {
         match self.get(key) {
             None => Ok(None),
-            Some(Value::Object(obj)) => Ok(Some(Cfg { obj, prefix })),
+            Some(Value::Object(obj)) => Ok(Some(Cfg {
+                obj,
+                prefix,
+                seen: self.seen,
+            })),
             Some(_) => Err(self.err(key, "must be an object")),
         }
     }

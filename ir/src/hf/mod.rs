@@ -7,10 +7,12 @@
 
 mod config;
 mod families;
+pub mod ignored;
 mod lower;
 pub mod spec;
 
 pub use config::Cfg;
+pub use ignored::Ignored;
 pub use lower::{default_mesh, lower};
 pub use spec::{Family, ModelSpec};
 
@@ -112,7 +114,19 @@ pub fn apply_set(config: &mut Value, set: &str) -> Result<(), ImportError> {
 
 /// Reads a config into a [`ModelSpec`].
 pub fn parse_spec(config: &Value) -> Result<ModelSpec, ImportError> {
-    let cfg = Cfg::root(config)?;
+    parse_spec_reporting(config).map(|(s, _)| s)
+}
+
+/// Reads a config into a [`ModelSpec`], with the keys the family's parser did not read (see
+/// [`ignored`]).
+pub fn parse_spec_reporting(config: &Value) -> Result<(ModelSpec, Vec<Ignored>), ImportError> {
+    let seen = std::cell::RefCell::new(std::collections::BTreeSet::new());
+    let spec = parse_tracked(Cfg::tracked(config, &seen)?)?;
+    let seen = seen.into_inner();
+    Ok((spec, ignored::ignored(config, &seen)))
+}
+
+fn parse_tracked(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
     let model_type = match cfg.opt_str("model_type")? {
         Some(t) => t,
         None => return Err(ImportError::NoModelType(Family::supported())),

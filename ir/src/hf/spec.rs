@@ -121,6 +121,13 @@ pub struct AttentionSpec {
     pub o_bias: bool,
     /// Learned attention sinks per head (GPT-OSS).
     pub sinks: bool,
+    /// q, k and v clamped to `[-clip, clip]` (OLMoE's `clip_qkv`, DBRX's `attn_config.clip_qkv`).
+    pub clip_qkv: Option<f64>,
+    /// The factor on `q.k` instead of `1 / sqrt(head_dim)` (T5: 1).
+    pub softmax_scale: Option<f64>,
+    /// T5's relative position bias on self-attention: (buckets, max distance); one table per
+    /// stack, bidirectional in the encoder.
+    pub relative_bias: Option<(u64, u64)>,
 }
 
 /// One transformer layer.
@@ -155,6 +162,9 @@ pub struct RouterSpec {
     pub select_bias: bool,
     /// A bias on the router's linear layer (GPT-OSS).
     pub bias: bool,
+    /// The routed expert's *input* is multiplied by the token's router weight, and its output
+    /// added unweighted (Llama 4: `routed_in = x * sigmoid(score)`); else the output is weighted.
+    pub scale_input: bool,
 }
 
 /// Shared experts, run on every token beside the routed ones.
@@ -187,6 +197,9 @@ pub struct MoeSpec {
     pub router: RouterSpec,
     pub shared: Option<SharedSpec>,
     pub capacity: CapacitySpec,
+    /// Per-expert biases on the up, gate and down projections (GPT-OSS's `gate_up_proj_bias`,
+    /// `down_proj_bias`).
+    pub expert_bias: bool,
 }
 
 /// A model, normalized.
@@ -206,4 +219,7 @@ pub struct ModelSpec {
     /// The MLP of dense layers.
     pub dense_mlp: MlpSpec,
     pub moe: Option<MoeSpec>,
+    /// A factor on the final hidden states before the LM head (T5 with tied embeddings:
+    /// `d_model^-0.5`).
+    pub head_scale: Option<f64>,
 }

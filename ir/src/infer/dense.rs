@@ -1,7 +1,6 @@
 //! Typing rules of dense math: embedding, matmuls, elementwise ops, norms, attention.
 
 use super::*;
-use crate::op::{AttentionAttrs, RopeScaling};
 
 pub(super) fn embedding(inputs: &[&TensorType]) -> Result<TensorType> {
     arity(inputs, 2)?;
@@ -104,7 +103,12 @@ pub(super) fn elementwise(inputs: &[&TensorType], is_mul: bool) -> Result<Tensor
     arity(inputs, 2)?;
     let (a, b) = (inputs[0], inputs[1]);
     float(inputs, 0)?;
-    same_dtype(inputs, 0, 1)?;
+    if is_mul {
+        // A factor of another float type (f32 router weights scaling bf16 tokens).
+        float(inputs, 1)?;
+    } else {
+        same_dtype(inputs, 0, 1)?;
+    }
     let r = a.rank().max(b.rank());
     // (size, split) of dim d of the broadcast result for operand t, None when t lacks that dim.
     let dim = |t: &TensorType, d: usize| -> Option<(u64, Vec<String>)> {
@@ -245,209 +249,6 @@ pub(super) fn norm(
     Ok(x.clone())
 }
 
-pub(super) fn attention(
-    a: &AttentionAttrs,
-    inputs: &[&TensorType],
-    mesh: &Mesh,
-) -> Result<TensorType> {
-    let shared = a.shared_k_dim > 0;
-    let n = 3 + usize::from(shared) + usize::from(a.sinks);
-    arity(inputs, n)?;
-    for i in 0..n {
-        rank(inputs, i, if a.sinks && i == n - 1 { 1 } else { 2 })?;
-        float(inputs, i)?;
-        same_dtype(inputs, 0, i)?;
-        not_partial(inputs, i)?;
-    }
-    if a.heads == 0 || a.kv_heads == 0 || a.heads % a.kv_heads != 0 {
-        return Err(TypeError::Attr(format!(
-            "heads ({}) must be a positive multiple of kv_heads ({})",
-            a.heads, a.kv_heads
-        )));
-    }
-    let window = match a.mask {
-        crate::op::Mask::Sliding(w) | crate::op::Mask::Chunked(w) => w,
-        _ => 1,
-    };
-    if a.shared_k_dim >= a.head_dim
-        || a.rope_dim > a.head_dim
-        || a.seq == 0
-        || a.kv_seq == 0
-        || window == 0
-    {
-        return Err(TypeError::Attr(format!(
-            "need shared_k_dim < head_dim, rope_dim <= head_dim and positive seq lengths \
-             and a positive window (head_dim {}, shared_k_dim {}, rope_dim {}, seq {}, kv_seq {})",
-            a.head_dim, a.shared_k_dim, a.rope_dim, a.seq, a.kv_seq
-        )));
-    }
-    rope_scaling(a)?;
-    position_attrs(a)?;
-    let (q, k) = (inputs[0], inputs[1]);
-    expect_dim(
-        inputs,
-        0,
-        1,
-        a.heads * a.head_dim,
-        "query width heads*head_dim",
-    )?;
-    expect_dim(
-        inputs,
-        1,
-        1,
-        a.kv_heads * (a.head_dim - a.shared_k_dim),
-        "key width",
-    )?;
-    expect_dim(
-        inputs,
-        2,
-        1,
-        a.kv_heads * a.v_head_dim,
-        "value width kv_heads*v_head_dim",
-    )?;
-    if q.shape[0] % a.seq != 0
-        || k.shape[0] % a.kv_seq != 0
-        || q.shape[0] / a.seq != k.shape[0] / a.kv_seq
-    {
-        return Err(TypeError::Shape(format!(
-            "query rows {} and key rows {} must be the same number of sequences of {} and {} tokens",
-            q.shape[0], k.shape[0], a.seq, a.kv_seq
-        )));
-    }
-    same_dim(inputs, (1, 0), (2, 0), "key/value rows")?;
-    let tokens = same_split(inputs, (0, 0), (1, 0), "token dim")?;
-    same_split(inputs, (0, 0), (2, 0), "token dim")?;
-    let factor = mesh.product(&tokens);
-    if (q.shape[0] / a.seq) % factor != 0 {
-        return Err(TypeError::Sharding(format!(
-            "{} sequences split over {factor} ranks ([{}]) leave a rank with a partial sequence",
-            q.shape[0] / a.seq,
-            tokens.join(",")
-        )));
-    }
-    // Keys and values are split like the query heads, or replicated: then each rank reads the
-    // kv heads its query heads use (GQA with fewer kv heads than ranks).
-    let heads = inputs[0].split_of(1).to_vec();
-    let kv_replicated = inputs[1].split_of(1).is_empty() && inputs[2].split_of(1).is_empty();
-    if !kv_replicated {
-        same_split(inputs, (0, 1), (1, 1), "head dim")?;
-        same_split(inputs, (0, 1), (2, 1), "head dim")?;
-    }
-    let hf = mesh.product(&heads);
-    if a.heads % hf != 0 || (!kv_replicated && a.kv_heads % hf != 0) {
-        return Err(TypeError::Sharding(format!(
-            "heads ({}) and split kv_heads ({}) must be divisible by the head split ({hf} ranks)",
-            a.heads, a.kv_heads
-        )));
-    }
-    let mut next = 3;
-    if shared {
-        expect_dim(inputs, 3, 1, a.shared_k_dim, "shared key width")?;
-        same_dim(inputs, (1, 0), (3, 0), "shared key rows")?;
-        same_split(inputs, (1, 0), (3, 0), "token dim")?;
-        unsplit(inputs, 3, 1, "the shared key")?;
-        next += 1;
-    }
-    if a.sinks {
-        expect_dim(inputs, next, 0, a.heads, "sinks")?;
-        if inputs[next].split_of(0) != heads.as_slice() {
-            return Err(TypeError::Sharding(
-                "sinks must be split like the heads".into(),
-            ));
-        }
-    }
-    Ok(make(
-        q.dtype,
-        vec![q.shape[0], a.heads * a.v_head_dim],
-        vec![tokens, heads],
-        vec![],
-    ))
-}
-
-/// The ranges of `rope_pairs`, `qk_norm_eps` and `query_temperature`.
-fn position_attrs(a: &AttentionAttrs) -> Result<()> {
-    if !a.rope_pairs.is_halves() && a.rope_dim == 0 {
-        return Err(TypeError::Attr(
-            "rope_pairs: interleaved needs rope_dim > 0 (there is no RoPE to pair)".into(),
-        ));
-    }
-    if let Some(eps) = a.qk_norm_eps {
-        if !(eps.0.is_finite() && eps.0 > 0.0) {
-            return Err(TypeError::Attr(format!(
-                "qk_norm_eps must be a positive number, is {eps}"
-            )));
-        }
-    }
-    if let Some(t) = a.query_temperature {
-        if !(t.floor_scale.0.is_finite() && t.floor_scale.0 > 0.0 && t.attn_scale.0.is_finite()) {
-            return Err(TypeError::Attr(format!(
-                "query_temperature needs a positive floor_scale and a finite attn_scale, \
-                 has floor_scale {} and attn_scale {}",
-                t.floor_scale, t.attn_scale
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// The ranges of `rope_scaling` (see [`RopeScaling`]).
-fn rope_scaling(a: &AttentionAttrs) -> Result<()> {
-    let Some(s) = a.rope_scaling else {
-        return Ok(());
-    };
-    let bad = |why: String| Err(TypeError::Attr(format!("rope_scaling: {why}")));
-    if a.rope_dim == 0 {
-        return bad("needs rope_dim > 0 (there is no RoPE to scale)".into());
-    }
-    let positive = |name: &str, v: f64| {
-        if v.is_finite() && v > 0.0 {
-            Ok(())
-        } else {
-            bad(format!("{name} must be a positive number, is {v}"))
-        }
-    };
-    match s {
-        RopeScaling::Linear { factor } => positive("factor", factor.0),
-        RopeScaling::Yarn(y) => {
-            positive("factor", y.factor.0)?;
-            positive("beta_fast", y.beta_fast.0)?;
-            positive("beta_slow", y.beta_slow.0)?;
-            if y.original_max_position_embeddings == 0 {
-                return bad("original_max_position_embeddings must be positive".into());
-            }
-            for (name, v) in [
-                ("mscale", y.mscale.0),
-                ("mscale_all_dim", y.mscale_all_dim.0),
-            ] {
-                if !v.is_finite() {
-                    return bad(format!("{name} must be a finite number, is {v}"));
-                }
-            }
-            if !(a.rope_theta.0.is_finite() && a.rope_theta.0 > 1.0) {
-                return bad(format!(
-                    "yarn needs rope_theta > 1 (its logarithm divides), is {}",
-                    a.rope_theta
-                ));
-            }
-            Ok(())
-        }
-        RopeScaling::Llama3(l) => {
-            positive("factor", l.factor.0)?;
-            positive("low_freq_factor", l.low_freq_factor.0)?;
-            if !(l.high_freq_factor.0.is_finite() && l.high_freq_factor.0 > l.low_freq_factor.0) {
-                return bad(format!(
-                    "llama3 needs high_freq_factor > low_freq_factor, has {} and {}",
-                    l.high_freq_factor, l.low_freq_factor
-                ));
-            }
-            if l.original_max_position_embeddings == 0 {
-                return bad("original_max_position_embeddings must be positive".into());
-            }
-            Ok(())
-        }
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -519,6 +320,9 @@ mod tests {
             rope_scaling: Some(RopeScaling::Yarn(yarn)),
             qk_norm_eps: None,
             query_temperature: None,
+            clip_qkv: None,
+            softmax_scale: None,
+            position_bias: None,
             seq: 4,
             kv_seq: 4,
             mask: Mask::Causal,
@@ -615,6 +419,9 @@ mod tests {
                 floor_scale: F64(8192.0),
                 attn_scale: F64(0.1),
             }),
+            clip_qkv: Some(F64(8.0)),
+            softmax_scale: None,
+            position_bias: None,
             seq: 4,
             kv_seq: 4,
             mask: Mask::Causal,
@@ -637,6 +444,15 @@ mod tests {
                     ..a
                 },
                 "qk_norm_eps",
+            ),
+            (
+                AttentionAttrs {
+                    clip_qkv: Some(F64(-1.0)),
+                    softmax_scale: None,
+                    position_bias: None,
+                    ..a
+                },
+                "clip_qkv",
             ),
             (
                 AttentionAttrs {

@@ -4,6 +4,7 @@
 //! passes share it, so a rewrite can never produce a type the validator would refuse.
 //! Rules are grouped by op family: [`dense`], [`routing`], [`collective`].
 
+mod attention;
 mod collective;
 mod dense;
 pub(crate) mod routing;
@@ -81,6 +82,16 @@ pub fn infer(op: &Op, inputs: &[&TensorType], mesh: &Mesh) -> Result<Vec<TensorT
         Op::Embedding => vec![dense::embedding(inputs)?],
         Op::Matmul => vec![dense::matmul(inputs)?],
         Op::Transpose => vec![dense::transpose(inputs)?],
+        Op::Scale { factor } => {
+            arity(inputs, 1)?;
+            float(inputs, 0)?;
+            if !factor.0.is_finite() {
+                return Err(TypeError::Attr(format!(
+                    "scale: factor {factor} must be finite"
+                )));
+            }
+            vec![inputs[0].clone()]
+        }
         Op::BatchMatmul => vec![dense::batch_matmul(inputs)?],
         Op::Add => vec![dense::elementwise(inputs, false)?],
         Op::Mul => vec![dense::elementwise(inputs, true)?],
@@ -89,7 +100,7 @@ pub fn infer(op: &Op, inputs: &[&TensorType], mesh: &Mesh) -> Result<Vec<TensorT
         Op::Softmax => vec![dense::softmax(inputs)?],
         Op::RmsNorm { eps } => vec![dense::norm(inputs, false, eps.0, mesh)?],
         Op::LayerNorm { eps, bias } => vec![dense::norm(inputs, *bias, eps.0, mesh)?],
-        Op::Attention(a) => vec![dense::attention(a, inputs, mesh)?],
+        Op::Attention(a) => vec![attention::attention(a, inputs, mesh)?],
         Op::Router(a) => routing::router(a, inputs)?,
         Op::Dispatch { experts, capacity } => {
             vec![routing::dispatch(*experts, *capacity, inputs, mesh)?]
@@ -105,9 +116,12 @@ pub fn infer(op: &Op, inputs: &[&TensorType], mesh: &Mesh) -> Result<Vec<TensorT
         } => routing::local_routes(*experts, axis, *capacity, *token_groups, inputs, mesh)?,
         Op::IndexSelect => vec![routing::index_select(inputs)?],
         Op::IndexAdd { scaled } => vec![routing::index_add(*scaled, inputs)?],
-        Op::ExpertFfn { layout, act, gated } => {
-            vec![routing::expert_ffn(*layout, *act, *gated, inputs)?]
-        }
+        Op::ExpertFfn {
+            layout,
+            act,
+            gated,
+            bias,
+        } => vec![routing::expert_ffn(*layout, *act, *gated, *bias, inputs)?],
         Op::AllToAll {
             axis,
             split_dim,

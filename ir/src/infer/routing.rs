@@ -270,12 +270,29 @@ pub(super) fn expert_ffn(
     layout: FfnLayout,
     act: Activation,
     gated: bool,
+    bias: bool,
     inputs: &[&TensorType],
 ) -> Result<TensorType> {
     let grouped = layout == FfnLayout::Grouped;
     let first_w = 1 + usize::from(grouped);
     let n = first_w + 2 + usize::from(gated);
-    arity(inputs, n)?;
+    let biases = if bias { 2 + usize::from(gated) } else { 0 };
+    arity(inputs, n + biases)?;
+    // b_up[, b_gate] like the up projection's [E, F], b_down like the down projection's [E, H].
+    for j in 0..biases {
+        let (b, w, dim) = if j + 1 == biases {
+            (n + j, n - 1, 2)
+        } else {
+            (n + j, first_w + j, 2)
+        };
+        rank(inputs, b, 2)?;
+        same_dtype(inputs, 0, b)?;
+        not_partial(inputs, b)?;
+        same_dim(inputs, (w, 0), (b, 0), "experts")?;
+        same_split(inputs, (w, 0), (b, 0), "experts")?;
+        same_dim(inputs, (w, dim), (b, 1), "bias width")?;
+        same_split(inputs, (w, dim), (b, 1), "bias width")?;
+    }
     if act == Activation::OaiSwiglu && !gated {
         return Err(TypeError::Attr("oai_swiglu needs gated = true".into()));
     }

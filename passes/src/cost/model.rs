@@ -414,6 +414,7 @@ mod tests {
             layout: FfnLayout::Grouped,
             act: Activation::Silu,
             gated: true,
+            bias: false,
         };
         time(
             &m,

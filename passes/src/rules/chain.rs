@@ -20,6 +20,8 @@ pub(super) struct Chain {
     pub capacity: u64,
     pub act: Activation,
     pub gated: bool,
+    /// The experts carry biases (after their weights, in `weights`).
+    pub bias: bool,
     /// `dispatch`'s tokens.
     pub x: Id,
     /// The routing indices (the same class for `dispatch` and `combine`).
@@ -69,6 +71,7 @@ pub(super) fn find_chains(egraph: &EGraph<MoeLang, Types>, class: Id) -> Vec<Cha
                     layout: FfnLayout::Padded,
                     act,
                     gated,
+                    bias,
                 } = op
                 else {
                     continue;
@@ -110,6 +113,7 @@ pub(super) fn find_chains(egraph: &EGraph<MoeLang, Types>, class: Id) -> Vec<Cha
                             capacity: *capacity,
                             act: *act,
                             gated: *gated,
+                            bias: *bias,
                             x: *x,
                             idx: *idx,
                             w: *w,
@@ -147,6 +151,7 @@ pub(super) fn instantiate(
         layout: FfnLayout::Padded,
         act: c.act,
         gated: c.gated,
+        bias: c.bias,
     };
     let h = matched(egraph, ffn, ffn_in);
     let b = matched(egraph, a2a(1, 0), vec![h]);
@@ -204,6 +209,7 @@ pub(super) fn index_slicing(
             layout: FfnLayout::Grouped,
             act: c.act,
             gated: c.gated,
+            bias: c.bias,
         },
         ffn_in,
     )?;

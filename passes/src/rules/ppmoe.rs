@@ -184,6 +184,7 @@ mod tests {
             layout,
             act: Activation::Silu,
             gated: false,
+            bias: false,
         }
     }
     fn shard0() -> Op {

@@ -8,7 +8,8 @@
 //! 2 in the decoder) is the FFN (`layer_norm`, and `mlp.{wi,wo}` dense or
 //! `mlp.router.classifier` plus `mlp.experts.expert_{e}.{wi,wo}` sparse). The graph numbers its
 //! layers across both stacks: layer `i` is encoder block `i` below the checkpoint's encoder block
-//! count, else decoder block `i - count`. T5's relative attention bias is not in the graph.
+//! count, else decoder block `i - count`. Each stack's relative position bias table is
+//! `{encoder|decoder}.block.0.layer.0.SelfAttention.relative_attention_bias.weight`.
 
 use super::{layer_of, linear_or_direct, Source};
 
@@ -26,6 +27,13 @@ pub(super) fn sources(out: &mut Vec<Source>, name: &str, shape: &[u64], encoder_
             }
         }
         "norm.weight" => out.push(Source::Direct("decoder.final_layer_norm.weight".into())),
+        // The relative position bias table each stack keeps in its first block.
+        "encoder.relative_attention_bias" | "decoder.relative_attention_bias" => {
+            let stack = &name[..name.len() - ".relative_attention_bias".len()];
+            out.push(Source::Direct(format!(
+                "{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"
+            )));
+        }
         "lm_head.weight" => out.push(Source::Transposed("lm_head.weight".into())),
         _ => {}
     }

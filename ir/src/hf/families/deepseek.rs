@@ -120,8 +120,15 @@ pub(super) fn parse(cfg: Cfg<'_>, version: Version) -> Result<ModelSpec, ImportE
     let groups = if grouped {
         groups(cfg, version, experts, top_k)?
     } else {
+        // Groups only matter to the grouped methods.
+        cfg.ack(&["n_group", "topk_group"]);
         None
     };
+    // MLA: the key/value heads are the query heads; transformers 5 writes the derived widths.
+    cfg.ack(&["num_key_value_heads", "head_dim", "qk_head_dim"]);
+    if cfg.bool_or("mlp_bias", false)? {
+        return Err(cfg.invalid("mlp_bias", "is true: MLP biases are not modelled"));
+    }
     let factor = cfg.f64_or("routed_scaling_factor", d.scale)?;
     if !factor.is_finite() || factor <= 0.0 {
         return Err(cfg.invalid(
@@ -186,6 +193,7 @@ pub(super) fn parse(cfg: Cfg<'_>, version: Version) -> Result<ModelSpec, ImportE
                     groups,
                     select_bias,
                     bias: false,
+                    scale_input: false,
                 },
                 shared,
             },

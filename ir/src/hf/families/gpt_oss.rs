@@ -8,15 +8,21 @@
 //! computes it (`truncate` false in the published configs: an unrounded correction range; cos and
 //! sin times `0.1 ln(factor) + 1`).
 //!
-//! Not modeled: the experts' biases (`gate_up_proj_bias` `[E, 2F]`, `down_proj_bias` `[E, H]`,
-//! about 0.03% of the parameters). transformers: `models/gpt_oss/`.
+//! The experts' biases (`gate_up_proj_bias` `[E, 2F]`, gate and up interleaved like the weights;
+//! `down_proj_bias` `[E, H]`) are `expert_ffn` biases. transformers: `models/gpt_oss/`.
 
 use super::*;
 
 pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
     let hidden = cfg.pos("hidden_size")?;
     let n = layer_count(cfg, "num_hidden_layers")?;
-    let (experts, top_k) = experts_topk(cfg, "num_local_experts", "num_experts_per_tok")?;
+    let (experts, top_k) = experts_topk(
+        cfg,
+        "num_local_experts",
+        alias(cfg, &["num_experts_per_tok", "experts_per_token"])?,
+    )?;
+    // The experts' activation is the clamped SwiGLU whatever `hidden_act` says.
+    cfg.ack(&["hidden_act"]);
     let width = cfg.pos("intermediate_size")?;
     // The IR's activation fixes the constants the modeling code hard-codes.
     for (key, fixed) in [("swiglu_limit", 7.0), ("swiglu_alpha", 1.702)] {
@@ -65,7 +71,7 @@ pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
     attention.rope_scaling = rope::rope_scaling(cfg, rope::Yarn::Transformers)?;
     let mut r = router(Score::Softmax, true);
     r.bias = true;
-    decoder_only(
+    let mut spec = decoder_only(
         cfg,
         Decoder {
             family: Family::GptOss,
@@ -84,5 +90,9 @@ pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
                 shared: None,
             },
         },
-    )
+    )?;
+    if let Some(m) = spec.moe.as_mut() {
+        m.expert_bias = true;
+    }
+    Ok(spec)
 }

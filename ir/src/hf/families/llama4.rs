@@ -4,8 +4,8 @@
 //! MoE layers are `moe_layers` when given, else every `interleave_moe_layer_step`-th layer
 //! (`step - 1, 2 * step - 1, ...`). An MoE layer routes each token to the top-k of
 //! `num_local_experts` SwiGLU experts of `intermediate_size` by sigmoid of the chosen logits (not
-//! normalized), beside one shared expert of `intermediate_size`; dense layers use an MLP of
-//! `intermediate_size_mlp`. RoPE is skipped on NoPE layers: `no_rope_layers[i] == 0`, by default
+//! normalized), which scales the expert's *input* (`Llama4TextMoe`: `routed_in = x * score`), beside
+//! one shared expert of `intermediate_size`; dense layers use an MLP of `intermediate_size_mlp`. RoPE is skipped on NoPE layers: `no_rope_layers[i] == 0`, by default
 //! every `no_rope_layer_interval`-th layer (3, 7, ...); RoPE layers use chunked attention
 //! (`attention_chunk_size`), NoPE layers full causal attention (or `layer_types`).
 //!
@@ -140,7 +140,10 @@ pub(super) fn parse(root: Cfg<'_>) -> Result<ModelSpec, ImportError> {
                 experts,
                 top_k,
                 expert_width: width,
-                router: router(Score::Sigmoid, false),
+                router: RouterSpec {
+                    scale_input: true,
+                    ..router(Score::Sigmoid, false)
+                },
                 shared: Some(SharedSpec { width, gate: false }),
             },
         },

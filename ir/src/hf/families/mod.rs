@@ -200,6 +200,13 @@ pub(super) fn rope_theta(cfg: Cfg<'_>, default: f64) -> Result<f64, ImportError>
     Ok(default)
 }
 
+/// `clip_qkv` under `key`: absent or null is no clamp, else a positive number.
+pub(super) fn clip_qkv(cfg: Cfg<'_>, key: &str) -> Result<Option<f64>, ImportError> {
+    cfg.opt_f64(key)?
+        .map(|c| positive_f64(cfg, key, c))
+        .transpose()
+}
+
 fn positive_f64(cfg: Cfg<'_>, key: &str, v: f64) -> Result<f64, ImportError> {
     if v.is_finite() && v > 0.0 {
         Ok(v)
@@ -221,6 +228,9 @@ pub(super) fn plain_attention(kind: AttnKind, rope_theta: f64) -> AttentionSpec 
         qkv_bias: false,
         o_bias: false,
         sinks: false,
+        clip_qkv: None,
+        softmax_scale: None,
+        relative_bias: None,
     }
 }
 
@@ -233,6 +243,7 @@ pub(super) fn router(score: Score, normalize: bool) -> RouterSpec {
         groups: None,
         select_bias: false,
         bias: false,
+        scale_input: false,
     }
 }
 
@@ -454,6 +465,8 @@ pub(super) fn decoder_only(cfg: Cfg<'_>, d: Decoder) -> Result<ModelSpec, Import
             router: r.router,
             shared: r.shared,
             capacity: CapacitySpec::Dropless,
+            expert_bias: false,
         }),
+        head_scale: None,
     })
 }

@@ -1,7 +1,8 @@
 //! OLMoE (`olmoe`: OLMoE-1B-7B): every layer MoE, softmax top-k over `num_experts` SwiGLU experts
 //! of `intermediate_size` (renormalized only with `norm_topk_prob`), RMSNorm over the whole query
 //! and key projections (`q_norm` of `heads * head_dim`, `k_norm` of `kv_heads * head_dim`), and
-//! `attention_bias` on all four projections. `clip_qkv` clamps values and has no weights.
+//! `attention_bias` on all four projections. `clip_qkv` clamps the normed q, k and the v
+//! projections to `[-clip_qkv, clip_qkv]` (an attention attribute; null: no clamp).
 //! transformers: `models/olmoe/`.
 
 use super::*;
@@ -24,6 +25,7 @@ pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
     attention.qk_norm = QkNorm::Full;
     attention.qkv_bias = bias;
     attention.o_bias = bias;
+    attention.clip_qkv = clip_qkv(cfg, "clip_qkv")?;
     decoder_only(
         cfg,
         Decoder {

@@ -46,6 +46,18 @@ pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
         for (l, m) in layers.iter_mut().zip(masks) {
             l.mask = m;
         }
+    } else {
+        // transformers 5 writes `layer_types` (all full attention without sliding windows, whose
+        // width it sets to 0) and never reads `sliding_window` then.
+        cfg.ack(&["sliding_window"]);
+        if let Some(masks) = layer_type_masks(cfg, n, Some(1), None)? {
+            if let Some(i) = masks.iter().position(|m| *m != Mask::Causal) {
+                return Err(cfg.invalid(
+                    &format!("layer_types[{i}]"),
+                    "is sliding_attention, but use_sliding_window is false",
+                ));
+            }
+        }
     }
     // A zero-width shared expert is no shared expert.
     let shared = match cfg.u64("shared_expert_intermediate_size")? {

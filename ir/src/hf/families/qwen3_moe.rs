@@ -27,6 +27,8 @@ pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
         for l in &mut layers {
             l.mask = Mask::Sliding(w);
         }
+    } else {
+        cfg.ack(&["sliding_window"]);
     }
     let dense = dense_width(cfg, "intermediate_size", &layers, expert_width)?;
     let bias = cfg.bool_or("attention_bias", false)?;

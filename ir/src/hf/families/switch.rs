@@ -1,13 +1,17 @@
 //! Switch Transformers (`switch_transformers`: switch-base-8 ... switch-c-2048): a T5
 //! encoder-decoder. `num_layers` encoder layers (full mask) then `num_decoder_layers` decoder
-//! layers (causal self-attention plus cross-attention over the encoder output); no RoPE (T5's
-//! relative position bias, `[buckets, heads]` in the first layer of each stack, is not modeled:
-//! under 0.01% of the parameters). T5 RMSNorm (`layer_norm_epsilon`), `num_heads` heads of `d_kv`
-//! (need not equal `d_model / num_heads`), a non-gated FFN of `d_ff` with `dense_act_fn`, tied
-//! embeddings by default.
+//! layers (causal self-attention plus cross-attention over the encoder output); no RoPE but T5's
+//! relative position bias on self-attention (`relative_attention_num_buckets`,
+//! `relative_attention_max_distance`; one `[buckets, heads]` table per stack, from its first
+//! block, bidirectional in the encoder), and no `1/sqrt(d)` on the scores. T5 RMSNorm
+//! (`layer_norm_epsilon`), `num_heads` heads of `d_kv` (need not equal `d_model / num_heads`), a
+//! non-gated FFN of `d_ff` with `dense_act_fn`, tied embeddings by default (then the decoder
+//! output is scaled by `d_model^-0.5` before the LM head).
 //!
 //! MoE: top-1 softmax routing over `num_experts` experts (weight = the chosen probability, not
-//! renormalized), a fixed `expert_capacity` per expert, `router_bias` on the classifier. Layer `i`
+//! renormalized), a fixed `expert_capacity` per expert and per sequence (transformers counts
+//! slots along each sequence: graphs hold one sequence per rank per micro-batch), `router_bias`
+//! on the classifier. Layer `i`
 //! of a stack is sparse when its sparse step `s > 0` and `i % s == 1 || s == 1`; the steps are
 //! `encoder_sparse_step` / `decoder_sparse_step` when given (they win over the computed ones in
 //! transformers), else `num_layers / num_sparse_encoder_layers` (0 sparse layers: none).
@@ -54,6 +58,17 @@ pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
         }))
         .collect();
     let head_dim = cfg.opt_pos("d_kv")?.unwrap_or(64);
+    let tie = cfg.bool_or("tie_word_embeddings", true)?;
+    let buckets = cfg.opt_pos("relative_attention_num_buckets")?.unwrap_or(32);
+    let max_distance = cfg
+        .opt_pos("relative_attention_max_distance")?
+        .unwrap_or(128);
+    if buckets < 4 {
+        return Err(cfg.invalid(
+            "relative_attention_num_buckets",
+            format!("= {buckets}: the encoder's bidirectional buckets need at least 4"),
+        ));
+    }
     let mut r = router(Score::Softmax, false);
     r.bias = cfg.bool_or("router_bias", false)?;
     Ok(ModelSpec {
@@ -61,16 +76,20 @@ pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
         name: "switch_transformers".into(),
         vocab: cfg.pos("vocab_size")?,
         hidden,
-        tie_embeddings: cfg.bool_or("tie_word_embeddings", true)?,
+        tie_embeddings: tie,
         norm: rms(cfg, "layer_norm_epsilon", 1e-6)?,
-        attention: plain_attention(
-            AttnKind::Mha {
-                heads,
-                kv_heads: heads,
-                head_dim,
-            },
-            10_000.0,
-        ),
+        attention: AttentionSpec {
+            softmax_scale: Some(1.0),
+            relative_bias: Some((buckets, max_distance)),
+            ..plain_attention(
+                AttnKind::Mha {
+                    heads,
+                    kv_heads: heads,
+                    head_dim,
+                },
+                10_000.0,
+            )
+        },
         layers,
         encoder_layers: enc,
         dense_mlp: MlpSpec {
@@ -87,7 +106,11 @@ pub(super) fn parse(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
             router: r,
             shared: None,
             capacity: CapacitySpec::Slots(slots),
+            expert_bias: false,
         }),
+        // `SwitchTransformersForConditionalGeneration`: the decoder output times d_model^-0.5
+        // before a tied LM head.
+        head_scale: tie.then(|| (hidden as f64).powf(-0.5)),
     })
 }
 

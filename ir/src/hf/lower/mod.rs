@@ -5,11 +5,12 @@
 //! `router -> dispatch -> all_to_all(ep) -> expert_ffn -> all_to_all(ep) -> combine`
 //! (plus shared experts beside it). Weight names follow the pattern `l{i}.{block}.{weight}`.
 
+mod attention;
+
 use super::spec::*;
 use super::{ImportError, ImportOptions};
 use crate::{
-    Activation, AttentionAttrs, DType, FfnLayout, Graph, Mask, Mesh, Op, RopePairs, RouterAttrs,
-    Scope, TensorType, Value, F64,
+    Activation, DType, FfnLayout, Graph, Mesh, Op, RouterAttrs, Scope, TensorType, Value, F64,
 };
 
 /// Axes an imported graph may have.
@@ -62,6 +63,8 @@ struct Lower<'a> {
     local_tokens: u64,
     /// Tokens of the whole graph.
     global_tokens: u64,
+    /// T5's relative position bias table of each stack (encoder, decoder), made on first use.
+    bias_tables: [Option<Value>; 2],
 }
 
 impl Lower<'_> {
@@ -139,154 +142,6 @@ impl Lower<'_> {
         }
     }
 
-    /// Self- or cross-attention over `kv_src` (= `x` for self-attention).
-    fn attention(
-        &mut self,
-        p: &str,
-        m: &ModelSpec,
-        layer: &LayerSpec,
-        x: Value,
-        kv_src: Value,
-        cross: bool,
-    ) -> Result<Value, ImportError> {
-        let a = m.attention;
-        let h = m.hidden;
-        let seq = self.opts.seq;
-        let mask = if cross { Mask::Full } else { layer.mask };
-        let theta = F64(a.rope_theta);
-        let qk_eps = m.norm.eps;
-        let rms = NormSpec {
-            layer_norm: false,
-            bias: false,
-            eps: qk_eps,
-        };
-        let (q, k, v, attrs, extra) = match a.kind {
-            AttnKind::Mha {
-                heads,
-                kv_heads,
-                head_dim,
-            } => {
-                let mut q =
-                    self.linear(&format!("{p}.q_proj"), x, h, heads * head_dim, a.qkv_bias)?;
-                let mut k = self.linear(
-                    &format!("{p}.k_proj"),
-                    kv_src,
-                    h,
-                    kv_heads * head_dim,
-                    a.qkv_bias,
-                )?;
-                let v = self.linear(
-                    &format!("{p}.v_proj"),
-                    kv_src,
-                    h,
-                    kv_heads * head_dim,
-                    a.qkv_bias,
-                )?;
-                match a.qk_norm {
-                    QkNorm::None => {}
-                    QkNorm::PerHead => {
-                        q = self.norm(&format!("{p}.q_norm"), q, head_dim, rms)?;
-                        k = self.norm(&format!("{p}.k_norm"), k, head_dim, rms)?;
-                    }
-                    QkNorm::Full => {
-                        q = self.norm(&format!("{p}.q_norm"), q, heads * head_dim, rms)?;
-                        k = self.norm(&format!("{p}.k_norm"), k, kv_heads * head_dim, rms)?;
-                    }
-                }
-                let rope_dim = if layer.rope && !cross { head_dim } else { 0 };
-                let roped = rope_dim > 0;
-                let attrs = AttentionAttrs {
-                    heads,
-                    kv_heads,
-                    head_dim,
-                    v_head_dim: head_dim,
-                    rope_dim,
-                    shared_k_dim: 0,
-                    rope_theta: theta,
-                    rope_pairs: if roped {
-                        a.rope_pairs
-                    } else {
-                        RopePairs::Halves
-                    },
-                    rope_scaling: a.rope_scaling.filter(|_| roped),
-                    qk_norm_eps: a.rope_qk_norm.filter(|_| roped).map(F64),
-                    query_temperature: a.nope_temperature.filter(|_| !layer.rope && !cross),
-                    seq,
-                    kv_seq: seq,
-                    mask,
-                    sinks: a.sinks,
-                };
-                (q, k, v, attrs, Vec::new())
-            }
-            AttnKind::Mla {
-                heads,
-                q_lora_rank,
-                kv_lora_rank,
-                qk_nope_dim,
-                qk_rope_dim,
-                v_head_dim,
-            } => {
-                let qk = qk_nope_dim + qk_rope_dim;
-                let q = match q_lora_rank {
-                    Some(r) => {
-                        let c = self.linear(&format!("{p}.q_a_proj"), x, h, r, false)?;
-                        let c = self.norm(&format!("{p}.q_a_layernorm"), c, r, rms)?;
-                        self.linear(&format!("{p}.q_b_proj"), c, r, heads * qk, false)?
-                    }
-                    None => self.linear(&format!("{p}.q_proj"), x, h, heads * qk, false)?,
-                };
-                let c = self.linear(&format!("{p}.kv_a_proj"), x, h, kv_lora_rank, false)?;
-                let k_pe = self.linear(&format!("{p}.k_rope_proj"), x, h, qk_rope_dim, false)?;
-                let c = self.norm(&format!("{p}.kv_a_layernorm"), c, kv_lora_rank, rms)?;
-                let k = self.linear(
-                    &format!("{p}.k_b_proj"),
-                    c,
-                    kv_lora_rank,
-                    heads * qk_nope_dim,
-                    false,
-                )?;
-                let v = self.linear(
-                    &format!("{p}.v_b_proj"),
-                    c,
-                    kv_lora_rank,
-                    heads * v_head_dim,
-                    false,
-                )?;
-                let attrs = AttentionAttrs {
-                    heads,
-                    kv_heads: heads,
-                    head_dim: qk,
-                    v_head_dim,
-                    rope_dim: qk_rope_dim,
-                    shared_k_dim: qk_rope_dim,
-                    rope_theta: theta,
-                    rope_pairs: a.rope_pairs,
-                    rope_scaling: a.rope_scaling,
-                    qk_norm_eps: a.rope_qk_norm.map(F64),
-                    query_temperature: a.nope_temperature.filter(|_| !layer.rope && !cross),
-                    seq,
-                    kv_seq: seq,
-                    mask,
-                    sinks: a.sinks,
-                };
-                (q, k, v, attrs, vec![k_pe])
-            }
-        };
-        let mut ins = vec![q, k, v];
-        ins.extend(extra);
-        if a.sinks {
-            ins.push(self.weight(&format!("{p}.sinks"), &[attrs.heads])?);
-        }
-        let o = self.op(&format!("{p}.sdpa"), Op::Attention(Box::new(attrs)), &ins)?;
-        self.linear(
-            &format!("{p}.o_proj"),
-            o,
-            attrs.heads * attrs.v_head_dim,
-            h,
-            a.o_bias,
-        )
-    }
-
     /// A dense MLP of `spec.width`.
     fn mlp(&mut self, p: &str, x: Value, hidden: u64, spec: MlpSpec) -> Result<Value, ImportError> {
         let f = spec.width;
@@ -307,9 +162,20 @@ impl Lower<'_> {
     }
 
     /// The routed experts in the expert-parallel form, plus shared experts.
+    ///
+    /// With `scale_input` (Llama 4) the router's weight scales the expert's input: top-1 only
+    /// (each token's one expert then sees `x * w`); the router that dispatch and combine use
+    /// normalizes its one weight to exactly 1, and a second router on the same logits, unnormalized,
+    /// gives the scale `w` (`{p}.router_scale`, the same choice: same logits, same ties).
     fn moe(&mut self, p: &str, x: Value, hidden: u64, m: MoeSpec) -> Result<Value, ImportError> {
         let e = m.experts;
         let r = m.router;
+        if r.scale_input && m.top_k != 1 {
+            return Err(ImportError::Unsupported(format!(
+                "routed experts whose input the router weight scales (Llama 4) with {} experts per                  token (num_experts_per_tok): only top-1 is modelled",
+                m.top_k
+            )));
+        }
         let logits = self.linear(&format!("{p}.gate"), x, hidden, e, r.bias)?;
         let mut rin = vec![logits];
         if r.select_bias {
@@ -319,12 +185,26 @@ impl Lower<'_> {
             experts: e,
             k: m.top_k,
             score: r.score,
-            normalize: r.normalize,
+            normalize: r.normalize || r.scale_input,
             scale: F64(r.scale),
             groups: r.groups,
             select_bias: r.select_bias,
         };
         let routes = self.op(&format!("{p}.router"), Op::Router(attrs), &rin)?;
+        let routed_in = if r.scale_input {
+            let unit = RouterAttrs {
+                normalize: false,
+                ..attrs
+            };
+            let s = self.op(&format!("{p}.router_scale"), Op::Router(unit), &rin)?;
+            let w = Value {
+                node: s.node,
+                output: 1,
+            };
+            self.op(&format!("{p}.scaled_input"), Op::Mul, &[x, w])?
+        } else {
+            x
+        };
         let idx = Value {
             node: routes.node,
             output: 0,
@@ -334,6 +214,14 @@ impl Lower<'_> {
             output: 1,
         };
         let t = self.local_tokens;
+        if matches!(m.capacity, CapacitySpec::Slots(_)) && self.opts.micro_batch > 1 {
+            return Err(ImportError::Options(format!(
+                "--micro-batch {}: expert capacity (expert_capacity) is counted per sequence, \
+                 and a graph counts it per rank's micro-batch: import with --micro-batch 1 \
+                 (run sequences as micro-batches)",
+                self.opts.micro_batch
+            )));
+        }
         let capacity = match m.capacity {
             CapacitySpec::Dropless => t,
             CapacitySpec::Slots(c) => c,
@@ -356,7 +244,7 @@ impl Lower<'_> {
                 experts: e,
                 capacity,
             },
-            &[x, idx],
+            &[routed_in, idx],
         )?;
         let a = self.op(
             &format!("{p}.a2a_dispatch"),
@@ -374,12 +262,20 @@ impl Lower<'_> {
             ws.push(self.expert_weight(&format!("{p}.experts.gate_proj"), &[e, hidden, f])?);
         }
         ws.push(self.expert_weight(&format!("{p}.experts.down_proj"), &[e, f, hidden])?);
+        if m.expert_bias {
+            ws.push(self.expert_weight(&format!("{p}.experts.up_bias"), &[e, f])?);
+            if m.gated {
+                ws.push(self.expert_weight(&format!("{p}.experts.gate_bias"), &[e, f])?);
+            }
+            ws.push(self.expert_weight(&format!("{p}.experts.down_bias"), &[e, hidden])?);
+        }
         let h = self.op(
             &format!("{p}.experts"),
             Op::ExpertFfn {
                 layout: FfnLayout::Padded,
                 act: m.act,
                 gated: m.gated,
+                bias: m.expert_bias,
             },
             &ws,
         )?;
@@ -504,6 +400,7 @@ pub fn lower(spec: &ModelSpec, opts: &ImportOptions) -> Result<Graph, ImportErro
         tokens,
         local_tokens,
         global_tokens,
+        bias_tables: [None, None],
     };
     let h = spec.hidden;
     let table = lw.weight("embed_tokens.weight", &[spec.vocab, h])?;
@@ -528,7 +425,16 @@ pub fn lower(spec: &ModelSpec, opts: &ImportOptions) -> Result<Graph, ImportErro
         x = lw.layer(i, spec, x, enc_out)?;
     }
     lw.scope = Scope::Head;
-    let x = lw.norm("norm", x, h, spec.norm)?;
+    let mut x = lw.norm("norm", x, h, spec.norm)?;
+    if let Some(factor) = spec.head_scale {
+        x = lw.op(
+            "lm_head.scale",
+            Op::Scale {
+                factor: F64(factor),
+            },
+            &[x],
+        )?;
+    }
     let head = if spec.tie_embeddings {
         lw.op("lm_head.tied", Op::Transpose, &[table])?
     } else {
