@@ -12,7 +12,9 @@
 //! `greedy` takes the top-k, `group_limited_greedy` (V2) first keeps the `topk_group` best of
 //! `n_group` groups, `noaux_tc` (V3) does the same on scores plus `e_score_correction_bias`. V3
 //! renormalizes with `norm_topk_prob` and always scales by `routed_scaling_factor`; V2 either
-//! renormalizes (`norm_topk_prob` with k > 1) or scales.
+//! renormalizes (`norm_topk_prob` with k > 1) or scales, as DeepSeek's own `modeling_deepseek.py`
+//! does. transformers 5's V2 port never renormalizes and always scales: the two agree on every
+//! published V2 config (`norm_topk_prob` false), and this importer follows DeepSeek's code.
 //!
 //! RoPE: `rope_scaling` (`yarn` as DeepSeek defines it, `linear` or `llama3`; others are refused)
 //! becomes the attention op's `rope_scaling`. The rotated dims are paired adjacently (`2i, 2i+1`:
