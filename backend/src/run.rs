@@ -196,20 +196,9 @@ pub(crate) fn run_capturing_fed(
             why: "it computes in f32 or f64 only; use --backend cuda for bf16",
         }),
         #[cfg(feature = "cuda")]
-        (Device::Cuda { .. }, _) if inputs.is_some() => Err(ExecError::Cuda(
-            "given token ids (--input) are not wired into the CUDA executor yet; run them on the CPU".into(),
-        )),
-        #[cfg(feature = "cuda")]
-        (Device::Cuda { gpus }, precision) => crate::cuda::exec::execute(
-            g,
-            gpus,
-            precision,
-            weights,
-            opts.seed,
-            opts.micro_batches,
-            capture,
-            opts.profile,
-        ),
+        (Device::Cuda { gpus }, precision) => {
+            crate::cuda::exec::execute(g, gpus, precision, feed, capture, opts.profile)
+        }
         #[cfg(not(feature = "cuda"))]
         (Device::Cuda { .. }, _) => Err(ExecError::Cuda(
             "built without CUDA: rebuild with --features cuda".into(),

@@ -21,9 +21,8 @@ use super::compute::CudaCompute;
 use super::libs;
 use super::one_gpu::OneGpu;
 use crate::error::ExecError;
-use crate::exec::{self, Executed};
+use crate::exec::{self, Executed, Feed};
 use crate::run::Precision;
-use crate::weights::Weights;
 use burn::tensor::backend::get_device_settings;
 use burn::tensor::{bf16, DType};
 use burn_cubecl::FloatElement;
@@ -37,9 +36,7 @@ pub(crate) fn execute(
     g: &Graph,
     gpus: usize,
     precision: Precision,
-    weights: &Weights,
-    seed: u64,
-    micro_batches: Option<u32>,
+    feed: Feed<'_>,
     capture: &BTreeSet<NodeId>,
     profile: bool,
 ) -> Result<Executed, ExecError> {
@@ -56,8 +53,8 @@ pub(crate) fn execute(
     }
     preflight(gpus)?;
     let run = || match precision {
-        Precision::Bf16 => on::<bf16>(g, gpus, weights, seed, micro_batches, capture, profile),
-        _ => on::<f32>(g, gpus, weights, seed, micro_batches, capture, profile),
+        Precision::Bf16 => on::<bf16>(g, gpus, feed, capture, profile),
+        _ => on::<f32>(g, gpus, feed, capture, profile),
     };
     catch_unwind(AssertUnwindSafe(run)).unwrap_or_else(|payload| {
         Err(ExecError::Cuda(format!(
@@ -123,9 +120,7 @@ fn fix_precision<F: FloatElement>(gpus: usize) -> Result<(), ExecError> {
 fn on<F: FloatElement>(
     g: &Graph,
     gpus: usize,
-    weights: &Weights,
-    seed: u64,
-    micro_batches: Option<u32>,
+    feed: Feed<'_>,
     capture: &BTreeSet<NodeId>,
     profile: bool,
 ) -> Result<Executed, ExecError> {
@@ -133,30 +128,18 @@ fn on<F: FloatElement>(
     let gpu0 = CudaDevice::new(0);
     let k = CudaCompute::<F>::default();
     if gpus == 1 {
-        return exec::execute::<Cuda<F>, OneGpu<Cuda<F>>>(
+        return exec::execute_fed::<Cuda<F>, OneGpu<Cuda<F>>>(
             g,
             gpu0,
             OneGpu::default(),
             &k,
-            weights,
-            seed,
-            micro_batches,
+            feed,
             capture,
             profile,
         );
     }
     let coll = NcclCollectives::<F>::new(gpus).map_err(|e| ExecError::Cuda(e.to_string()))?;
-    exec::execute::<Cuda<F>, NcclCollectives<F>>(
-        g,
-        gpu0,
-        coll,
-        &k,
-        weights,
-        seed,
-        micro_batches,
-        capture,
-        profile,
-    )
+    exec::execute_fed::<Cuda<F>, NcclCollectives<F>>(g, gpu0, coll, &k, feed, capture, profile)
 }
 
 #[cfg(test)]
@@ -166,6 +149,16 @@ mod tests {
     use crate::collective::{Collectives, InProcess, Tag};
     use crate::testing::Cpu;
     use crate::value::Local;
+    use crate::weights::Weights;
+
+    fn seeded() -> Feed<'static> {
+        Feed {
+            weights: &Weights::Seeded,
+            inputs: None,
+            seed: 0,
+            micro_batches: None,
+        }
+    }
 
     fn layer() -> Graph {
         moe_ir::json::from_json(include_str!("../../../examples/moe-layer.json")).unwrap()
@@ -179,9 +172,7 @@ mod tests {
                 &g,
                 gpus,
                 Precision::F32,
-                &Weights::Seeded,
-                0,
-                None,
+                seeded(),
                 &BTreeSet::new(),
                 false,
             );
@@ -191,9 +182,7 @@ mod tests {
             &g,
             1,
             Precision::F64,
-            &Weights::Seeded,
-            0,
-            None,
+            seeded(),
             &BTreeSet::new(),
             false,
         );
@@ -237,14 +226,12 @@ mod tests {
 
     #[test]
     fn a_failing_collective_is_the_error_of_its_node() {
-        let e = exec::execute::<Cpu, Failing>(
+        let e = exec::execute_fed::<Cpu, Failing>(
             &layer(),
             Default::default(),
             Failing::default(),
             &crate::exec::compute::Burn,
-            &Weights::Seeded,
-            0,
-            None,
+            seeded(),
             &BTreeSet::new(),
             false,
         )

@@ -19,31 +19,6 @@ pub(crate) fn default_micro_batches(g: &Graph) -> u32 {
     g.pipeline.as_ref().map_or(1, |p| p.micro_batches)
 }
 
-/// Runs `g` (validated first) with every rank simulated on `device`, collectives through `coll`,
-/// local ops through the compute seam `k`:
-/// `micro_batches` micro-batches (default: [`default_micro_batches`]).
-#[allow(clippy::too_many_arguments)]
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
-pub(crate) fn execute<B: Backend, C: Collectives<B> + Sync>(
-    g: &Graph,
-    device: B::Device,
-    coll: C,
-    k: &dyn Compute<B>,
-    weights: &Weights,
-    seed: u64,
-    micro_batches: Option<u32>,
-    capture: &BTreeSet<NodeId>,
-    profile: bool,
-) -> Result<Executed, ExecError> {
-    let run = Feed {
-        weights,
-        inputs: None,
-        seed,
-        micro_batches,
-    };
-    execute_fed(g, device, coll, k, run, capture, profile)
-}
-
 /// What a run reads: weights, given inputs (seeded from `seed` where not given), micro-batches.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Feed<'a> {
@@ -53,7 +28,9 @@ pub(crate) struct Feed<'a> {
     pub micro_batches: Option<u32>,
 }
 
-/// [`execute`] with given inputs.
+/// Runs `g` (validated first) with every rank simulated on `device`, collectives through `coll`,
+/// local ops through the compute seam `k`, reading `feed` (weights, given or seeded inputs,
+/// micro-batches; default: [`default_micro_batches`]).
 pub(crate) fn execute_fed<B: Backend, C: Collectives<B> + Sync>(
     g: &Graph,
     device: B::Device,

@@ -25,10 +25,6 @@ mod ops;
 mod program;
 mod routing;
 
-#[cfg(feature = "cuda")]
-pub(crate) use entry::execute;
-#[cfg(test)]
-use entry::execute_unchecked;
 pub(crate) use entry::{default_micro_batches, execute_fed, Feed};
 use program::Program;
 

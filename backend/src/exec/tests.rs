@@ -2,11 +2,33 @@
 
 #![allow(clippy::unwrap_used)]
 
-use super::entry::execute;
+use super::entry::{execute_fed, execute_unchecked, Feed};
 use super::*;
 use crate::collective::InProcess;
 use crate::testing::Cpu;
 use moe_ir::{DType, PipelineSpec, Schedule, Scope, TensorType};
+
+/// [`execute_fed`] with seeded inputs.
+#[allow(clippy::too_many_arguments)]
+fn execute<B: Backend, C: Collectives<B> + Sync>(
+    g: &Graph,
+    device: B::Device,
+    coll: C,
+    k: &dyn Compute<B>,
+    weights: &Weights,
+    seed: u64,
+    micro_batches: Option<u32>,
+    capture: &BTreeSet<NodeId>,
+    profile: bool,
+) -> Result<Executed, ExecError> {
+    let feed = Feed {
+        weights,
+        inputs: None,
+        seed,
+        micro_batches,
+    };
+    execute_fed(g, device, coll, k, feed, capture, profile)
+}
 
 /// Two stages each waiting for the other's message before sending its own.
 fn crossed() -> Graph {
