@@ -139,7 +139,7 @@ pub(super) fn attention<F: FloatElement>(
         Mask::Chunked(c) => (3, c as usize),
     };
     let sinks = sinks.map(|s| Prim::float(s.to::<1>()));
-    if Ops::flash_takes(hd, vd) {
+    if fused_enabled() && Ops::flash_takes(hd, vd) {
         let out = empty::<F, 2>([rows, hl * vd], &device);
         let sk = sinks.as_ref().map(Prim::borrow).transpose().map_err(err)?;
         rt.ops
@@ -268,4 +268,11 @@ fn dims2<F: FloatElement>(d: &Dense<Cuda<F>>) -> OpResult<[usize; 2]> {
 
 fn err(e: CudaError) -> String {
     e.to_string()
+}
+
+/// Whether attention takes the fused kernel where it can (default) rather than the unfused
+/// cuBLAS + softmax-kernel path (`MOE_OPT_ATTENTION=unfused`, to compare the two on one binary).
+fn fused_enabled() -> bool {
+    static FUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FUSED.get_or_init(|| std::env::var("MOE_OPT_ATTENTION").map_or(true, |v| v != "unfused"))
 }

@@ -285,5 +285,6 @@ impl<F: FloatElement> CudaCompute<F> {
 /// Whether many-expert FFNs take the project's grouped GEMM (default) rather than cuBLAS's
 /// grouped GEMM (`MOE_OPT_GROUPED_GEMM=cublas`, to compare the two on the same run).
 fn own_grouped() -> bool {
-    std::env::var("MOE_OPT_GROUPED_GEMM").map_or(true, |v| v != "cublas")
+    static OWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OWN.get_or_init(|| std::env::var("MOE_OPT_GROUPED_GEMM").map_or(true, |v| v != "cublas"))
 }
