@@ -341,6 +341,7 @@ mod tests {
             compute: Duration::ZERO,
             total: Duration::ZERO,
             op_times: BTreeMap::new(),
+            device_memory: None,
         }
     }
 

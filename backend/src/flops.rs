@@ -12,6 +12,12 @@ use std::collections::BTreeMap;
 
 /// Useful FLOPs of one forward pass (one micro-batch) of `g`.
 pub fn useful_flops(g: &Graph) -> f64 {
+    useful_flops_by_op(g).values().sum()
+}
+
+/// Useful FLOPs of one forward pass (one micro-batch) of `g` per op kind ([`Op::name`]), for
+/// ops that do any: what a profile divides by each op's time for its achieved rate.
+pub fn useful_flops_by_op(g: &Graph) -> BTreeMap<&'static str, f64> {
     // Routed (token, choice) pairs per scope: T * k of every router.
     let mut pairs: BTreeMap<Scope, f64> = BTreeMap::new();
     for (_, n) in g.nodes() {
@@ -27,9 +33,9 @@ pub fn useful_flops(g: &Graph) -> f64 {
             .map(|t| t.shape.iter().map(|&d| d as f64).collect())
             .unwrap_or_default()
     };
-    let mut total = 0.0;
+    let mut by_op: BTreeMap<&'static str, f64> = BTreeMap::new();
     for (_, n) in g.nodes() {
-        total += match &n.op {
+        let flops = match &n.op {
             Op::Matmul | Op::BatchMatmul => {
                 let out: f64 = n
                     .outputs
@@ -86,8 +92,11 @@ pub fn useful_flops(g: &Graph) -> f64 {
             | Op::Send { .. }
             | Op::Recv { .. } => 0.0,
         };
+        if flops > 0.0 {
+            *by_op.entry(n.op.name()).or_default() += flops;
+        }
     }
-    total
+    by_op
 }
 
 /// The (query, key) pairs one sequence's head sees under `a`'s mask.
@@ -140,5 +149,9 @@ mod tests {
         let gate = 2.0 * 64.0 * 32.0 * 8.0;
         let experts = 2.0 * (64.0 * 2.0) * 32.0 * 64.0 * 2.0;
         assert_eq!(useful_flops(&g), gate + experts);
+        let by_op = useful_flops_by_op(&g);
+        assert_eq!(by_op.get("matmul"), Some(&gate));
+        assert_eq!(by_op.get("expert_ffn"), Some(&experts));
+        assert_eq!(by_op.len(), 2, "{by_op:?}");
     }
 }

@@ -42,6 +42,9 @@ pub use error::{ExecError, WeightError};
 pub use exec::StepRun;
 pub use inputs::{InputError, Inputs, TokenIds};
 pub use memory::{estimate as estimate_memory, MemoryEstimate};
-pub use run::{run, run_with, useful_flops, Device, HostTensor, Precision, RunOptions, RunReport};
+pub use run::{
+    run, run_with, useful_flops, useful_flops_by_op, Device, HostTensor, Precision, RunOptions,
+    RunReport,
+};
 pub use verify::{diff, verify, verify_with, Diff, NodeDiff, OutputCheck, Verdict, VerifyOptions};
 pub use weights::{Checkpoint, Weights};

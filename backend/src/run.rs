@@ -3,7 +3,7 @@
 use crate::collective::InProcess;
 use crate::error::ExecError;
 use crate::exec::{self, Executed, Feed, StepRun};
-pub use crate::flops::useful_flops;
+pub use crate::flops::{useful_flops, useful_flops_by_op};
 use crate::inputs::Inputs;
 use crate::weights::Weights;
 use burn::tensor::backend::Backend;
@@ -105,6 +105,12 @@ pub struct RunReport {
     pub op_times: Vec<(&'static str, Duration)>,
     /// The useful floating-point operations of the run (see [`useful_flops`]).
     pub flops: f64,
+    /// The useful floating-point operations per op kind (see [`useful_flops_by_op`]), the run's
+    /// micro-batches together: with [`RunReport::op_times`], each op's achieved rate.
+    pub op_flops: Vec<(&'static str, f64)>,
+    /// Device memory held by the allocator at the end of the run, bytes over all GPUs (a
+    /// high-water mark); `None` on the CPU.
+    pub device_memory: Option<u64>,
     /// The values of the nodes asked for with [`run_with`]'s `dump`, by name.
     pub dumped: Vec<(String, HostTensor)>,
 }
@@ -156,6 +162,11 @@ pub fn run_with(
         total: e.total,
         op_times: e.op_times.into_iter().collect(),
         flops: useful_flops(g) * f64::from(e.micro_batches),
+        op_flops: useful_flops_by_op(g)
+            .into_iter()
+            .map(|(op, f)| (op, f * f64::from(e.micro_batches)))
+            .collect(),
+        device_memory: e.device_memory,
     })
 }
 

@@ -7,9 +7,9 @@ mod cases;
 mod cmd;
 mod exec;
 mod input;
-mod prompt;
 mod io;
 mod load;
+mod prompt;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;

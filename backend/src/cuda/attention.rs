@@ -10,12 +10,12 @@
 //! one per burn op. Shapes it does not take (MLA's shared key part, per-head q/k norms, query
 //! temperature, clip_qkv, T5's position bias) are left to that default.
 
+use super::attn_ops::{FlashArgs, SoftmaxArgs};
 use super::blas::{Elem, Operand};
 use super::buffer::{empty, empty_int, Cuda, Prim};
 use super::compute::Runtime;
-use super::ops::Ops;
 use super::error::CudaError;
-use super::attn_ops::{FlashArgs, SoftmaxArgs};
+use super::ops::Ops;
 use crate::exec::attention::{rope, Heads};
 use crate::exec::OpResult;
 use crate::value::Dense;

@@ -65,7 +65,9 @@ impl Ops {
             return Ok(());
         }
         if !Ops::flash_takes(a.d, a.d) || a.group == 0 || (a.mask >= 2 && a.w == 0) {
-            return Err(CudaError::Invalid(format!("fused attention does not take {a:?}")));
+            return Err(CudaError::Invalid(format!(
+                "fused attention does not take {a:?}"
+            )));
         }
         // Every local query head's kv head must be local (the kernel indexes k and v by it).
         for h in 0..a.heads {
@@ -81,8 +83,18 @@ impl Ops {
         out.holds(a.b * a.seq * a.heads * a.d, "attention output")?;
         k.holds(a.b * a.kv * a.kv_heads * a.d, "attention keys")?;
         v.holds(a.b * a.kv * a.kv_heads * a.d, "attention values")?;
-        widths(&[(q, 2, "attention queries"), (k, 2, "attention keys"), (v, 2, "attention values"), (out, 2, "attention output")])?;
-        for (x, what) in [(q, "attention queries"), (k, "attention keys"), (v, "attention values"), (out, "attention output")] {
+        widths(&[
+            (q, 2, "attention queries"),
+            (k, 2, "attention keys"),
+            (v, 2, "attention values"),
+            (out, 2, "attention output"),
+        ])?;
+        for (x, what) in [
+            (q, "attention queries"),
+            (k, "attention keys"),
+            (v, "attention values"),
+            (out, "attention output"),
+        ] {
             x.aligned(what, 16)?;
         }
         if let Some(s) = sinks {
@@ -94,8 +106,19 @@ impl Ops {
             .map_err(|_| CudaError::Invalid(format!("{blocks} attention blocks exceed a grid")))?;
         let mut bufs = vec![out, q, k, v];
         bufs.extend(sinks);
-        let (o, qq, kk, vv, ss) = (out.addr(), q.addr(), k.addr(), v.addr(), sinks.map_or(0, |s| s.addr()));
-        let (seq, kv, hl, kvl) = (int(a.seq, "seq")?, int(a.kv, "kv")?, int(a.heads, "heads")?, int(a.kv_heads, "kv heads")?);
+        let (o, qq, kk, vv, ss) = (
+            out.addr(),
+            q.addr(),
+            k.addr(),
+            v.addr(),
+            sinks.map_or(0, |s| s.addr()),
+        );
+        let (seq, kv, hl, kvl) = (
+            int(a.seq, "seq")?,
+            int(a.kv, "kv")?,
+            int(a.heads, "heads")?,
+            int(a.kv_heads, "kv heads")?,
+        );
         let (fh, grp, fkv, w) = (
             int(a.first_head, "first head")?,
             int(a.group, "group")?,
@@ -116,7 +139,10 @@ impl Ops {
                 kernel,
                 l,
                 &bufs,
-                &[&o, &qq, &kk, &vv, &ss, &seq, &kv, &hl, &kvl, &fh, &grp, &fkv, &a.scale, &a.mask, &w],
+                &[
+                    &o, &qq, &kk, &vv, &ss, &seq, &kv, &hl, &kvl, &fh, &grp, &fkv, &a.scale,
+                    &a.mask, &w,
+                ],
             )
         }
     }
@@ -149,7 +175,11 @@ impl Ops {
         x.holds(n, "RoPE input")?;
         y.holds(n, "RoPE output")?;
         inv_freq.holds(rd / 2, "RoPE frequencies")?;
-        widths(&[(x, 2, "RoPE input"), (y, 2, "RoPE output"), (inv_freq, 4, "RoPE frequencies")])?;
+        widths(&[
+            (x, 2, "RoPE input"),
+            (y, 2, "RoPE output"),
+            (inv_freq, 4, "RoPE frequencies"),
+        ])?;
         let (yy, xx, f) = (y.addr(), x.addr(), inv_freq.addr());
         let (r, h, dd, rr, s, pr) = (
             int(rows, "rows")?,
@@ -188,7 +218,10 @@ impl Ops {
         }
         s.holds(a.rows * a.kv, "attention scores")?;
         p.holds(a.rows * a.kv, "attention probabilities")?;
-        widths(&[(s, 4, "attention scores"), (p, 2, "attention probabilities")])?;
+        widths(&[
+            (s, 4, "attention scores"),
+            (p, 2, "attention probabilities"),
+        ])?;
         if let Some(k) = sinks {
             k.holds(a.heads, "attention sinks")?;
             k.is_elem(2, "attention sinks")?;
@@ -218,5 +251,4 @@ impl Ops {
             )
         }
     }
-
 }

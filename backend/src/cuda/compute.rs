@@ -24,8 +24,8 @@ use super::routing_ops::RouterArgs;
 use crate::exec::attention::Heads;
 use crate::exec::compute::{plain_float, Compute, SeededBlock, Stamp};
 use crate::exec::moe::ExpertWeights;
-use crate::exec::OpResult;
 use crate::exec::LocalExperts;
+use crate::exec::OpResult;
 use crate::value::{pad4, Dense, DevInts, Local, Ragged};
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use burn_cubecl::FloatElement;
@@ -56,11 +56,10 @@ impl Stamp for EventStamp {
             .as_any()
             .downcast_ref::<EventStamp>()
             .ok_or_else(|| "a CUDA stamp compared with another backend's".to_string())?;
-        let ms = e
-            .0
-            .elapsed_ms(&self.0)
-            .map_err(driver("cuEventElapsedTime"))
-            .map_err(err)?;
+        let ms =
+            e.0.elapsed_ms(&self.0)
+                .map_err(driver("cuEventElapsedTime"))
+                .map_err(err)?;
         Ok(f64::from(ms) / 1e3)
     }
 
@@ -209,8 +208,15 @@ impl<F: FloatElement> CudaCompute<F> {
         let groups = off.len().saturating_sub(1);
         if groups <= GROUPED_MIN_EXPERTS {
             self.with(&device, |rt| {
-                rt.blas
-                    .grouped(elem, off, cols, inner, &a.borrow()?, &pb.borrow()?, &pc.borrow()?)
+                rt.blas.grouped(
+                    elem,
+                    off,
+                    cols,
+                    inner,
+                    &a.borrow()?,
+                    &pb.borrow()?,
+                    &pc.borrow()?,
+                )
             })?;
             return Ok(pc.into_float::<F, 2>([n, cols]));
         }
@@ -245,7 +251,11 @@ impl<F: FloatElement> CudaCompute<F> {
 
     /// Integers of `v` on the device as i32 (uploaded when on the host), with the id of the
     /// router value they came from (`None`: uploaded here).
-    pub(super) fn device_ints(&self, v: Local<Cuda<F>>, device: &CudaDevice) -> OpResult<(Prim, Option<u64>)> {
+    pub(super) fn device_ints(
+        &self,
+        v: Local<Cuda<F>>,
+        device: &CudaDevice,
+    ) -> OpResult<(Prim, Option<u64>)> {
         match v {
             Local::DevInt(d) => Ok((Prim::int(d.t), Some(d.id))),
             other => {
@@ -279,11 +289,7 @@ impl<F: FloatElement> Compute<Cuda<F>> for CudaCompute<F> {
         Ok(Dense::of(y.reshape([m, n])).reshape(&shape))
     }
 
-    fn bmm(
-        &self,
-        a: Tensor<Cuda<F>, 3>,
-        b: Tensor<Cuda<F>, 3>,
-    ) -> OpResult<Tensor<Cuda<F>, 3>> {
+    fn bmm(&self, a: Tensor<Cuda<F>, 3>, b: Tensor<Cuda<F>, 3>) -> OpResult<Tensor<Cuda<F>, 3>> {
         match Self::elem() {
             Some(elem) => self.gemm3(elem, a, b),
             None => Ok(a.matmul(b)),
@@ -365,7 +371,9 @@ impl<F: FloatElement> Compute<Cuda<F>> for CudaCompute<F> {
         let device = x.t.device();
         let px = Prim::float(x.t);
         let y = empty::<F, 1>([n], &device);
-        self.with(&device, |rt| rt.ops.gated_act(&y.borrow()?, &px.borrow()?, None, n, gelu))?;
+        self.with(&device, |rt| {
+            rt.ops.gated_act(&y.borrow()?, &px.borrow()?, None, n, gelu)
+        })?;
         let mut out = Dense::of(y.into_float::<F, 1>([n])).reshape(&shape);
         out.rank = rank;
         Ok(out)
@@ -421,7 +429,8 @@ impl<F: FloatElement> Compute<Cuda<F>> for CudaCompute<F> {
         let fits = Self::bf16()
             && e <= super::ops::MAX_EXPERTS
             && (1..=super::ops::MAX_TOPK).contains(&k)
-            && a.groups.is_none_or(|g| g.groups as usize <= super::ops::MAX_GROUPS);
+            && a.groups
+                .is_none_or(|g| g.groups as usize <= super::ops::MAX_GROUPS);
         if !fits {
             let (idx, w) = crate::exec::routing_router(a, logits, bias)?;
             return Ok((Local::Int(idx), w));
@@ -477,7 +486,9 @@ impl<F: FloatElement> Compute<Cuda<F>> for CudaCompute<F> {
         let sparse = experts * cap > 2 * t * k;
         if !Self::bf16() || h % 8 != 0 || !sparse || t * k == 0 {
             let idx = crate::exec::compute::host_ints(idx)?;
-            return Ok(Local::Float(crate::exec::routing_dispatch(x, &idx, experts, cap)?));
+            return Ok(Local::Float(crate::exec::routing_dispatch(
+                x, &idx, experts, cap,
+            )?));
         }
         let device = x.t.device();
         let (pi, routing) = self.device_ints(idx, &device)?;
@@ -606,11 +617,7 @@ impl<F: FloatElement> Compute<Cuda<F>> for CudaCompute<F> {
         Ok(Dense::of(out.into_float::<F, 2>([t, h])))
     }
 
-    fn seeded(
-        &self,
-        b: &SeededBlock<'_>,
-        device: &CudaDevice,
-    ) -> OpResult<Option<Dense<Cuda<F>>>> {
+    fn seeded(&self, b: &SeededBlock<'_>, device: &CudaDevice) -> OpResult<Option<Dense<Cuda<F>>>> {
         let bf16 = match F::dtype() {
             DType::BF16 => true,
             DType::F32 => false,
@@ -619,8 +626,15 @@ impl<F: FloatElement> Compute<Cuda<F>> for CudaCompute<F> {
         let n: usize = b.block.iter().product();
         let p = empty::<F, 1>([n.max(1)], device);
         self.with(device, |rt| {
-            rt.ops
-                .seeded_fill(&p.borrow()?, bf16, b.key, b.scale, b.global, b.offsets, b.block)
+            rt.ops.seeded_fill(
+                &p.borrow()?,
+                bf16,
+                b.key,
+                b.scale,
+                b.global,
+                b.offsets,
+                b.block,
+            )
         })?;
         let t = p.into_float::<F, 1>([n.max(1)]).narrow(0, 0, n);
         Ok(Some(Dense {

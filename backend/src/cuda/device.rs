@@ -56,12 +56,10 @@ impl Gpu {
         self.ordinal
     }
 
-
     /// The primary context.
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
     }
-
 
     /// The raw stream handle, for cuBLAS, NCCL and kernel launches.
     pub fn raw_stream(&self) -> cudarc::driver::sys::CUstream {
@@ -73,20 +71,12 @@ impl Gpu {
         self.ctx.bind_to_thread().map_err(driver("cuCtxSetCurrent"))
     }
 
-
-
-
     /// Waits until the CUDA path's stream is idle.
     pub fn sync(&self) -> Result<()> {
         self.stream
             .synchronize()
             .map_err(driver("cuStreamSynchronize"))
     }
-
-
-
-
-
 
     /// Waits until burn's queued work on this device is done, so the CUDA path may read what burn
     /// wrote (and allocated: cubecl allocates stream-ordered).

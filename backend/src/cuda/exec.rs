@@ -127,8 +127,8 @@ fn on<F: FloatElement>(
     fix_precision::<F>(gpus)?;
     let gpu0 = CudaDevice::new(0);
     let k = CudaCompute::<F>::default();
-    if gpus == 1 {
-        return exec::execute_fed::<Cuda<F>, OneGpu<Cuda<F>>>(
+    let mut done = if gpus == 1 {
+        exec::execute_fed::<Cuda<F>, OneGpu<Cuda<F>>>(
             g,
             gpu0,
             OneGpu::default(),
@@ -136,10 +136,28 @@ fn on<F: FloatElement>(
             feed,
             capture,
             profile,
-        );
+        )?
+    } else {
+        let coll = NcclCollectives::<F>::new(gpus).map_err(|e| ExecError::Cuda(e.to_string()))?;
+        exec::execute_fed::<Cuda<F>, NcclCollectives<F>>(g, gpu0, coll, &k, feed, capture, profile)?
+    };
+    done.device_memory = Some(reserved(gpus)?);
+    Ok(done)
+}
+
+/// Bytes burn-cuda's allocator holds on GPUs `0..gpus` for this thread's stream (the executor
+/// runs every rank on the calling thread): its pools keep what they reserved, so this is the
+/// process's high-water mark so far.
+fn reserved(gpus: usize) -> Result<u64, ExecError> {
+    use burn_cubecl::cubecl::Runtime;
+    let mut bytes = 0;
+    for d in 0..gpus {
+        let usage = burn_cubecl::cubecl::cuda::CudaRuntime::client(&CudaDevice::new(d))
+            .memory_usage()
+            .map_err(|e| ExecError::Cuda(format!("memory usage of GPU {d}: {e:?}")))?;
+        bytes += usage.bytes_reserved;
     }
-    let coll = NcclCollectives::<F>::new(gpus).map_err(|e| ExecError::Cuda(e.to_string()))?;
-    exec::execute_fed::<Cuda<F>, NcclCollectives<F>>(g, gpu0, coll, &k, feed, capture, profile)
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -168,24 +186,10 @@ mod tests {
     fn placements_other_than_one_gpu_or_one_per_rank_are_refused_before_cuda_loads() {
         let g = layer(); // 4 ranks
         for gpus in [0, 2, 3, 8] {
-            let e = execute(
-                &g,
-                gpus,
-                Precision::F32,
-                seeded(),
-                &BTreeSet::new(),
-                false,
-            );
+            let e = execute(&g, gpus, Precision::F32, seeded(), &BTreeSet::new(), false);
             assert_eq!(e.unwrap_err(), ExecError::Placement { gpus, ranks: 4 });
         }
-        let e = execute(
-            &g,
-            1,
-            Precision::F64,
-            seeded(),
-            &BTreeSet::new(),
-            false,
-        );
+        let e = execute(&g, 1, Precision::F64, seeded(), &BTreeSet::new(), false);
         assert!(matches!(e, Err(ExecError::Precision { .. })));
     }
 

@@ -39,15 +39,29 @@ impl Ops {
 
     /// The tile table of expert offsets `off` (i32 `[experts + 1]`, on the device) into `table`
     /// (i32 `[3 * max_tiles]`).
-    pub fn grouped_tiles(&self, table: &Borrowed<'_>, off: &Borrowed<'_>, a: GroupedArgs) -> Result<()> {
+    pub fn grouped_tiles(
+        &self,
+        table: &Borrowed<'_>,
+        off: &Borrowed<'_>,
+        a: GroupedArgs,
+    ) -> Result<()> {
         if !Ops::grouped_takes(a.experts, a.n, a.k) {
-            return Err(CudaError::Invalid(format!("the grouped GEMM does not take {a:?}")));
+            return Err(CudaError::Invalid(format!(
+                "the grouped GEMM does not take {a:?}"
+            )));
         }
         off.holds(a.experts + 1, "expert offsets")?;
         table.holds(a.table_len(), "grouped GEMM tile table")?;
-        widths(&[(off, 4, "expert offsets"), (table, 4, "grouped GEMM tile table")])?;
+        widths(&[
+            (off, 4, "expert offsets"),
+            (table, 4, "grouped GEMM tile table"),
+        ])?;
         let (t, o) = (table.addr(), off.addr());
-        let (e, r, m) = (int(a.experts, "experts")?, int(a.rows, "rows")?, int(a.max_tiles(), "tiles")?);
+        let (e, r, m) = (
+            int(a.experts, "experts")?,
+            int(a.rows, "rows")?,
+            int(a.max_tiles(), "tiles")?,
+        );
         let l = Launch {
             grid: 1,
             block: 512,
@@ -71,22 +85,40 @@ impl Ops {
             return Ok(());
         }
         if !Ops::grouped_takes(g.experts, g.n, g.k) {
-            return Err(CudaError::Invalid(format!("the grouped GEMM does not take {g:?}")));
+            return Err(CudaError::Invalid(format!(
+                "the grouped GEMM does not take {g:?}"
+            )));
         }
         a.holds(g.rows * g.k, "grouped GEMM A")?;
         b.holds(g.experts * g.k * g.n, "grouped GEMM B")?;
         c.holds(g.rows * g.n, "grouped GEMM C")?;
         table.holds(g.table_len(), "grouped GEMM tile table")?;
-        widths(&[(a, 2, "grouped GEMM A"), (b, 2, "grouped GEMM B"), (c, 2, "grouped GEMM C"), (table, 4, "grouped GEMM tile table")])?;
-        for (x, what) in [(a, "grouped GEMM A"), (b, "grouped GEMM B"), (c, "grouped GEMM C")] {
+        widths(&[
+            (a, 2, "grouped GEMM A"),
+            (b, 2, "grouped GEMM B"),
+            (c, 2, "grouped GEMM C"),
+            (table, 4, "grouped GEMM tile table"),
+        ])?;
+        for (x, what) in [
+            (a, "grouped GEMM A"),
+            (b, "grouped GEMM B"),
+            (c, "grouped GEMM C"),
+        ] {
             x.aligned(what, 16)?;
         }
         let tiles = u32::try_from(g.max_tiles())
             .ok()
             .filter(|&t| t <= 65_535)
-            .ok_or_else(|| CudaError::Invalid(format!("{} row tiles exceed a grid", g.max_tiles())))?;
+            .ok_or_else(|| {
+                CudaError::Invalid(format!("{} row tiles exceed a grid", g.max_tiles()))
+            })?;
         let (cc, aa, bb, tt) = (c.addr(), a.addr(), b.addr(), table.addr());
-        let (e, r, n, k) = (int(g.experts, "experts")?, int(g.rows, "rows")?, int(g.n, "n")?, int(g.k, "k")?);
+        let (e, r, n, k) = (
+            int(g.experts, "experts")?,
+            int(g.rows, "rows")?,
+            int(g.n, "n")?,
+            int(g.k, "k")?,
+        );
         let l = Launch {
             grid: (g.n / BN) as u32,
             block: 256,
@@ -97,7 +129,13 @@ impl Ops {
         // expert it reads from the table to [0, rows) and [0, experts), and n % 128 == 0,
         // k % 32 == 0 keep its tiles inside the rows.
         unsafe {
-            self.launch_2d(K::GroupedGemm, l, tiles, &[c, a, b, table], &[&cc, &aa, &bb, &tt, &e, &r, &n, &k])
+            self.launch_2d(
+                K::GroupedGemm,
+                l,
+                tiles,
+                &[c, a, b, table],
+                &[&cc, &aa, &bb, &tt, &e, &r, &n, &k],
+            )
         }
     }
 }

@@ -20,7 +20,9 @@ pub(crate) fn load(name: &'static str) -> Result<()> {
             "nvrtc" => cudarc::nvrtc::sys::is_culib_present(),
             "nccl" => cudarc::nccl::sys::is_culib_present(),
             _ => {
-                return Err(CudaError::Invalid(format!("no CUDA library is called `{name}`")));
+                return Err(CudaError::Invalid(format!(
+                    "no CUDA library is called `{name}`"
+                )));
             }
         }
     };

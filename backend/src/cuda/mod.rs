@@ -30,12 +30,12 @@ pub(crate) mod error;
 pub(crate) mod exec;
 pub(crate) mod grouped;
 pub(crate) mod layout;
-pub(crate) mod moe;
 pub(crate) mod libs;
+pub(crate) mod moe;
 pub(crate) mod nccl;
 pub(crate) mod one_gpu;
+pub(crate) mod ops;
 pub(crate) mod ppmoe;
 pub(crate) mod routing_ops;
-pub(crate) mod ops;
 
 pub(crate) use error::CudaError;

@@ -65,7 +65,8 @@ impl<F: FloatElement> CudaCompute<F> {
         let table = if own {
             let table = empty_int::<F>(sizes(f, h).table_len(), &device);
             self.with(&device, |rt| {
-                rt.ops.grouped_tiles(&table.borrow()?, &offsets.borrow()?, sizes(f, h))
+                rt.ops
+                    .grouped_tiles(&table.borrow()?, &offsets.borrow()?, sizes(f, h))
             })?;
             Some(table)
         } else {
@@ -148,7 +149,9 @@ impl<F: FloatElement> CudaCompute<F> {
         }
         let (pc, _) = self.device_ints(counts, &device)?;
         let off = empty_int::<F>(e + 1, &device);
-        self.with(&device, |rt| rt.ops.count_offsets(&pc.borrow()?, e, &off.borrow()?))?;
+        self.with(&device, |rt| {
+            rt.ops.count_offsets(&pc.borrow()?, e, &off.borrow()?)
+        })?;
         let off = Prim::int(off.into_int::<F>().narrow(0, 0, e + 1));
         Ok(Dense::of(self.ffn_rows(x.to::<2>(), &off, e, w)?))
     }
@@ -185,8 +188,20 @@ impl<F: FloatElement> CudaCompute<F> {
         let w_out = empty::<F, 1>([le.rows], &device);
         let counts = empty_int::<F>(le.count, &device);
         self.with(&device, |rt| {
-            let (ib, wb, eb, sb, ob) = (pi.borrow()?, pw.borrow()?, entries.borrow()?, scratch.borrow()?, off.borrow()?);
-            let (srt, ep, idb, wob, cb) = (sorted.borrow()?, entry_pos.borrow()?, ids.borrow()?, w_out.borrow()?, counts.borrow()?);
+            let (ib, wb, eb, sb, ob) = (
+                pi.borrow()?,
+                pw.borrow()?,
+                entries.borrow()?,
+                scratch.borrow()?,
+                off.borrow()?,
+            );
+            let (srt, ep, idb, wob, cb) = (
+                sorted.borrow()?,
+                entry_pos.borrow()?,
+                ids.borrow()?,
+                w_out.borrow()?,
+                counts.borrow()?,
+            );
             let a = LocalArgs {
                 tokens: t,
                 k,
@@ -209,12 +224,18 @@ impl<F: FloatElement> CudaCompute<F> {
             rt.ops.local_routes(a, &b)
         })?;
         let ids = DevInts::new(vec![le.rows], ids.into_int::<F>().narrow(0, 0, le.rows));
-        self.remember_inverse(ids.id, Inverse {
-            entry_pos,
-            tokens: t,
-            k,
-        })?;
-        let counts = DevInts::new(vec![le.count], counts.into_int::<F>().narrow(0, 0, le.count));
+        self.remember_inverse(
+            ids.id,
+            Inverse {
+                entry_pos,
+                tokens: t,
+                k,
+            },
+        )?;
+        let counts = DevInts::new(
+            vec![le.count],
+            counts.into_int::<F>().narrow(0, 0, le.count),
+        );
         Ok([
             Local::DevInt(ids),
             Local::Float(Dense::of(w_out.into_float::<F, 1>([le.rows]))),
@@ -222,7 +243,11 @@ impl<F: FloatElement> CudaCompute<F> {
         ])
     }
 
-    pub(super) fn select_rows(&self, x: Dense<Cuda<F>>, ids: Local<Cuda<F>>) -> OpResult<Dense<Cuda<F>>> {
+    pub(super) fn select_rows(
+        &self,
+        x: Dense<Cuda<F>>,
+        ids: Local<Cuda<F>>,
+    ) -> OpResult<Dense<Cuda<F>>> {
         let (shape, n) = (x.shape(), ids.shape().iter().product::<usize>());
         let take = Self::bf16()
             && matches!(&ids, Local::DevInt(_))
@@ -237,7 +262,10 @@ impl<F: FloatElement> CudaCompute<F> {
         let (pi, _) = self.device_ints(ids, &device)?;
         let px = Prim::float(x.to::<2>());
         let out = empty::<F, 2>([n, h], &device);
-        self.with(&device, |rt| rt.ops.gather_rows(&out.borrow()?, &px.borrow()?, &pi.borrow()?, n, h))?;
+        self.with(&device, |rt| {
+            rt.ops
+                .gather_rows(&out.borrow()?, &px.borrow()?, &pi.borrow()?, n, h)
+        })?;
         Ok(Dense::of(out.into_float::<F, 2>([n, h])))
     }
 
@@ -275,11 +303,19 @@ impl<F: FloatElement> CudaCompute<F> {
         let out = empty::<F, 2>([tokens, h], &device);
         self.with(&device, |rt| {
             let sc = pscale.as_ref().map(Prim::borrow).transpose()?;
-            rt.ops.index_add_rows(&out.borrow()?, &pb.borrow()?, &ps.borrow()?, sc.as_ref(), &entry_pos.borrow()?, tokens, k, h)
+            rt.ops.index_add_rows(
+                &out.borrow()?,
+                &pb.borrow()?,
+                &ps.borrow()?,
+                sc.as_ref(),
+                &entry_pos.borrow()?,
+                tokens,
+                k,
+                h,
+            )
         })?;
         Ok(Dense::of(out.into_float::<F, 2>([tokens, h])))
     }
-
 }
 
 /// Whether many-expert FFNs take the project's grouped GEMM (default) rather than cuBLAS's

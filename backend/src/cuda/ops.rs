@@ -253,7 +253,11 @@ impl Ops {
         }
         dst.holds(rows * cols, "gather destination")?;
         idx.holds(rows, "gather indices")?;
-        widths(&[(dst, 2, "gather destination"), (src, 2, "gather source"), (idx, 4, "gather indices")])?;
+        widths(&[
+            (dst, 2, "gather destination"),
+            (src, 2, "gather source"),
+            (idx, 4, "gather indices"),
+        ])?;
         dst.aligned("gather destination", 16)?;
         src.aligned("gather source", 16)?;
         let (vpr, rpb, l) = rows_launch(rows, cols)?;
@@ -263,7 +267,12 @@ impl Ops {
         // x cols, idx rows entries; the kernel reads only rows of src below src_rows, which src
         // holds.
         unsafe {
-            self.launch(K::Gather, l, &[dst, src, idx], &[&d, &s, &i, &n, &src_rows, &vpr, &rpb])
+            self.launch(
+                K::Gather,
+                l,
+                &[dst, src, idx],
+                &[&d, &s, &i, &n, &src_rows, &vpr, &rpb],
+            )
         }
     }
 
@@ -393,7 +402,11 @@ impl Ops {
         x.holds(groups * g, "norm input")?;
         y.holds(groups * g, "norm output")?;
         w.holds(g, "norm weight")?;
-        widths(&[(x, 2, "norm input"), (y, 2, "norm output"), (w, 2, "norm weight")])?;
+        widths(&[
+            (x, 2, "norm input"),
+            (y, 2, "norm output"),
+            (w, 2, "norm weight"),
+        ])?;
         if let Some(b) = b {
             b.holds(g, "norm bias")?;
             b.is_elem(2, "norm bias")?;
@@ -454,13 +467,20 @@ mod tests {
             .split("extern \"C\" __global__")
             .skip(1)
             .map(|def| {
-                let mut rest = def.trim_start().strip_prefix("void").expect("kernels return void");
+                let mut rest = def
+                    .trim_start()
+                    .strip_prefix("void")
+                    .expect("kernels return void");
                 rest = rest.trim_start();
                 if let Some(bounds) = rest.strip_prefix("__launch_bounds__(") {
                     let close = bounds.find(')').expect("launch bounds close");
                     rest = &bounds[close + 1..];
                 }
-                rest.trim_start().split('(').next().unwrap_or_default().trim()
+                rest.trim_start()
+                    .split('(')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
             })
             .collect();
         for name in ENTRY_POINTS {

@@ -58,18 +58,40 @@ impl Ops {
             (b.w_out, 2, "routed weights"),
             (b.counts, 4, "local expert counts"),
         ])?;
-        let (tot, first, count) = (int(total, "pairs")?, int(a.first, "first expert")?, int(a.count, "experts")?);
+        let (tot, first, count) = (
+            int(total, "pairs")?,
+            int(a.first, "first expert")?,
+            int(a.count, "experts")?,
+        );
         let (ix, en) = (b.idx.addr(), b.entries.addr());
         if total > 0 {
             // SAFETY: local_entries(const int*, int, int, int, int*); idx and entries hold
             // `total` entries (checked above).
             unsafe {
-                self.launch(K::LocalEntries, flat(total), &[b.idx, b.entries], &[&ix, &tot, &first, &count, &en])?;
+                self.launch(
+                    K::LocalEntries,
+                    flat(total),
+                    &[b.idx, b.entries],
+                    &[&ix, &tot, &first, &count, &en],
+                )?;
             }
         }
         // `n = total`: the sort lists entry indices, token-major, so tokens ascend per expert.
-        self.sort_entries(b.entries, total, a.count, total.max(1), b.scratch, b.off, b.sorted, b.entry_pos)?;
-        let (tk, kk, rows) = (int(a.tokens, "tokens")?, int(a.k, "k")?, int(a.rows, "rows")?);
+        self.sort_entries(
+            b.entries,
+            total,
+            a.count,
+            total.max(1),
+            b.scratch,
+            b.off,
+            b.sorted,
+            b.entry_pos,
+        )?;
+        let (tk, kk, rows) = (
+            int(a.tokens, "tokens")?,
+            int(a.k, "k")?,
+            int(a.rows, "rows")?,
+        );
         let (so, of, ww, ids, wo, cn, ep) = (
             b.sorted.addr(),
             b.off.addr(),
@@ -95,7 +117,12 @@ impl Ops {
     }
 
     /// Offsets `[experts + 1]` of device `counts` `[experts]` (i32).
-    pub fn count_offsets(&self, counts: &Borrowed<'_>, experts: usize, off: &Borrowed<'_>) -> Result<()> {
+    pub fn count_offsets(
+        &self,
+        counts: &Borrowed<'_>,
+        experts: usize,
+        off: &Borrowed<'_>,
+    ) -> Result<()> {
         counts.holds(experts, "expert counts")?;
         off.holds(experts + 1, "expert offsets")?;
         widths(&[(counts, 4, "expert counts"), (off, 4, "expert offsets")])?;
@@ -122,13 +149,24 @@ impl Ops {
             return Ok(());
         }
         if k == 0 || k > MAX_TOPK {
-            return Err(CudaError::Invalid(format!("index_add over top-{k} (1 to {MAX_TOPK})")));
+            return Err(CudaError::Invalid(format!(
+                "index_add over top-{k} (1 to {MAX_TOPK})"
+            )));
         }
         out.holds(tokens * cols, "index_add output")?;
         buf.holds(tokens * cols, "index_add buffer")?;
         entry_row.holds(tokens * k, "index_add rows")?;
-        widths(&[(out, 2, "index_add output"), (buf, 2, "index_add buffer"), (src, 2, "index_add source"), (entry_row, 4, "index_add rows")])?;
-        for (x, what) in [(out, "index_add output"), (buf, "index_add buffer"), (src, "index_add source")] {
+        widths(&[
+            (out, 2, "index_add output"),
+            (buf, 2, "index_add buffer"),
+            (src, 2, "index_add source"),
+            (entry_row, 4, "index_add rows"),
+        ])?;
+        for (x, what) in [
+            (out, "index_add output"),
+            (buf, "index_add buffer"),
+            (src, "index_add source"),
+        ] {
             x.aligned(what, 16)?;
         }
         let src_rows = src.len() / cols.max(1);
@@ -137,15 +175,30 @@ impl Ops {
             s.is_elem(2, "index_add scale")?;
         }
         let (vpr, rpb, l) = rows_launch(tokens, cols)?;
-        let (o, bb, ss, sc, er) = (out.addr(), buf.addr(), src.addr(), scale.map_or(0, |s| s.addr()), entry_row.addr());
-        let (t, kk, sr) = (int(tokens, "tokens")?, int(k, "k")?, int(src_rows, "source rows")?);
+        let (o, bb, ss, sc, er) = (
+            out.addr(),
+            buf.addr(),
+            src.addr(),
+            scale.map_or(0, |s| s.addr()),
+            entry_row.addr(),
+        );
+        let (t, kk, sr) = (
+            int(tokens, "tokens")?,
+            int(k, "k")?,
+            int(src_rows, "source rows")?,
+        );
         let mut bufs = vec![out, buf, src, entry_row];
         bufs.extend(scale);
         // SAFETY: index_add_rows(Vec8*, const Vec8* x2, const u16*, const int*, int x5); out and
         // buf hold tokens x cols, entry_row tokens x k, scale src_rows; the kernel reads only
         // rows of src below src_rows.
         unsafe {
-            self.launch(K::IndexAdd, l, &bufs, &[&o, &bb, &ss, &sc, &er, &t, &kk, &sr, &vpr, &rpb])
+            self.launch(
+                K::IndexAdd,
+                l,
+                &bufs,
+                &[&o, &bb, &ss, &sc, &er, &t, &kk, &sr, &vpr, &rpb],
+            )
         }
     }
 }

@@ -3,7 +3,10 @@
 
 use super::buffer::Borrowed;
 use super::error::{CudaError, Result};
-use super::ops::{flat, int, widths, Launch, Ops, K, MAX_EXPERTS, MAX_GROUPS, MAX_TOPK, SCAN_THREADS, SORT_CHUNK, SORT_WARPS};
+use super::ops::{
+    flat, int, widths, Launch, Ops, K, MAX_EXPERTS, MAX_GROUPS, MAX_TOPK, SCAN_THREADS, SORT_CHUNK,
+    SORT_WARPS,
+};
 
 /// The router's options, as the kernel takes them.
 #[derive(Debug, Clone, Copy)]
@@ -41,14 +44,17 @@ impl Ops {
                 && a.experts % a.groups == 0
                 && (1..=a.groups).contains(&a.topk_groups)
                 && a.k <= a.topk_groups * (a.experts / a.groups));
-        if a.k == 0 || a.k > MAX_TOPK || a.k > a.experts || a.experts > MAX_EXPERTS || !groups_ok
-        {
+        if a.k == 0 || a.k > MAX_TOPK || a.k > a.experts || a.experts > MAX_EXPERTS || !groups_ok {
             return Err(CudaError::Invalid(format!("router kernel limits: {a:?}")));
         }
         logits.holds(a.tokens * a.experts, "router logits")?;
         expert.holds(a.tokens * a.k, "router experts")?;
         weight.holds(a.tokens * a.k, "router weights")?;
-        widths(&[(logits, 2, "router logits"), (expert, 4, "router experts"), (weight, 2, "router weights")])?;
+        widths(&[
+            (logits, 2, "router logits"),
+            (expert, 4, "router experts"),
+            (weight, 2, "router weights"),
+        ])?;
         if let Some(b) = bias {
             b.holds(a.experts, "router bias")?;
             b.is_elem(2, "router bias")?;
@@ -61,11 +67,7 @@ impl Ops {
             expert.addr(),
             weight.addr(),
         );
-        let (n, e, k) = (
-            int(a.tokens, "tokens")?,
-            a.experts as i32,
-            a.k as i32,
-        );
+        let (n, e, k) = (int(a.tokens, "tokens")?, a.experts as i32, a.k as i32);
         let (g, tg, gs, norm) = (
             a.groups as i32,
             a.topk_groups as i32,
@@ -115,12 +117,25 @@ impl Ops {
         expert_cm.holds(total, "routing entries")?;
         expert.is_elem(4, "routing choices")?;
         expert_cm.is_elem(4, "routing entries")?;
-        let (t, kk, e) = (int(tokens, "tokens")?, int(k, "k")?, int(experts, "experts")?);
+        let (t, kk, e) = (
+            int(tokens, "tokens")?,
+            int(k, "k")?,
+            int(experts, "experts")?,
+        );
         let (ex, cm) = (expert.addr(), expert_cm.addr());
         let bufs = [expert, expert_cm];
         // SAFETY: choice_major(const int*, int, int, int, int*); the sizes checked above.
         unsafe { self.launch(K::ChoiceMajor, flat(total), &bufs, &[&ex, &t, &kk, &e, &cm])? };
-        self.sort_entries(expert_cm, total, experts, tokens, scratch, expert_off, sorted_token, entry_pos)
+        self.sort_entries(
+            expert_cm,
+            total,
+            experts,
+            tokens,
+            scratch,
+            expert_off,
+            sorted_token,
+            entry_pos,
+        )
     }
 
     /// The stable routing sort of `total` entries (experts in `[0, experts)`, -1: none) into
@@ -164,9 +179,18 @@ impl Ops {
         }
         let counts = scratch.addr();
         let offsets = scratch.at(len)?.addr();
-        let (e, tot, t) = (int(experts, "experts")?, int(total, "routing entries")?, int(n, "n")?);
+        let (e, tot, t) = (
+            int(experts, "experts")?,
+            int(total, "routing entries")?,
+            int(n, "n")?,
+        );
         let (ln, ch) = (int(len, "experts x chunks")?, chunks as i32);
-        let (cm, eo, st, ep) = (entries.addr(), expert_off.addr(), sorted.addr(), entry_pos.addr());
+        let (cm, eo, st, ep) = (
+            entries.addr(),
+            expert_off.addr(),
+            sorted.addr(),
+            entry_pos.addr(),
+        );
         let bufs = [entries, scratch, expert_off, sorted, entry_pos];
         let sort = Launch {
             grid: chunks as u32,
@@ -183,7 +207,12 @@ impl Ops {
                 block: SCAN_THREADS,
                 shared: 0,
             };
-            self.launch(K::RouteScan, one, &bufs, &[&counts, &ln, &ch, &e, &offsets, &eo])?;
+            self.launch(
+                K::RouteScan,
+                one,
+                &bufs,
+                &[&counts, &ln, &ch, &e, &offsets, &eo],
+            )?;
             self.launch(
                 K::RoutePlace,
                 sort,
@@ -214,7 +243,10 @@ impl Ops {
         if total == 0 {
             return Ok(());
         }
-        for (b, what) in [(entry_pos, "entry positions"), (expert_cm, "routing entries")] {
+        for (b, what) in [
+            (entry_pos, "entry positions"),
+            (expert_cm, "routing entries"),
+        ] {
             b.holds(total, what)?;
         }
         entry_row.holds(total, "entry rows")?;

@@ -159,6 +159,7 @@ pub(crate) fn execute_unchecked<B: Backend, C: Collectives<B> + Sync>(
         compute,
         total: start.elapsed(),
         op_times: std::mem::take(&mut ex.op_times),
+        device_memory: None,
     })
 }
 

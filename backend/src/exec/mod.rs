@@ -35,7 +35,8 @@ pub(crate) use dense::{act as dense_act, matmul as dense_matmul, norm as dense_n
 pub(crate) use moe::expert_ffn_padded as moe_expert_ffn_padded;
 #[cfg(feature = "cuda")]
 pub(crate) use routing::{
-    combine as routing_combine, LocalExperts, dispatch as routing_dispatch, router as routing_router,
+    combine as routing_combine, dispatch as routing_dispatch, router as routing_router,
+    LocalExperts,
 };
 
 use crate::collective::{Collectives, Tag};
@@ -94,6 +95,9 @@ pub(crate) struct Executed {
     /// first rank's device, no synchronisation between ops; on the CPU the devices synchronised
     /// after every node), so the times add up to `compute`.
     pub op_times: BTreeMap<&'static str, Duration>,
+    /// Device memory the run's allocator holds when it ends, bytes over all GPUs (its high-water
+    /// mark: burn-cuda's pools keep what they reserved); `None` on the CPU.
+    pub device_memory: Option<u64>,
 }
 
 /// Weights and zeros are made once per run and shared by the micro-batches.
@@ -318,9 +322,9 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
         };
         if self.profile && !self.fixed[id.index()] && !self.stamps.is_empty() {
             // Device time, charged when the run ends (see `charge_stamps`).
-            let s = self.stamp()?.ok_or_else(|| {
-                ExecError::Cuda("the device timer stopped giving stamps".into())
-            })?;
+            let s = self
+                .stamp()?
+                .ok_or_else(|| ExecError::Cuda("the device timer stopped giving stamps".into()))?;
             self.stamps.push((node.op.name(), s));
         } else {
             if self.profile && !self.fixed[id.index()] {

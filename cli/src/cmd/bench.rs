@@ -91,8 +91,13 @@ struct Form {
     /// All timed runs, ms.
     runs: Vec<f64>,
     flops: f64,
-    /// Per-op device times of the profiled run, ms, largest first.
-    ops: Vec<(&'static str, f64)>,
+    /// Per-op device times of the profiled run, ms, largest first, with the op's useful FLOPs
+    /// (0 for ops that do none).
+    ops: Vec<(&'static str, f64, f64)>,
+    /// Weights and inputs made on the device in the last timed run, ms (synchronised).
+    setup_ms: f64,
+    /// Device memory the allocator held after the runs, bytes (a high-water mark; GPU only).
+    memory: Option<u64>,
     /// What the graph holds: collectives and routing ops.
     shape: String,
 }
@@ -149,7 +154,12 @@ fn shape_of(g: &Graph) -> String {
         let name = n.op.name();
         let telling = matches!(
             name,
-            "all_to_all" | "all_reduce" | "all_gather" | "reduce_scatter" | "local_routes" | "dispatch"
+            "all_to_all"
+                | "all_reduce"
+                | "all_gather"
+                | "reduce_scatter"
+                | "local_routes"
+                | "dispatch"
         );
         if telling && !seen.contains(&name) {
             seen.push(name);
@@ -169,7 +179,9 @@ fn ms(d: std::time::Duration) -> f64 {
 
 /// Times `g` (see the module docs); returns the form and the last run's report.
 fn time(name: &str, g: &Graph, a: &Args, opts: RunOptions) -> Result<(Form, RunReport)> {
-    let go = |o: &RunOptions| moe_backend::run(g, &Weights::Seeded, o).map_err(|e| miette!("{name}: {e}"));
+    let go = |o: &RunOptions| {
+        moe_backend::run(g, &Weights::Seeded, o).map_err(|e| miette!("{name}: {e}"))
+    };
     let mut last = go(&opts)?;
     for _ in 1..a.warmup.max(1) {
         last = go(&opts)?;
@@ -185,7 +197,17 @@ fn time(name: &str, g: &Graph, a: &Args, opts: RunOptions) -> Result<(Form, RunR
             profile: true,
             ..opts
         })?;
-        ops = p.op_times.iter().map(|&(op, t)| (op, ms(t))).collect();
+        let flops_of = |op: &str| {
+            p.op_flops
+                .iter()
+                .find(|(o, _)| *o == op)
+                .map_or(0.0, |&(_, f)| f)
+        };
+        ops = p
+            .op_times
+            .iter()
+            .map(|&(op, t)| (op, ms(t), flops_of(op)))
+            .collect();
         ops.sort_by(|x, y| y.1.total_cmp(&x.1));
     }
     let form = Form {
@@ -193,6 +215,8 @@ fn time(name: &str, g: &Graph, a: &Args, opts: RunOptions) -> Result<(Form, RunR
         ms: median(&mut runs.clone()),
         runs,
         flops: last.flops,
+        memory: last.device_memory,
+        setup_ms: ms(last.setup),
         ops,
         shape: shape_of(g),
     };
@@ -284,7 +308,8 @@ pub fn run(a: Args) -> Result<()> {
                     "tflop": f.flops / 1e12,
                     "tflops": f.flops / f.ms / 1e9,
                     "share_of_peak": f.flops / f.ms / 1e9 / a.peak_tflops,
-                    "ops_ms": f.ops.iter().map(|(o, t)| json!({"op": o, "ms": t})).collect::<Vec<_>>(),
+                    "device_memory_bytes": f.memory, "setup_ms": f.setup_ms,
+                    "ops_ms": f.ops.iter().map(|(o, t, fl)| json!({"op": o, "ms": t, "tflop": fl / 1e12})).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -292,7 +317,12 @@ pub fn run(a: Args) -> Result<()> {
         format!("{v}\n")
     } else {
         let mut s = String::new();
-        let _ = writeln!(s, "moe-opt bench ({:?}, {}): {title}", opts.device, precision.name());
+        let _ = writeln!(
+            s,
+            "moe-opt bench ({:?}, {}): {title}",
+            opts.device,
+            precision.name()
+        );
         let base = forms.first().map_or(f64::NAN, |f| f.ms);
         for f in &forms {
             let tf = f.flops / f.ms / 1e9;
@@ -306,8 +336,23 @@ pub fn run(a: Args) -> Result<()> {
                 base / f.ms,
                 f.shape
             );
-            for (op, t) in &f.ops {
-                let _ = writeln!(s, "      {op:<16} {t:9.3} ms");
+            let _ = writeln!(s, "      weights ready in {:.1} ms (last run)", f.setup_ms);
+            if let Some(b) = f.memory {
+                let gib = b as f64 / (1u64 << 30) as f64;
+                let _ = writeln!(s, "      device memory held after the runs: {gib:.2} GiB");
+            }
+            let op_total: f64 = f.ops.iter().map(|o| o.1).sum();
+            for (op, t, fl) in &f.ops {
+                let share = 100.0 * t / op_total.max(f64::MIN_POSITIVE);
+                if *fl > 0.0 {
+                    let _ = writeln!(
+                        s,
+                        "      {op:<16} {t:9.3} ms {share:5.1}%  {:7.1} TFLOP/s",
+                        fl / t / 1e9
+                    );
+                } else {
+                    let _ = writeln!(s, "      {op:<16} {t:9.3} ms {share:5.1}%");
+                }
             }
         }
         if let Some(r) = agreement {
