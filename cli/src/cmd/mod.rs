@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod check_gpu;
+pub mod fits;
 pub mod import;
 pub mod inspect;
 pub mod opt;

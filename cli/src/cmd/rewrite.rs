@@ -10,7 +10,7 @@ use moe_ir::Schedule;
 use moe_passes::cost::{Cluster, Roofline};
 use moe_passes::pipeline::Layout;
 use moe_passes::registry::{self, PassContext, PassStep};
-use moe_passes::rewrite::{layer_costs, Limits};
+use moe_passes::rewrite::{fold, layer_costs, ranges, LayerReport, Limits};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -55,6 +55,10 @@ pub struct Args {
     /// rewrite's proof (to stderr).
     #[arg(long)]
     explain: bool,
+    /// Write the program even when a stage needs more memory than the cluster's GPU has
+    /// (otherwise such a layout is refused with the nearest one that fits).
+    #[arg(long)]
+    allow_over_memory: bool,
     /// Saturation limit: rule-application rounds.
     #[arg(long, default_value_t = Limits::default().iterations)]
     iter_limit: usize,
@@ -155,7 +159,30 @@ pub fn run(a: Args) -> Result<()> {
         explain: a.explain,
     };
     let pipeline = registry::pipeline(&steps, &ctx);
-    let (out, stats) = pipeline.run(g).map_err(|e| miette!("{}: {e}", a.model))?;
+    let (out, stats) = pipeline
+        .run(g.clone())
+        .map_err(|e| miette!("{}: {e}", a.model))?;
+    if !a.allow_over_memory {
+        let schedule = match a.schedule {
+            ScheduleArg::Gpipe => Schedule::Gpipe,
+            ScheduleArg::OneFOneB => Schedule::OneFOneB,
+            ScheduleArg::Interleaved => Schedule::Interleaved { chunks: a.chunks },
+        };
+        super::fits::check(
+            &g,
+            &out,
+            &super::fits::Asked {
+                tp: a.tp,
+                pp: a.pp,
+                schedule,
+                micro_batches: a.micro_batches,
+                recompute: a.recompute,
+                cluster: &cluster,
+                gpus_per_node: ctx.gpus_per_node.unwrap_or(cluster.gpus_per_node),
+            },
+        )
+        .map_err(|e| miette!("{}: {e}", a.model))?;
+    }
     let out = match a.emit_stage {
         Some(k) => moe_ir::stage_program(&out, k).map_err(|e| miette!("--emit-stage {k}: {e}"))?,
         None => out,
@@ -193,19 +220,7 @@ pub fn run(a: Args) -> Result<()> {
         );
         let _ = writeln!(x, "mesh: {input_mesh} -> {}", out.mesh);
         if let Some(costs) = &input_costs {
-            for l in costs {
-                if let Some(c) = l.costs.iter().find(|c| c.form == l.chosen) {
-                    let _ = writeln!(
-                        x,
-                        "input layer {} ({}): {} over {}: {:.3} ms",
-                        l.layer,
-                        l.node,
-                        l.chosen.name(),
-                        l.axis,
-                        c.seconds * 1e3
-                    );
-                }
-            }
+            x.push_str(&input_layers(costs));
         }
         for s in &stats {
             if let Some(e) = &s.egraph {
@@ -234,4 +249,29 @@ pub fn run(a: Args) -> Result<()> {
         eprint!("{x}");
     }
     write_output(a.output.as_deref(), &render(&out, a.format))
+}
+
+/// The input program's MoE layers, identical ones folded: one line per distinct layer cost.
+pub fn input_layers(costs: &[LayerReport]) -> String {
+    let mut x = String::new();
+    for g in fold(costs) {
+        let l = g.report;
+        let Some(c) = l.costs.iter().find(|c| c.form == l.chosen) else {
+            continue;
+        };
+        let which = match g.layers.as_slice() {
+            [one] => format!("input layer {one} ({})", l.node),
+            many => format!("input layers {} ({} layers)", ranges(many), many.len()),
+        };
+        let _ = writeln!(
+            x,
+            "{which}: {} over {}: {:.3} ms = compute {:.3} ms + communication {:.3} ms",
+            l.chosen.name(),
+            l.axis,
+            c.seconds * 1e3,
+            c.split.compute * 1e3,
+            c.split.comm * 1e3
+        );
+    }
+    x
 }
