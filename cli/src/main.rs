@@ -7,9 +7,9 @@ mod cases;
 mod cmd;
 mod exec;
 mod input;
-mod prompt;
 mod io;
 mod load;
+mod prompt;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -37,6 +37,9 @@ enum Command {
     /// Run a list of passes (`remap(tp=8),dispatch,partition(pp=4),schedule(1f1b)`) over a
     /// model, validating after each; writes the text form by default.
     Opt(cmd::opt::Args),
+    /// Enumerate layouts of a model on a cluster (tp, ep, pp, dp, dispatch form, micro-batches),
+    /// prune by divisibility and GPU memory, rank by predicted step time and tokens/s.
+    Plan(cmd::plan::Args),
     /// Execute a model (every rank of its mesh) and print a checksum per output and the time.
     Run(cmd::run::Args),
     /// Check a graph (or config); exit 1 with the first problem.
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Rewrite(a) => cmd::rewrite::run(a),
         Command::Opt(a) => cmd::opt::run(a),
+        Command::Plan(a) => cmd::plan::run(a),
         Command::Run(a) => cmd::run::run(a),
         Command::Validate(a) => cmd::validate::run(a),
         Command::Verify(a) => cmd::verify::run(a),

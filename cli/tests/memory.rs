@@ -51,13 +51,22 @@ fn over_memory_layouts_are_refused_with_the_nearest_fit() {
     let o = run(&[]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let e = flat(&stderr(&o));
-    assert!(e.contains("--tp 2 without --pp does not fit in memory: stage 0 needs"), "{e}");
+    assert!(
+        e.contains("--tp 2 without --pp does not fit in memory: stage 0 needs"),
+        "{e}"
+    );
     assert!(e.contains("the GPU has 0.5 GiB (tiny 0.5 GB)"), "{e}");
-    assert!(e.contains("the nearest layout that fits is --tp 2 --pp"), "{e}");
+    assert!(
+        e.contains("the nearest layout that fits is --tp 2 --pp"),
+        "{e}"
+    );
     let o = run(&["--pp", "2"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let e = flat(&stderr(&o));
-    assert!(e.contains("--tp 2 --pp 2 does not fit in memory: stage"), "{e}");
+    assert!(
+        e.contains("--tp 2 --pp 2 does not fit in memory: stage"),
+        "{e}"
+    );
     // The suggested layout is accepted.
     let fit = e
         .split("the nearest layout that fits is --tp 2 ")
@@ -96,7 +105,10 @@ fn explain_folds_identical_layers() {
     assert!(e.contains("layers 1-47 (47 identical layers"), "{e}");
     assert!(e.contains("shared: "), "{e}");
     assert_eq!(e.matches("<- chosen").count(), 2, "{e}");
-    assert!(e.contains("proof of the chosen form (egg explanation): dispatch-a2a-to-ppmoe-slicing"), "{e}");
+    assert!(
+        e.contains("proof of the chosen form (egg explanation): dispatch-a2a-to-ppmoe-slicing"),
+        "{e}"
+    );
     assert!(!e.contains("allgather-slicing ->"), "{e}");
     assert!(e.lines().count() < 40, "{e}");
 }

@@ -54,7 +54,9 @@ fn explain() {
                         "{l}"
                     );
                     assert!(
-                        !l.rules.iter().any(|r| r == "dispatch-a2a-to-allgather-slicing"),
+                        !l.rules
+                            .iter()
+                            .any(|r| r == "dispatch-a2a-to-allgather-slicing"),
                         "{l}"
                     );
                 }

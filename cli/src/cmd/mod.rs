@@ -6,6 +6,7 @@ pub mod fits;
 pub mod import;
 pub mod inspect;
 pub mod opt;
+pub mod plan;
 pub mod rewrite;
 pub mod run;
 pub mod schema;

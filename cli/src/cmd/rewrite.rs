@@ -106,7 +106,7 @@ fn parse_layout(s: &str) -> Result<Layout> {
     }
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(mut a: Args) -> Result<()> {
     let cluster = match &a.cluster {
         Some(p) => {
             let text = read_input(&p.to_string_lossy())?;
@@ -118,6 +118,14 @@ pub fn run(a: Args) -> Result<()> {
         return Err(miette!("--time-limit must be a positive number of seconds"));
     }
     let text = read_input(&a.model)?;
+    if a.cluster.is_some()
+        && a.tp.is_none()
+        && a.pp.is_none()
+        && a.import.mesh.is_none()
+        && is_hf(&text)
+    {
+        apply_best_plan(&mut a, &text, &cluster)?;
+    }
     let g = load(&a.model, &text, &a.import)?;
     let limits = Limits {
         iterations: a.iter_limit,
@@ -274,4 +282,48 @@ pub fn input_layers(costs: &[LayerReport]) -> String {
         );
     }
     x
+}
+
+fn is_hf(text: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(text)
+        .is_ok_and(|v| moe_ir::hf::looks_like_hf_config(&v))
+}
+
+/// `rewrite CONFIG --cluster FILE` without layout flags: the best layout `plan` finds on all of
+/// the cluster's nodes (inference), applied as if its flags were given.
+fn apply_best_plan(a: &mut Args, text: &str, cluster: &Cluster) -> Result<()> {
+    let (report, _) = super::plan::plan_model(&a.model, text, &a.import, cluster, false, None)?;
+    let best = report
+        .plans
+        .iter()
+        .find(|p| p.nodes == cluster.nodes)
+        .ok_or_else(|| {
+            miette!(
+                "{}: no layout fits the cluster ({} rejected); see `moe-opt plan`",
+                a.model,
+                report.rejected.len()
+            )
+        })?;
+    eprintln!(
+        "applying the best plan on {} node(s): {} ({} family, predicted {:.0} tokens/s)",
+        cluster.nodes,
+        best.flags(),
+        best.family.name(),
+        best.tokens_per_s
+    );
+    a.import.gpus_per_node = cluster.gpus_per_node;
+    a.import.mesh = Some(if best.dp > 1 {
+        format!("dp={},ep={}", best.dp, best.ep)
+    } else {
+        format!("ep={}", best.ep)
+    });
+    if best.family == moe_passes::plan::Family::Ppmoe {
+        a.tp = Some(best.tp);
+    }
+    if best.pp > 1 {
+        a.pp = Some(best.pp);
+        a.micro_batches = Some(best.micro_batches);
+        a.recompute = best.recompute;
+    }
+    Ok(())
 }

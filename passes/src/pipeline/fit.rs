@@ -56,7 +56,10 @@ pub fn worst_stage(report: &ScheduleReport) -> Option<OverMemory> {
 
 /// Memory per GPU of a graph without a pipeline (one stage, one micro-batch in flight), priced
 /// like `base` prices stages; `None` when `base` knows no GPU memory.
-pub fn unpipelined(g: &Graph, base: &PipelinePartition) -> Result<Option<OverMemory>, PipelineError> {
+pub fn unpipelined(
+    g: &Graph,
+    base: &PipelinePartition,
+) -> Result<Option<OverMemory>, PipelineError> {
     let Some(gpu) = base.gpu_memory_bytes else {
         return Ok(None);
     };
@@ -116,7 +119,9 @@ pub fn nearest_fit(
     micro_batches: Option<u32>,
 ) -> Option<Fit> {
     let gpu = base.gpu_memory_bytes?;
-    let layers = super::costs::LayerCosts::of(g, base.model.as_ref()).layers.len() as u32;
+    let layers = super::costs::LayerCosts::of(g, base.model.as_ref())
+        .layers
+        .len() as u32;
     let chunks = base.schedule.chunks();
     for pp in from_pp.max(1)..=layers / chunks.max(1) {
         for recompute in [false, true] {

@@ -31,6 +31,15 @@ impl Form {
             Form::Ppmoe => "ppmoe (index slicing + all-reduce)",
         }
     }
+
+    /// A one-word name (`plan`'s tables).
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Form::AllToAll => "all-to-all",
+            Form::AllGather => "all-gather",
+            Form::Ppmoe => "ppmoe",
+        }
+    }
 }
 
 /// A form's predicted cost for one layer: the DAG cost of the layer's dispatch, experts and
@@ -114,8 +123,11 @@ impl LayerReport {
             )?;
         }
         if let Some(chosen) = self.costs.iter().find(|c| c.form == self.chosen) {
-            let others: Vec<&FormCost> =
-                self.costs.iter().filter(|c| c.form != self.chosen).collect();
+            let others: Vec<&FormCost> = self
+                .costs
+                .iter()
+                .filter(|c| c.form != self.chosen)
+                .collect();
             let ties: Vec<&str> = others
                 .iter()
                 .filter(|c| tied(c.seconds, chosen.seconds))
@@ -182,7 +194,10 @@ impl LayerReport {
                 .collect()
         };
         let why = |r: &LayerReport| -> Vec<String> {
-            r.why_not.iter().map(|w| w.replace(&r.node, "{node}")).collect()
+            r.why_not
+                .iter()
+                .map(|w| w.replace(&r.node, "{node}"))
+                .collect()
         };
         self.axis == other.axis
             && self.chosen == other.chosen

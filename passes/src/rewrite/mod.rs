@@ -194,10 +194,7 @@ impl DispatchRewrite {
             drop(ex);
             // Only the layers that chose `form` need this e-graph's proof: force its choice.
             sub.retain_mut(|r| {
-                reports
-                    .iter()
-                    .any(|o| o.node == r.node && o.chosen == form)
-                    && r.proves(form)
+                reports.iter().any(|o| o.node == r.node && o.chosen == form) && r.proves(form)
             });
             layers::prove(&mut s.loaded, &mut sub);
             for r in reports.iter_mut().filter(|r| r.chosen == form) {
