@@ -69,6 +69,10 @@ pub struct Args {
     /// Also run each form once with per-op device times.
     #[arg(long)]
     profile: bool,
+    /// Cost profile (TOML of rates, as `rewrite --profile`): print each form's predicted time
+    /// beside the measured one (per rank, one node of the cluster's defaults otherwise).
+    #[arg(long, value_name = "FILE")]
+    cost_profile: Option<PathBuf>,
     /// The device's peak TFLOP/s for the share of peak (default: an H200's measured bf16 rate).
     #[arg(long, default_value_t = 790.0)]
     peak_tflops: f64,
@@ -95,6 +99,15 @@ struct Form {
     ops: Vec<(&'static str, f64)>,
     /// What the graph holds: collectives and routing ops.
     shape: String,
+    /// The cost model's prediction under `--cost-profile`, ms.
+    predicted_ms: Option<f64>,
+}
+
+/// The cost model's time for `g` as it is (DAG cost of its program, per rank), ms.
+fn predict(g: &Graph, cluster: &moe_passes::cost::Cluster) -> f64 {
+    let loaded = moe_passes::load(g);
+    let model = moe_passes::cost::Roofline::new(cluster.clone());
+    moe_passes::DagExtractor::new(&loaded.egraph, &model).dag_cost(loaded.root) * 1e3
 }
 
 /// The standard expert-parallel layer as model.json: tokens split over `ep` (`W` ranks), experts
@@ -195,6 +208,13 @@ fn time(name: &str, g: &Graph, a: &Args, opts: RunOptions) -> Result<(Form, RunR
         flops: last.flops,
         ops,
         shape: shape_of(g),
+        predicted_ms: match &a.cost_profile {
+            Some(p) => Some(predict(
+                g,
+                &crate::load::cost_profile(p)?.apply(&moe_passes::cost::Cluster::default()),
+            )),
+            None => None,
+        },
     };
     Ok((form, last))
 }
@@ -284,6 +304,7 @@ pub fn run(a: Args) -> Result<()> {
                     "tflop": f.flops / 1e12,
                     "tflops": f.flops / f.ms / 1e9,
                     "share_of_peak": f.flops / f.ms / 1e9 / a.peak_tflops,
+                    "predicted_ms": f.predicted_ms,
                     "ops_ms": f.ops.iter().map(|(o, t)| json!({"op": o, "ms": t})).collect::<Vec<_>>(),
                 })
             })
@@ -306,6 +327,13 @@ pub fn run(a: Args) -> Result<()> {
                 base / f.ms,
                 f.shape
             );
+            if let Some(p) = f.predicted_ms {
+                let _ = writeln!(
+                    s,
+                    "      predicted {p:.3} ms (cost profile), measured / predicted {:.2}",
+                    f.ms / p
+                );
+            }
             for (op, t) in &f.ops {
                 let _ = writeln!(s, "      {op:<16} {t:9.3} ms");
             }

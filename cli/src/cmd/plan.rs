@@ -19,6 +19,9 @@ pub struct Args {
     /// Cluster description (TOML, as `rewrite --cluster`).
     #[arg(long, value_name = "FILE")]
     cluster: PathBuf,
+    /// Cost profile (TOML of rates by op class), as `rewrite --profile`.
+    #[arg(long, value_name = "FILE")]
+    profile: Option<PathBuf>,
     /// Tokens per step over the whole cluster (sets the micro-batches; default 4 per stage).
     #[arg(long, value_name = "N")]
     tokens: Option<u64>,
@@ -42,6 +45,10 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let p = a.cluster.to_string_lossy().to_string();
     let cluster = Cluster::from_toml(&read_input(&p)?).map_err(|e| miette!("{p}: {e}"))?;
+    let cluster = match &a.profile {
+        Some(f) => crate::load::cost_profile(f)?.apply(&cluster),
+        None => cluster,
+    };
     if a.import.mesh.is_some() {
         return Err(miette!("plan chooses the mesh itself: drop --mesh"));
     }

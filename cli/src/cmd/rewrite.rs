@@ -51,6 +51,10 @@ pub struct Args {
     /// [gpu] name, bf16_tflops, memory_gb). Default: one node of 8 H200s.
     #[arg(long, value_name = "FILE")]
     cluster: Option<PathBuf>,
+    /// Cost profile (TOML of rates by op class: GEMM, grouped GEMM, attention, gather, combine,
+    /// collectives), e.g. examples/profiles/h200.toml or what `moe-opt calibrate` writes.
+    #[arg(long, value_name = "FILE")]
+    profile: Option<PathBuf>,
     /// Print, per MoE layer, the forms considered, their predicted costs, the choice and the
     /// rewrite's proof (to stderr).
     #[arg(long)]
@@ -113,6 +117,10 @@ pub fn run(mut a: Args) -> Result<()> {
             Cluster::from_toml(&text).map_err(|e| miette!("{}: {e}", p.display()))?
         }
         None => Cluster::default(),
+    };
+    let cluster = match &a.profile {
+        Some(p) => crate::load::cost_profile(p)?.apply(&cluster),
+        None => cluster,
     };
     if !(a.time_limit.is_finite() && a.time_limit > 0.0) {
         return Err(miette!("--time-limit must be a positive number of seconds"));

@@ -40,6 +40,9 @@ pub struct Cluster {
     #[serde(default = "default_inter_latency")]
     pub inter_node_latency_us: f64,
     pub gpu: Gpu,
+    /// Per-class rates from a cost profile (`--profile`; never in the cluster file).
+    #[serde(skip)]
+    pub profile: Option<Box<super::profile::Profile>>,
 }
 
 fn default_intra_latency() -> f64 {
@@ -76,6 +79,7 @@ impl Default for Cluster {
                 memory_gb: 141.0,
                 hbm_gbps: default_hbm(),
             },
+            profile: None,
         }
     }
 }

@@ -163,6 +163,20 @@ impl Roofline {
         Roofline { cluster }
     }
 
+    /// `cost` re-timed with the cluster's cost profile's rate for the op's class, if it has one.
+    fn profiled(&self, op: &Op, cost: OpCost) -> OpCost {
+        let seconds = self
+            .cluster
+            .profile
+            .as_ref()
+            .zip(super::profile::class_of(op))
+            .and_then(|(p, class)| p.seconds(class, cost.flops, cost.hbm_bytes));
+        match seconds {
+            Some(seconds) => OpCost { seconds, ..cost },
+            None => cost,
+        }
+    }
+
     fn compute(&self, flops: f64, hbm_bytes: f64) -> OpCost {
         let peak = self.cluster.gpu.bf16_tflops * 1e12;
         let bw = self.cluster.gpu.hbm_gbps * 1e9;
@@ -273,7 +287,7 @@ impl CostModel for Roofline {
         let all_in: f64 = inputs.iter().map(|t| bytes(t, mesh)).sum();
         let all_out: f64 = outputs.iter().map(|t| bytes(t, mesh)).sum();
         let local = |i: usize| inputs.get(i).map_or_else(Vec::new, |t| t.local_shape(mesh));
-        match op {
+        let cost = match op {
             Op::Input(_) | Op::Weight(_) => OpCost::default(),
             Op::Zeros(_) => self.compute(0.0, all_out),
             Op::Shard { .. } => self.compute(0.0, 2.0 * all_out),
@@ -354,7 +368,8 @@ impl CostModel for Roofline {
             Op::Embedding => self.compute(0.0, in_bytes(0) + 2.0 * all_out),
             // Memory-bound: everything read and written.
             _ => self.compute(0.0, all_in + all_out),
-        }
+        };
+        self.profiled(op, cost)
     }
 }
 
