@@ -53,6 +53,9 @@ enum Command {
     /// expert-parallel all-to-all form and the form the passes make (PPMoE), or a whole model
     /// (`--model`). Needs a build with `--features cuda` for `--backend cuda`.
     Bench(cmd::bench::Args),
+    /// Measure the cost model's rates (GEMM, grouped GEMM, attention, memory, gather, combine,
+    /// collectives) with small graphs run through the executor; write a cost profile (TOML).
+    Calibrate(cmd::calibrate::Args),
     /// Run small models on CUDA and on the CPU with the same weights and inputs; exit 1 when an
     /// output differs beyond the precision's tolerance. Needs a build with `--features cuda`.
     CheckGpu(cmd::check_gpu::Args),
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => cmd::verify::run(a),
         Command::Schema(a) => cmd::schema::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Calibrate(a) => cmd::calibrate::run(a),
         Command::CheckGpu(a) => cmd::check_gpu::run(a),
     };
     match result {

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod calibrate;
 pub mod check_gpu;
 pub mod fits;
 pub mod import;
