@@ -7,7 +7,7 @@ use crate::load::ImportArgs;
 use miette::{miette, Result};
 use moe_ir::{hf, Mesh};
 use moe_passes::cost::Cluster;
-use moe_passes::plan::{plan, plot_svg, Family, Report, Request};
+use moe_passes::plan::{plan, plan_dense, plot_svg, Family, Report, Request};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -88,15 +88,33 @@ pub fn plan_model(
 ) -> Result<(Report, String)> {
     let base = import_args.options()?;
     let gpn = cluster.gpus_per_node;
-    let import = |mesh: &str| {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| miette!("{name}: {e}"))?;
+    let spec = crate::load::spec_of(name, value, &import_args.sets)?;
+    let lower = |spec: &hf::ModelSpec, mesh: &str| {
         let m = Mesh::parse(mesh, gpn).map_err(|e| e.to_string())?;
         let opts = hf::ImportOptions {
             mesh: Some(m),
             gpus_per_node: gpn,
             ..base.clone()
         };
-        hf::import(text, &import_args.sets, &opts).map_err(|e| e.to_string())
+        hf::lower(spec, &opts).map_err(|e| e.to_string())
     };
+    let import = |mesh: &str| lower(&spec, mesh);
+    // The dense backbone: one expert per MoE layer, top-1, no shared expert.
+    let mut dense_spec = spec.clone();
+    if let Some(moe) = dense_spec.moe.as_mut() {
+        moe.experts = 1;
+        moe.top_k = 1;
+        moe.shared = None;
+        moe.capacity = hf::spec::CapacitySpec::Dropless;
+        moe.router.groups = None;
+        moe.router.select_bias = false;
+        moe.router.normalize = true;
+        moe.router.scale = 1.0;
+        moe.router.scale_input = false;
+    }
+    let import_dense = |mesh: &str| lower(&dense_spec, mesh);
     let probe = import("ep=1").map_err(|e| miette!("{name}: {e}"))?;
     let experts = probe
         .meta
@@ -111,7 +129,8 @@ pub fn plan_model(
         experts,
     };
     let t0 = std::time::Instant::now();
-    let report = plan(&req, &import);
+    let mut report = plan(&req, &import);
+    plan_dense(&req, &import_dense, &mut report);
     tracing::info!(seconds = t0.elapsed().as_secs_f64(), "planned");
     Ok((report, probe.name))
 }
@@ -165,6 +184,16 @@ fn table(r: &Report, c: &Cluster, top: usize) -> String {
                 format!("{:.0} ({})", p.tokens_per_s, p.flags())
             })
         };
+        let dense = r.best(Family::Dense, n);
+        let of_dense = match (pp, dense) {
+            (Some(x), Some(d)) if d.tokens_per_s > 0.0 => format!(
+                "; dense backbone {:.0} ({}), ppmoe at {:.0}% of it",
+                d.tokens_per_s,
+                d.flags(),
+                100.0 * x.tokens_per_s / d.tokens_per_s
+            ),
+            _ => String::new(),
+        };
         let ratio = match (pp, aa) {
             (Some(x), Some(y)) if y.tokens_per_s > 0.0 => {
                 let q = x.tokens_per_s / y.tokens_per_s;
@@ -178,7 +207,7 @@ fn table(r: &Report, c: &Cluster, top: usize) -> String {
         };
         let _ = writeln!(
             s,
-            "  {n:>3} node(s): ppmoe {}; all-to-all (padded) {}; {ratio}",
+            "  {n:>3} node(s): ppmoe {}; all-to-all (padded) {}; {ratio}{of_dense}",
             cell(pp),
             cell(aa)
         );

@@ -57,6 +57,9 @@ pub enum Family {
     Ppmoe,
     /// The imported expert-parallel form (capacity-padded all-to-all).
     AllToAll,
+    /// The dense backbone: each MoE layer one FFN of the expert width (data and pipeline
+    /// parallel, as [`plan_dense`] plans it).
+    Dense,
 }
 
 impl Family {
@@ -64,6 +67,7 @@ impl Family {
         match self {
             Family::Ppmoe => "ppmoe",
             Family::AllToAll => "all-to-all (padded)",
+            Family::Dense => "dense backbone",
         }
     }
 }
@@ -98,7 +102,7 @@ impl Plan {
     pub fn flags(&self) -> String {
         let mut s = match self.family {
             Family::Ppmoe => format!("--mesh {} --tp {}", mesh_of(self.dp, self.tp), self.tp),
-            Family::AllToAll => format!("--mesh {}", mesh_of(self.dp, self.ep)),
+            Family::AllToAll | Family::Dense => format!("--mesh {}", mesh_of(self.dp, self.ep)),
         };
         if self.pp > 1 {
             s.push_str(&format!(
@@ -146,6 +150,55 @@ impl Report {
     }
 }
 
+/// Adds the dense backbone's plans to `report`: `import(mesh)` imports the backbone (one expert
+/// per MoE layer, top-1, no shared expert: a dense FFN of the expert width and its trivial
+/// router), planned data- and pipeline-parallel like the all-to-all family with one expert.
+pub fn plan_dense(
+    req: &Request,
+    import: &dyn Fn(&str) -> Result<Graph, String>,
+    report: &mut Report,
+) {
+    let dense = plan(
+        &Request {
+            experts: 1,
+            ..req.clone()
+        },
+        import,
+    );
+    report.plans.extend(
+        dense
+            .plans
+            .into_iter()
+            .filter(|p| p.family == Family::AllToAll)
+            .map(|p| Plan {
+                family: Family::Dense,
+                dispatch: "dense".into(),
+                ..p
+            }),
+    );
+    report.rejected.extend(
+        dense
+            .rejected
+            .into_iter()
+            .filter(|r| r.layout.starts_with("ep="))
+            .map(|r| Rejected {
+                layout: format!("dense {}", r.layout),
+                ..r
+            }),
+    );
+    sort(&mut report.plans);
+}
+
+fn sort(plans: &mut [Plan]) {
+    plans.sort_by(|a, b| {
+        b.tokens_per_s
+            .total_cmp(&a.tokens_per_s)
+            .then(a.gpus.cmp(&b.gpus))
+            .then(a.family.cmp(&b.family))
+            .then(a.pp.cmp(&b.pp))
+    });
+}
+
 /// A family's graph before partitioning, with what its layers chose.
 struct Built {
     graph: Graph,
@@ -187,7 +240,7 @@ pub fn plan(req: &Request, import: &dyn Fn(&str) -> Result<Graph, String>) -> Re
             for (family, width) in candidates {
                 let name = match family {
                     Family::Ppmoe => format!("tp={width} pp={pp}"),
-                    Family::AllToAll => format!("ep={width} pp={pp}"),
+                    Family::AllToAll | Family::Dense => format!("ep={width} pp={pp}"),
                 };
                 if r % width != 0 {
                     reject(
@@ -246,13 +299,7 @@ pub fn plan(req: &Request, import: &dyn Fn(&str) -> Result<Graph, String>) -> Re
             0.0
         };
     }
-    plans.sort_by(|a, b| {
-        b.tokens_per_s
-            .total_cmp(&a.tokens_per_s)
-            .then(a.gpus.cmp(&b.gpus))
-            .then(a.family.cmp(&b.family))
-            .then(a.pp.cmp(&b.pp))
-    });
+    sort(&mut plans);
     Report { plans, rejected }
 }
 
@@ -282,7 +329,7 @@ fn build(
 ) -> Result<Built, String> {
     let g = import(&format!("ep={width}"))?;
     match family {
-        Family::AllToAll => Ok(Built {
+        Family::AllToAll | Family::Dense => Ok(Built {
             graph: g,
             dispatch: "all-to-all".into(),
         }),

@@ -18,7 +18,11 @@ pub fn plot_svg(report: &Report, title: &str) -> String {
     nodes.extend(report.rejected.iter().map(|r| r.nodes));
     nodes.sort_unstable();
     nodes.dedup();
-    let families = [(Family::Ppmoe, "#1f77b4"), (Family::AllToAll, "#d62728")];
+    let families = [
+        (Family::Ppmoe, "#1f77b4"),
+        (Family::AllToAll, "#d62728"),
+        (Family::Dense, "#2ca02c"),
+    ];
     let series: Vec<(Family, &str, Vec<(u64, f64)>)> = families
         .iter()
         .map(|&(f, color)| {
