@@ -82,3 +82,37 @@ fn rewrite_with_only_a_cluster_applies_the_best_plan() {
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(j["ranks"], 8 * j["stages"].as_u64().expect("stages"));
 }
+
+/// `--skew F` prices the rank holding the hottest expert: the PPMoE layer's predicted time grows;
+/// a skew below 1 is refused.
+#[test]
+fn skew_raises_the_predicted_time_of_sliced_experts() {
+    let predicted = |skew: &str| {
+        let mut args = vec![
+            "rewrite",
+            "examples/hf/mixtral-8x7b.json",
+            "--mesh",
+            "ep=2",
+            "--tp",
+            "2",
+        ];
+        args.extend_from_slice(&CUT);
+        args.extend_from_slice(&["--skew", skew, "--explain", "-o", "-"]);
+        let o = moe_opt(&args, None);
+        (o.status.code(), stderr(&o))
+    };
+    let time = |e: &str| -> f64 {
+        e.lines()
+            .find(|l| l.starts_with("predicted step time"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|x| x.parse().ok())
+            .unwrap_or_else(|| panic!("{e}"))
+    };
+    let (c1, e1) = predicted("1");
+    let (c2, e2) = predicted("2");
+    assert_eq!((c1, c2), (Some(0), Some(0)), "{e1}\n{e2}");
+    assert!(time(&e2) > time(&e1), "{e1}\n{e2}");
+    let (c, e) = predicted("0.5");
+    assert_eq!(c, Some(1), "{e}");
+    assert!(e.contains("--skew"), "{e}");
+}

@@ -19,6 +19,10 @@ pub struct Args {
     /// Cluster description (TOML, as `rewrite --cluster`).
     #[arg(long, value_name = "FILE")]
     cluster: PathBuf,
+    /// Routing imbalance to price: the hottest expert gets F times its balanced share of the
+    /// routed rows (the rank holding it sets the step time). 1 is balanced.
+    #[arg(long, value_name = "F", default_value_t = 1.0)]
+    skew: f64,
     /// Cost profile (TOML of rates by op class), as `rewrite --profile`.
     #[arg(long, value_name = "FILE")]
     profile: Option<PathBuf>,
@@ -48,6 +52,15 @@ pub fn run(a: Args) -> Result<()> {
     let cluster = match &a.profile {
         Some(f) => crate::load::cost_profile(f)?.apply(&cluster),
         None => cluster,
+    };
+    if !(a.skew.is_finite() && a.skew >= 1.0) {
+        return Err(miette!(
+            "--skew must be a number of at least 1 (1: balanced routing)"
+        ));
+    }
+    let cluster = Cluster {
+        skew: a.skew,
+        ..cluster
     };
     if a.import.mesh.is_some() {
         return Err(miette!("plan chooses the mesh itself: drop --mesh"));

@@ -51,6 +51,10 @@ pub struct Args {
     /// [gpu] name, bf16_tflops, memory_gb). Default: one node of 8 H200s.
     #[arg(long, value_name = "FILE")]
     cluster: Option<PathBuf>,
+    /// Routing imbalance to price: the hottest expert gets F times its balanced share of the
+    /// routed rows (the rank holding it sets the step time). 1 is balanced.
+    #[arg(long, value_name = "F", default_value_t = 1.0)]
+    skew: f64,
     /// Cost profile (TOML of rates by op class: GEMM, grouped GEMM, attention, gather, combine,
     /// collectives), e.g. examples/profiles/h200.toml or what `moe-opt calibrate` writes.
     #[arg(long, value_name = "FILE")]
@@ -121,6 +125,15 @@ pub fn run(mut a: Args) -> Result<()> {
     let cluster = match &a.profile {
         Some(p) => crate::load::cost_profile(p)?.apply(&cluster),
         None => cluster,
+    };
+    if !(a.skew.is_finite() && a.skew >= 1.0) {
+        return Err(miette!(
+            "--skew must be a number of at least 1 (1: balanced routing)"
+        ));
+    }
+    let cluster = Cluster {
+        skew: a.skew,
+        ..cluster
     };
     if !(a.time_limit.is_finite() && a.time_limit > 0.0) {
         return Err(miette!("--time-limit must be a positive number of seconds"));
