@@ -167,7 +167,13 @@ fn table(r: &Report, c: &Cluster, top: usize) -> String {
         "  {:<22} {:>3} {:>3} {:>3} {:>4} {:>4}  {:<26} {:>9} {:>12} {:>8}  flags",
         "family", "tp", "ep", "pp", "dp", "mb", "dispatch chosen", "step ms", "tokens/s", "GiB/GPU"
     );
-    for p in r.plans.iter().filter(|p| p.nodes == all).take(top) {
+    // The dense backbone is a reference, not a layout of this model: it is in the summary below.
+    for p in r
+        .plans
+        .iter()
+        .filter(|p| p.nodes == all && p.family != Family::Dense)
+        .take(top)
+    {
         let _ = writeln!(
             s,
             "  {:<22} {:>3} {:>3} {:>3} {:>4} {:>4}  {:<26} {:>9.1} {:>12.0} {:>8.1}  {}",

@@ -317,7 +317,7 @@ fn apply_best_plan(a: &mut Args, text: &str, cluster: &Cluster) -> Result<()> {
     let best = report
         .plans
         .iter()
-        .find(|p| p.nodes == cluster.nodes)
+        .find(|p| p.nodes == cluster.nodes && p.family != moe_passes::plan::Family::Dense)
         .ok_or_else(|| {
             miette!(
                 "{}: no layout fits the cluster ({} rejected); see `moe-opt plan`",
