@@ -170,3 +170,10 @@ pub fn load(name: &str, text: &str, import: &ImportArgs) -> Result<Graph> {
     }
     moe_ir::json::from_json(text).map_err(|e| json_error(name, text, e))
 }
+
+/// Reads a cost profile (`--profile FILE`): the rates the cost model prices op classes with.
+pub fn cost_profile(path: &std::path::Path) -> Result<moe_passes::cost::Profile> {
+    let name = path.to_string_lossy();
+    let text = crate::io::read_input(&name)?;
+    moe_passes::cost::Profile::from_toml(&text).map_err(|e| miette!("{name}: {e}"))
+}

@@ -37,6 +37,9 @@ enum Command {
     /// Run a list of passes (`remap(tp=8),dispatch,partition(pp=4),schedule(1f1b)`) over a
     /// model, validating after each; writes the text form by default.
     Opt(cmd::opt::Args),
+    /// Enumerate layouts of a model on a cluster (tp, ep, pp, dp, dispatch form, micro-batches),
+    /// prune by divisibility and GPU memory, rank by predicted step time and tokens/s.
+    Plan(cmd::plan::Args),
     /// Execute a model (every rank of its mesh) and print a checksum per output and the time.
     Run(cmd::run::Args),
     /// Check a graph (or config); exit 1 with the first problem.
@@ -50,6 +53,9 @@ enum Command {
     /// expert-parallel all-to-all form and the form the passes make (PPMoE), or a whole model
     /// (`--model`). Needs a build with `--features cuda` for `--backend cuda`.
     Bench(cmd::bench::Args),
+    /// Measure the cost model's rates (GEMM, grouped GEMM, attention, memory, gather, combine,
+    /// collectives) with small graphs run through the executor; write a cost profile (TOML).
+    Calibrate(cmd::calibrate::Args),
     /// Run small models on CUDA and on the CPU with the same weights and inputs; exit 1 when an
     /// output differs beyond the precision's tolerance. Needs a build with `--features cuda`.
     CheckGpu(cmd::check_gpu::Args),
@@ -75,11 +81,13 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Rewrite(a) => cmd::rewrite::run(a),
         Command::Opt(a) => cmd::opt::run(a),
+        Command::Plan(a) => cmd::plan::run(a),
         Command::Run(a) => cmd::run::run(a),
         Command::Validate(a) => cmd::validate::run(a),
         Command::Verify(a) => cmd::verify::run(a),
         Command::Schema(a) => cmd::schema::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Calibrate(a) => cmd::calibrate::run(a),
         Command::CheckGpu(a) => cmd::check_gpu::run(a),
     };
     match result {

@@ -19,6 +19,7 @@ pub mod extract;
 mod lang;
 mod pass;
 pub mod pipeline;
+pub mod plan;
 pub mod registry;
 pub mod remap;
 pub mod rewrite;

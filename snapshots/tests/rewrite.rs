@@ -7,7 +7,7 @@ mod common;
 
 use moe_ir::Summary;
 use moe_passes::cost::Roofline;
-use moe_passes::rewrite::{layer_costs, DispatchRewrite};
+use moe_passes::rewrite::{fold, folded_text, layer_costs, ranges, DispatchRewrite};
 use moe_passes::Pipeline;
 use std::fmt::Write as _;
 
@@ -30,8 +30,7 @@ fn run_rewrite(g: &moe_ir::Graph, opts: &common::CaseOptions) -> (moe_ir::Graph,
         // Extraction takes the cheapest form the report prices (ties aside).
         assert_eq!(l.costs[0].form, l.chosen, "{l}");
     }
-    let notes: Vec<String> = out.layers.iter().map(ToString::to_string).collect();
-    (out.graph, notes.join(""))
+    (out.graph, folded_text(&out.layers))
 }
 
 #[test]
@@ -62,11 +61,13 @@ fn rewrite() {
             let model = Roofline {
                 cluster: common::cluster(&opts),
             };
-            for l in layer_costs(&g, &model) {
+            let input = layer_costs(&g, &model);
+            for grp in fold(&input) {
+                let l = grp.report;
                 let _ = writeln!(
                     s,
                     "input layer {}: {} over {}: {:.3} ms",
-                    l.layer,
+                    ranges(&grp.layers),
                     l.chosen.name(),
                     l.axis,
                     l.costs.first().map_or(0.0, |c| c.seconds) * 1e3

@@ -69,6 +69,10 @@ pub struct Args {
     /// Also run each form once with per-op device times.
     #[arg(long)]
     profile: bool,
+    /// Cost profile (TOML of rates, as `rewrite --profile`): print each form's predicted time
+    /// beside the measured one (per rank, one node of the cluster's defaults otherwise).
+    #[arg(long, value_name = "FILE")]
+    cost_profile: Option<PathBuf>,
     /// The device's peak TFLOP/s for the share of peak (default: an H200's measured bf16 rate).
     #[arg(long, default_value_t = 790.0)]
     peak_tflops: f64,
@@ -100,6 +104,15 @@ struct Form {
     memory: Option<u64>,
     /// What the graph holds: collectives and routing ops.
     shape: String,
+    /// The cost model's prediction under `--cost-profile`, ms.
+    predicted_ms: Option<f64>,
+}
+
+/// The cost model's time for `g` as it is (DAG cost of its program, per rank), ms.
+fn predict(g: &Graph, cluster: &moe_passes::cost::Cluster) -> f64 {
+    let loaded = moe_passes::load(g);
+    let model = moe_passes::cost::Roofline::new(cluster.clone());
+    moe_passes::DagExtractor::new(&loaded.egraph, &model).dag_cost(loaded.root) * 1e3
 }
 
 /// The standard expert-parallel layer as model.json: tokens split over `ep` (`W` ranks), experts
@@ -219,6 +232,13 @@ fn time(name: &str, g: &Graph, a: &Args, opts: RunOptions) -> Result<(Form, RunR
         setup_ms: ms(last.setup),
         ops,
         shape: shape_of(g),
+        predicted_ms: match &a.cost_profile {
+            Some(p) => Some(predict(
+                g,
+                &crate::load::cost_profile(p)?.apply(&moe_passes::cost::Cluster::default()),
+            )),
+            None => None,
+        },
     };
     Ok((form, last))
 }
@@ -309,6 +329,7 @@ pub fn run(a: Args) -> Result<()> {
                     "tflops": f.flops / f.ms / 1e9,
                     "share_of_peak": f.flops / f.ms / 1e9 / a.peak_tflops,
                     "device_memory_bytes": f.memory, "setup_ms": f.setup_ms,
+                    "predicted_ms": f.predicted_ms,
                     "ops_ms": f.ops.iter().map(|(o, t, fl)| json!({"op": o, "ms": t, "tflop": fl / 1e12})).collect::<Vec<_>>(),
                 })
             })
@@ -336,6 +357,13 @@ pub fn run(a: Args) -> Result<()> {
                 base / f.ms,
                 f.shape
             );
+            if let Some(p) = f.predicted_ms {
+                let _ = writeln!(
+                    s,
+                    "      predicted {p:.3} ms (cost profile), measured / predicted {:.2}",
+                    f.ms / p
+                );
+            }
             let _ = writeln!(s, "      weights ready in {:.1} ms (last run)", f.setup_ms);
             if let Some(b) = f.memory {
                 let gib = b as f64 / (1u64 << 30) as f64;

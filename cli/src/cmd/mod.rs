@@ -1,10 +1,13 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod calibrate;
 pub mod check_gpu;
+pub mod fits;
 pub mod import;
 pub mod inspect;
 pub mod opt;
+pub mod plan;
 pub mod rewrite;
 pub mod run;
 pub mod schema;

@@ -10,7 +10,7 @@ use moe_ir::Schedule;
 use moe_passes::cost::{Cluster, Roofline};
 use moe_passes::pipeline::Layout;
 use moe_passes::registry::{self, PassContext, PassStep};
-use moe_passes::rewrite::{layer_costs, Limits};
+use moe_passes::rewrite::{fold, layer_costs, ranges, LayerReport, Limits};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -51,10 +51,22 @@ pub struct Args {
     /// [gpu] name, bf16_tflops, memory_gb). Default: one node of 8 H200s.
     #[arg(long, value_name = "FILE")]
     cluster: Option<PathBuf>,
+    /// Routing imbalance to price: the hottest expert gets F times its balanced share of the
+    /// routed rows (the rank holding it sets the step time). 1 is balanced.
+    #[arg(long, value_name = "F", default_value_t = 1.0)]
+    skew: f64,
+    /// Cost profile (TOML of rates by op class: GEMM, grouped GEMM, attention, gather, combine,
+    /// collectives), e.g. examples/profiles/h200.toml or what `moe-opt calibrate` writes.
+    #[arg(long, value_name = "FILE")]
+    profile: Option<PathBuf>,
     /// Print, per MoE layer, the forms considered, their predicted costs, the choice and the
     /// rewrite's proof (to stderr).
     #[arg(long)]
     explain: bool,
+    /// Write the program even when a stage needs more memory than the cluster's GPU has
+    /// (otherwise such a layout is refused with the nearest one that fits).
+    #[arg(long)]
+    allow_over_memory: bool,
     /// Saturation limit: rule-application rounds.
     #[arg(long, default_value_t = Limits::default().iterations)]
     iter_limit: usize,
@@ -102,7 +114,7 @@ fn parse_layout(s: &str) -> Result<Layout> {
     }
 }
 
-pub fn run(a: Args) -> Result<()> {
+pub fn run(mut a: Args) -> Result<()> {
     let cluster = match &a.cluster {
         Some(p) => {
             let text = read_input(&p.to_string_lossy())?;
@@ -110,10 +122,31 @@ pub fn run(a: Args) -> Result<()> {
         }
         None => Cluster::default(),
     };
+    let cluster = match &a.profile {
+        Some(p) => crate::load::cost_profile(p)?.apply(&cluster),
+        None => cluster,
+    };
+    if !(a.skew.is_finite() && a.skew >= 1.0) {
+        return Err(miette!(
+            "--skew must be a number of at least 1 (1: balanced routing)"
+        ));
+    }
+    let cluster = Cluster {
+        skew: a.skew,
+        ..cluster
+    };
     if !(a.time_limit.is_finite() && a.time_limit > 0.0) {
         return Err(miette!("--time-limit must be a positive number of seconds"));
     }
     let text = read_input(&a.model)?;
+    if a.cluster.is_some()
+        && a.tp.is_none()
+        && a.pp.is_none()
+        && a.import.mesh.is_none()
+        && is_hf(&text)
+    {
+        apply_best_plan(&mut a, &text, &cluster)?;
+    }
     let g = load(&a.model, &text, &a.import)?;
     let limits = Limits {
         iterations: a.iter_limit,
@@ -155,7 +188,30 @@ pub fn run(a: Args) -> Result<()> {
         explain: a.explain,
     };
     let pipeline = registry::pipeline(&steps, &ctx);
-    let (out, stats) = pipeline.run(g).map_err(|e| miette!("{}: {e}", a.model))?;
+    let (out, stats) = pipeline
+        .run(g.clone())
+        .map_err(|e| miette!("{}: {e}", a.model))?;
+    if !a.allow_over_memory {
+        let schedule = match a.schedule {
+            ScheduleArg::Gpipe => Schedule::Gpipe,
+            ScheduleArg::OneFOneB => Schedule::OneFOneB,
+            ScheduleArg::Interleaved => Schedule::Interleaved { chunks: a.chunks },
+        };
+        super::fits::check(
+            &g,
+            &out,
+            &super::fits::Asked {
+                tp: a.tp,
+                pp: a.pp,
+                schedule,
+                micro_batches: a.micro_batches,
+                recompute: a.recompute,
+                cluster: &cluster,
+                gpus_per_node: ctx.gpus_per_node.unwrap_or(cluster.gpus_per_node),
+            },
+        )
+        .map_err(|e| miette!("{}: {e}", a.model))?;
+    }
     let out = match a.emit_stage {
         Some(k) => moe_ir::stage_program(&out, k).map_err(|e| miette!("--emit-stage {k}: {e}"))?,
         None => out,
@@ -193,19 +249,7 @@ pub fn run(a: Args) -> Result<()> {
         );
         let _ = writeln!(x, "mesh: {input_mesh} -> {}", out.mesh);
         if let Some(costs) = &input_costs {
-            for l in costs {
-                if let Some(c) = l.costs.iter().find(|c| c.form == l.chosen) {
-                    let _ = writeln!(
-                        x,
-                        "input layer {} ({}): {} over {}: {:.3} ms",
-                        l.layer,
-                        l.node,
-                        l.chosen.name(),
-                        l.axis,
-                        c.seconds * 1e3
-                    );
-                }
-            }
+            x.push_str(&input_layers(costs));
         }
         for s in &stats {
             if let Some(e) = &s.egraph {
@@ -234,4 +278,73 @@ pub fn run(a: Args) -> Result<()> {
         eprint!("{x}");
     }
     write_output(a.output.as_deref(), &render(&out, a.format))
+}
+
+/// The input program's MoE layers, identical ones folded: one line per distinct layer cost.
+pub fn input_layers(costs: &[LayerReport]) -> String {
+    let mut x = String::new();
+    for g in fold(costs) {
+        let l = g.report;
+        let Some(c) = l.costs.iter().find(|c| c.form == l.chosen) else {
+            continue;
+        };
+        let which = match g.layers.as_slice() {
+            [one] => format!("input layer {one} ({})", l.node),
+            many => format!("input layers {} ({} layers)", ranges(many), many.len()),
+        };
+        let _ = writeln!(
+            x,
+            "{which}: {} over {}: {:.3} ms = compute {:.3} ms + communication {:.3} ms",
+            l.chosen.name(),
+            l.axis,
+            c.seconds * 1e3,
+            c.split.compute * 1e3,
+            c.split.comm * 1e3
+        );
+    }
+    x
+}
+
+fn is_hf(text: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(text)
+        .is_ok_and(|v| moe_ir::hf::looks_like_hf_config(&v))
+}
+
+/// `rewrite CONFIG --cluster FILE` without layout flags: the best layout `plan` finds on all of
+/// the cluster's nodes (inference), applied as if its flags were given.
+fn apply_best_plan(a: &mut Args, text: &str, cluster: &Cluster) -> Result<()> {
+    let (report, _) = super::plan::plan_model(&a.model, text, &a.import, cluster, false, None)?;
+    let best = report
+        .plans
+        .iter()
+        .find(|p| p.nodes == cluster.nodes && p.family != moe_passes::plan::Family::Dense)
+        .ok_or_else(|| {
+            miette!(
+                "{}: no layout fits the cluster ({} rejected); see `moe-opt plan`",
+                a.model,
+                report.rejected.len()
+            )
+        })?;
+    eprintln!(
+        "applying the best plan on {} node(s): {} ({} family, predicted {:.0} tokens/s)",
+        cluster.nodes,
+        best.flags(),
+        best.family.name(),
+        best.tokens_per_s
+    );
+    a.import.gpus_per_node = cluster.gpus_per_node;
+    a.import.mesh = Some(if best.dp > 1 {
+        format!("dp={},ep={}", best.dp, best.ep)
+    } else {
+        format!("ep={}", best.ep)
+    });
+    if best.family == moe_passes::plan::Family::Ppmoe {
+        a.tp = Some(best.tp);
+    }
+    if best.pp > 1 {
+        a.pp = Some(best.pp);
+        a.micro_batches = Some(best.micro_batches);
+        a.recompute = best.recompute;
+    }
+    Ok(())
 }

@@ -40,6 +40,17 @@ pub struct Cluster {
     #[serde(default = "default_inter_latency")]
     pub inter_node_latency_us: f64,
     pub gpu: Gpu,
+    /// Routing imbalance the cost model prices (`--skew F`: the hottest expert gets F times its
+    /// share; 1 is balanced). Not in the cluster file.
+    #[serde(skip, default = "balanced")]
+    pub skew: f64,
+    /// Per-class rates from a cost profile (`--profile`; never in the cluster file).
+    #[serde(skip)]
+    pub profile: Option<Box<super::profile::Profile>>,
+}
+
+fn balanced() -> f64 {
+    1.0
 }
 
 fn default_intra_latency() -> f64 {
@@ -76,6 +87,8 @@ impl Default for Cluster {
                 memory_gb: 141.0,
                 hbm_gbps: default_hbm(),
             },
+            skew: 1.0,
+            profile: None,
         }
     }
 }

@@ -9,6 +9,8 @@
 mod cluster;
 pub mod collective;
 pub mod model;
+pub mod profile;
 
 pub use cluster::{Cluster, ClusterError, Gpu};
-pub use model::{output_fill, CostModel, OpCost, Roofline};
+pub use model::{output_fill, output_fill_skewed, CostModel, OpCost, Roofline};
+pub use profile::{Profile, ProfileError, Rate, Rates};

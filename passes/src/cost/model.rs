@@ -100,6 +100,21 @@ pub fn output_fill(
     outputs: &[TensorType],
     mesh: &Mesh,
 ) -> Vec<f64> {
+    output_fill_skewed(op, inputs, input_fill, outputs, mesh, 1.0)
+}
+
+/// [`output_fill`] under imbalanced routing: one of a rank's experts (the hottest) gets `skew`
+/// times its balanced share of the routed pairs (at most every token), the others their share;
+/// the rank holding it sets the step's time, so `local_routes` is priced for that rank. `skew`
+/// below 1 counts as 1 (balanced).
+pub fn output_fill_skewed(
+    op: &Op,
+    inputs: &[&TensorType],
+    input_fill: &[f64],
+    outputs: &[TensorType],
+    mesh: &Mesh,
+    skew: f64,
+) -> Vec<f64> {
     let mut out = vec![1.0; outputs.len()];
     let fill_of = |i: usize| input_fill.get(i).copied().unwrap_or(1.0).clamp(0.0, 1.0);
     match op {
@@ -119,7 +134,13 @@ pub fn output_fill(
             );
             let n = mesh.size_of(axis).max(1);
             let e_local = experts / n;
-            let mut expected = t as f64 * k as f64 * e_local as f64 / (*experts).max(1) as f64;
+            let share = t as f64 * k as f64 / (*experts).max(1) as f64;
+            let hot = (share * skew.max(1.0)).min(t as f64);
+            let mut expected = if e_local == 0 {
+                0.0
+            } else {
+                hot + share * (e_local - 1) as f64
+            };
             if let Capacity::Slots(c) = capacity {
                 expected = expected.min((c * e_local * token_groups) as f64);
             }
@@ -161,6 +182,20 @@ impl Roofline {
     /// The model on `cluster`.
     pub fn new(cluster: Cluster) -> Roofline {
         Roofline { cluster }
+    }
+
+    /// `cost` re-timed with the cluster's cost profile's rate for the op's class, if it has one.
+    fn profiled(&self, op: &Op, cost: OpCost) -> OpCost {
+        let seconds = self
+            .cluster
+            .profile
+            .as_ref()
+            .zip(super::profile::class_of(op))
+            .and_then(|(p, class)| p.seconds(class, cost.flops, cost.hbm_bytes));
+        match seconds {
+            Some(seconds) => OpCost { seconds, ..cost },
+            None => cost,
+        }
     }
 
     fn compute(&self, flops: f64, hbm_bytes: f64) -> OpCost {
@@ -249,6 +284,18 @@ pub fn mean_keys(mask: Mask, seq: u64, kv_seq: u64) -> f64 {
 }
 
 impl CostModel for Roofline {
+    /// [`output_fill_skewed`] with the cluster's `skew` (`--skew`).
+    fn output_fill(
+        &self,
+        op: &Op,
+        inputs: &[&TensorType],
+        input_fill: &[f64],
+        outputs: &[TensorType],
+        mesh: &Mesh,
+    ) -> Vec<f64> {
+        output_fill_skewed(op, inputs, input_fill, outputs, mesh, self.cluster.skew)
+    }
+
     fn op_time(
         &self,
         op: &Op,
@@ -273,7 +320,7 @@ impl CostModel for Roofline {
         let all_in: f64 = inputs.iter().map(|t| bytes(t, mesh)).sum();
         let all_out: f64 = outputs.iter().map(|t| bytes(t, mesh)).sum();
         let local = |i: usize| inputs.get(i).map_or_else(Vec::new, |t| t.local_shape(mesh));
-        match op {
+        let cost = match op {
             Op::Input(_) | Op::Weight(_) => OpCost::default(),
             Op::Zeros(_) => self.compute(0.0, all_out),
             Op::Shard { .. } => self.compute(0.0, 2.0 * all_out),
@@ -354,7 +401,8 @@ impl CostModel for Roofline {
             Op::Embedding => self.compute(0.0, in_bytes(0) + 2.0 * all_out),
             // Memory-bound: everything read and written.
             _ => self.compute(0.0, all_in + all_out),
-        }
+        };
+        self.profiled(op, cost)
     }
 }
 
@@ -367,6 +415,33 @@ mod tests {
     fn time(m: &Roofline, op: &Op, inputs: &[&TensorType], fill: &[f64], mesh: &Mesh) -> f64 {
         let out = infer(op, inputs, mesh).unwrap();
         m.op_time(op, inputs, fill, &out, mesh)
+    }
+
+    #[test]
+    fn skew_prices_the_rank_with_the_hottest_expert() {
+        // 8 experts on tp=4 (2 per rank), top-2 over 1024 replicated tokens.
+        let mesh = Mesh::parse("tp=4", 8).unwrap();
+        let idx = TensorType::new(DType::I32, [1024, 2]);
+        let w = TensorType::new(DType::F32, [1024, 2]);
+        let op = Op::LocalRoutes {
+            experts: 8,
+            axis: "tp".into(),
+            capacity: Capacity::Dropless,
+            token_groups: 1,
+        };
+        let out = infer(&op, &[&idx, &w], &mesh).unwrap();
+        let rows = out[0].local_shape(&mesh)[0] as f64;
+        let fill = |skew| output_fill_skewed(&op, &[&idx, &w], &[1.0, 1.0], &out, &mesh, skew)[0];
+        // Balanced: 1024 * 2 * 2 / 8 = 512 pairs; the hottest at 2x its 256: 768.
+        assert!((fill(1.0) * rows - 512.0).abs() < 1e-9);
+        assert!((fill(2.0) * rows - 768.0).abs() < 1e-9);
+        // One expert never gets more than every token: 1024 + 256.
+        assert!((fill(100.0) * rows - (1024.0f64 + 256.0).min(rows)).abs() < 1e-9);
+        assert_eq!(fill(0.5), fill(1.0));
+        assert_eq!(
+            output_fill(&op, &[&idx, &w], &[1.0, 1.0], &out, &mesh),
+            vec![fill(1.0), fill(1.0), 1.0]
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@
 
 pub mod costs;
 pub mod emit;
+pub mod fit;
 pub mod partition;
 pub mod schedule;
 
@@ -122,6 +123,20 @@ impl std::fmt::Debug for PipelinePartition {
     }
 }
 
+/// The layout [`PipelinePartition::cut`] chose, before any graph is built.
+#[derive(Debug, Clone)]
+pub struct Cut {
+    /// Layers per virtual stage.
+    pub layout: Vec<u32>,
+    /// Per device (pipeline stage): memory per GPU, its virtual stages' weights plus each one's
+    /// peak activations under the schedule.
+    pub memory_bytes: Vec<f64>,
+    /// Per virtual stage: forward seconds of one micro-batch.
+    pub seconds: Vec<f64>,
+    /// Set when no balanced cut fits and time alone was balanced ([`PipelineError::DoesNotFit`]).
+    pub over: Option<PipelineError>,
+}
+
 /// A partitioned graph and its schedule report.
 #[derive(Debug, Clone)]
 pub struct Partitioned {
@@ -150,8 +165,10 @@ impl PipelinePartition {
         }
     }
 
-    /// Partitions `g` (valid, not partitioned).
-    pub fn partition(&self, g: &Graph) -> Result<Partitioned, PipelineError> {
+    /// The layers per virtual stage this pass would cut `g` into, with each virtual stage's
+    /// memory per GPU (weights plus the schedule's peak activations) and, when the balanced cut
+    /// had to ignore memory, why. Emits nothing: `plan` and the memory check call it per layout.
+    pub fn cut(&self, g: &Graph) -> Result<Cut, PipelineError> {
         if g.pipeline.is_some() {
             return Err(PipelineError::AlreadyPartitioned);
         }
@@ -182,7 +199,7 @@ impl PipelinePartition {
             c.weight_bytes + in_flight[v] * c.kept_bytes(self.recompute)
         };
         let fits = |v: usize, a: usize, b: usize| cap.is_none_or(|m| memory(v, a, b) <= m);
-        let mut warnings = Vec::new();
+        let mut over = None;
         let layout = match &self.layout {
             Layout::Explicit(l) => {
                 if l.len() != vs {
@@ -236,18 +253,53 @@ impl PipelinePartition {
                         }
                         a = b;
                     }
-                    let e = PipelineError::DoesNotFit {
+                    over = Some(PipelineError::DoesNotFit {
                         vstages,
                         gpu_gib: cap.unwrap_or(0.0) / (1u64 << 30) as f64,
                         vstage: worst.0 as u32,
                         need_gib: worst.1 / (1u64 << 30) as f64,
-                    };
-                    tracing::warn!("{e}; balancing time alone");
-                    warnings.push(e.to_string());
+                    });
                     lens
                 }
             },
         };
+        let mut memory_bytes = vec![0f64; self.stages as usize];
+        let mut a = 0usize;
+        for (v, &l) in layout.iter().enumerate() {
+            let b = (a + l as usize).min(n);
+            memory_bytes[v % self.stages as usize] += memory(v, a, b);
+            a = b;
+        }
+        let times: Vec<f64> = {
+            let mut a = 0usize;
+            layout
+                .iter()
+                .enumerate()
+                .map(|(v, &l)| {
+                    let b = (a + l as usize).min(n);
+                    let t = cost(v, a, b);
+                    a = b;
+                    t
+                })
+                .collect()
+        };
+        Ok(Cut {
+            layout,
+            memory_bytes,
+            seconds: times,
+            over,
+        })
+    }
+
+    /// Partitions `g` (valid, not partitioned).
+    pub fn partition(&self, g: &Graph) -> Result<Partitioned, PipelineError> {
+        let cut = self.cut(g)?;
+        let mut warnings = Vec::new();
+        if let Some(e) = cut.over {
+            tracing::warn!("{e}; balancing time alone");
+            warnings.push(e.to_string());
+        }
+        let layout = cut.layout;
         let spec = PipelineSpec {
             axis: emit::AXIS.to_string(),
             layout,

@@ -31,6 +31,15 @@ impl Form {
             Form::Ppmoe => "ppmoe (index slicing + all-reduce)",
         }
     }
+
+    /// A one-word name (`plan`'s tables).
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Form::AllToAll => "all-to-all",
+            Form::AllGather => "all-gather",
+            Form::Ppmoe => "ppmoe",
+        }
+    }
 }
 
 /// A form's predicted cost for one layer: the DAG cost of the layer's dispatch, experts and
@@ -75,10 +84,29 @@ impl fmt::Display for LayerReport {
             self.axis,
             self.chosen.name()
         )?;
+        self.write_body(f)
+    }
+}
+
+/// Two costs within this fraction of each other are a tie (the cost model's rounding: an
+/// all_reduce and its reduce_scatter + all_gather price the same up to it).
+pub const TIE: f64 = 1e-3;
+
+/// Whether two predicted times are a tie.
+pub fn tied(a: f64, b: f64) -> bool {
+    (a - b).abs() <= TIE * a.abs().max(b.abs())
+}
+
+impl LayerReport {
+    /// The report without its header line: every candidate, why the winner won, what did not
+    /// apply and the proof. [`super::fold`] prints it once for a group of identical layers.
+    pub(super) fn write_body(&self, f: &mut dyn fmt::Write) -> fmt::Result {
         let best = self.costs.first().map_or(0.0, |c| c.seconds);
         for c in &self.costs {
             let mark = if c.form == self.chosen {
                 "  <- chosen".to_string()
+            } else if best > 0.0 && tied(c.seconds, best) {
+                "  (tie)".to_string()
             } else if best > 0.0 {
                 format!("  ({:.2}x)", c.seconds / best)
             } else {
@@ -94,39 +122,98 @@ impl fmt::Display for LayerReport {
                 bytes(c.split.comm_bytes),
             )?;
         }
-        if let (Some(chosen), Some(next)) = (
-            self.costs.iter().find(|c| c.form == self.chosen),
-            // The input form when something else was chosen, else the runner-up.
-            self.costs
+        if let Some(chosen) = self.costs.iter().find(|c| c.form == self.chosen) {
+            let others: Vec<&FormCost> = self
+                .costs
                 .iter()
-                .find(|c| c.form == Form::AllToAll && self.chosen != Form::AllToAll)
-                .or_else(|| self.costs.iter().find(|c| c.form != self.chosen)),
-        ) {
-            let delta = |a: f64, b: f64| {
-                let d = (b - a) * 1e3;
-                if d >= 0.0 {
-                    format!("{d:.3} ms less")
-                } else {
-                    format!("{:.3} ms more", -d)
-                }
-            };
-            writeln!(
-                f,
-                "  why: against {}, {} communication ({} vs {}) and {} compute",
-                next.form.name(),
-                delta(chosen.split.comm, next.split.comm),
-                bytes(chosen.split.comm_bytes).trim_end_matches(" per rank"),
-                bytes(next.split.comm_bytes),
-                delta(chosen.split.compute, next.split.compute),
-            )?;
+                .filter(|c| c.form != self.chosen)
+                .collect();
+            let ties: Vec<&str> = others
+                .iter()
+                .filter(|c| tied(c.seconds, chosen.seconds))
+                .map(|c| c.form.name())
+                .collect();
+            if !ties.is_empty() {
+                writeln!(
+                    f,
+                    "  tie: {} costs the same as {} (within {}%); extraction keeps the first in its fixed order",
+                    ties.join(", "),
+                    self.chosen.name(),
+                    TIE * 100.0
+                )?;
+            }
+            // Why it won: against the cheapest form that is not tied with it.
+            if let Some(next) = others.iter().find(|c| !tied(c.seconds, chosen.seconds)) {
+                writeln!(
+                    f,
+                    "  why: {:.2}x faster than {}: {} communication ({} vs {}) and {} compute",
+                    next.seconds / chosen.seconds.max(f64::MIN_POSITIVE),
+                    next.form.name(),
+                    delta(chosen.split.comm, next.split.comm),
+                    bytes(chosen.split.comm_bytes).trim_end_matches(" per rank"),
+                    bytes(next.split.comm_bytes),
+                    delta(chosen.split.compute, next.split.compute),
+                )?;
+            } else if others.is_empty() {
+                writeln!(f, "  why: the only form the e-graph holds for this layer")?;
+            }
         }
         for w in &self.why_not {
             writeln!(f, "  not applicable: {w}")?;
         }
         if !self.rules.is_empty() {
-            writeln!(f, "  proof (egg explanation): {}", self.rules.join(" -> "))?;
+            writeln!(
+                f,
+                "  proof of the chosen form (egg explanation): {}",
+                self.rules.join(" -> ")
+            )?;
         }
         Ok(())
+    }
+
+    /// Whether this report chose `form` and holds what [`prove`] needs to explain it.
+    pub(super) fn proves(&self, form: Form) -> bool {
+        self.chosen == form && self.proof.is_some()
+    }
+
+    /// Whether two reports say the same apart from the layer they are about: same axis, choice,
+    /// candidates (times to the nanosecond, bytes to the byte), reasons and proof.
+    pub fn same_as(&self, other: &LayerReport) -> bool {
+        let ns = |s: f64| (s * 1e9).round() as i64;
+        let costs = |r: &LayerReport| -> Vec<(Form, i64, i64, i64)> {
+            r.costs
+                .iter()
+                .map(|c| {
+                    (
+                        c.form,
+                        ns(c.split.compute),
+                        ns(c.split.comm),
+                        c.split.comm_bytes.round() as i64,
+                    )
+                })
+                .collect()
+        };
+        let why = |r: &LayerReport| -> Vec<String> {
+            r.why_not
+                .iter()
+                .map(|w| w.replace(&r.node, "{node}"))
+                .collect()
+        };
+        self.axis == other.axis
+            && self.chosen == other.chosen
+            && costs(self) == costs(other)
+            && why(self) == why(other)
+            && self.rules == other.rules
+    }
+}
+
+/// `0.845 ms less` / `0.845 ms more`: `a` against `b`.
+fn delta(a: f64, b: f64) -> String {
+    let d = (b - a) * 1e3;
+    if d >= 0.0 {
+        format!("{d:.3} ms less")
+    } else {
+        format!("{:.3} ms more", -d)
     }
 }
 

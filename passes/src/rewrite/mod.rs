@@ -15,9 +15,11 @@
 //! assert!(stats[1].egraph.is_some());
 //! ```
 
+mod fold;
 mod layers;
 
-pub use layers::{Form, FormCost, LayerReport};
+pub use fold::{fold, folded_text, ranges, LayerGroup};
+pub use layers::{tied, Form, FormCost, LayerReport, TIE};
 
 use crate::analysis::Types;
 use crate::convert::load;
@@ -108,6 +110,30 @@ impl DispatchRewrite {
 
     /// Saturates, extracts and reports. `g` must be valid.
     pub fn rewrite(&self, g: &Graph) -> Result<Rewritten, ExtractError> {
+        let rules: Vec<&'static rules::Rule> = match &self.only {
+            None => rules::RULES.iter().collect(),
+            Some(only) => only.clone(),
+        };
+        let s = self.saturate(g, &rules);
+        let extractor = DagExtractor::new(&s.loaded.egraph, self.model.as_ref());
+        let expr = extractor.best_expr(s.loaded.root)?;
+        let predicted = extractor.dag_cost(s.loaded.root);
+        let mut reports = layers::report(g, &s.loaded, &extractor, &s.stats.stop_reason);
+        drop(extractor);
+        if self.explain {
+            self.prove_chosen(g, &rules, &mut reports);
+        }
+        let graph = s.loaded.to_graph(&expr);
+        Ok(Rewritten {
+            graph,
+            stats: s.stats,
+            layers: reports,
+            predicted,
+        })
+    }
+
+    /// Loads `g` into an e-graph and saturates it with `rules` under the limits.
+    fn saturate(&self, g: &Graph, rules: &[&'static rules::Rule]) -> Saturated {
         let mut loaded = load(g);
         let mesh = g.mesh.clone();
         let egraph = std::mem::replace(
@@ -115,16 +141,13 @@ impl DispatchRewrite {
             egg::EGraph::new(Types { mesh: mesh.clone() }),
         );
         let rank = rules::max_rank(g);
-        let rules = match &self.only {
-            None => rules::all(&g.mesh, rank),
-            Some(only) => only.iter().map(|r| r.rewrite(&g.mesh, rank)).collect(),
-        };
+        let rewrites: Vec<_> = rules.iter().map(|r| r.rewrite(&g.mesh, rank)).collect();
         let runner: Runner<MoeLang, Types, ()> = Runner::new(Types { mesh })
             .with_egraph(egraph)
             .with_iter_limit(self.limits.iterations)
             .with_node_limit(self.limits.nodes)
             .with_time_limit(self.limits.time)
-            .run(&rules);
+            .run(&rewrites);
         let mut stats = EGraphStats {
             iterations: runner.iterations.len(),
             enodes: runner.egraph.total_number_of_nodes(),
@@ -144,22 +167,62 @@ impl DispatchRewrite {
             Some(StopReason::Other(s)) => s.clone(),
         };
         loaded.egraph = runner.egraph;
-        let extractor = DagExtractor::new(&loaded.egraph, self.model.as_ref());
-        let expr = extractor.best_expr(loaded.root)?;
-        let predicted = extractor.dag_cost(loaded.root);
-        let mut reports = layers::report(g, &loaded, &extractor, &stats.stop_reason);
-        drop(extractor);
-        if self.explain {
-            layers::prove(&mut loaded, &mut reports);
-        }
-        let graph = loaded.to_graph(&expr);
-        Ok(Rewritten {
-            graph,
-            stats,
-            layers: reports,
-            predicted,
-        })
+        Saturated { loaded, stats }
     }
+
+    /// Fills each report's proof with egg's explanation **of the chosen form**. In the full
+    /// e-graph one program is often reached by several rules (PPMoE's `all_reduce` is also
+    /// `all_gather(reduce_scatter(..))` of the all-gather form), and egg explains by whichever
+    /// union came first; so each chosen form is proved in an e-graph saturated without the other
+    /// forms' dispatch rule and without the algebra that joins the two slicing forms.
+    fn prove_chosen(&self, g: &Graph, all: &[&'static rules::Rule], reports: &mut [LayerReport]) {
+        let forms: std::collections::BTreeSet<Form> = reports
+            .iter()
+            .map(|r| r.chosen)
+            .filter(|f| *f != Form::AllToAll)
+            .collect();
+        for form in forms {
+            let banned = banned_for(form);
+            let rules: Vec<&'static rules::Rule> = all
+                .iter()
+                .copied()
+                .filter(|r| !banned.contains(&r.name()))
+                .collect();
+            let mut s = self.saturate(g, &rules);
+            let ex = DagExtractor::new(&s.loaded.egraph, self.model.as_ref());
+            let mut sub = layers::report(g, &s.loaded, &ex, &s.stats.stop_reason);
+            drop(ex);
+            // Only the layers that chose `form` need this e-graph's proof: force its choice.
+            sub.retain_mut(|r| {
+                reports.iter().any(|o| o.node == r.node && o.chosen == form) && r.proves(form)
+            });
+            layers::prove(&mut s.loaded, &mut sub);
+            for r in reports.iter_mut().filter(|r| r.chosen == form) {
+                if let Some(p) = sub.iter().find(|p| p.node == r.node) {
+                    r.rules = p.rules.clone();
+                }
+            }
+        }
+    }
+}
+
+/// The rules left out when proving `form`: the other slicing form's rule, and the algebra that
+/// turns one slicing form into the other.
+fn banned_for(form: Form) -> Vec<&'static str> {
+    match form {
+        Form::AllToAll => Vec::new(),
+        Form::AllGather => vec![rules::PpmoeSlicing::NAME],
+        Form::Ppmoe => vec![
+            rules::AllGatherSlicing::NAME,
+            rules::ALL_GATHER_OF_REDUCE_SCATTER.name,
+        ],
+    }
+}
+
+/// An e-graph after saturation, with its statistics.
+struct Saturated {
+    loaded: crate::convert::Loaded,
+    stats: EGraphStats,
 }
 
 /// Prices the MoE layers of `g` as they are (no rewrite): one report per layer, with the cost of
@@ -180,7 +243,7 @@ impl Pass for DispatchRewrite {
             pass: Self::NAME,
             message: e.to_string(),
         })?;
-        let mut notes: Vec<String> = r.layers.iter().map(ToString::to_string).collect();
+        let mut notes: Vec<String> = vec![folded_text(&r.layers)];
         notes.push(format!(
             "predicted step time {:.3} ms per rank (forward, this cost model)",
             r.predicted * 1e3

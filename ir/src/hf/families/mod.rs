@@ -464,7 +464,12 @@ pub(super) fn decoder_only(cfg: Cfg<'_>, d: Decoder) -> Result<ModelSpec, Import
             act: d.act,
             router: r.router,
             shared: r.shared,
-            capacity: CapacitySpec::Dropless,
+            // `capacity_factor` (not in the published configs; `--set capacity_factor=1.25`):
+            // the capacity-padded GShard form instead of dropless routing.
+            capacity: match cfg.opt_f64("capacity_factor")? {
+                Some(f) if f > 0.0 => CapacitySpec::Factor(f),
+                _ => CapacitySpec::Dropless,
+            },
             expert_bias: false,
         }),
         head_scale: None,
