@@ -163,6 +163,38 @@ fn output_file_is_written_whole_and_nothing_is_written_on_error() {
 }
 
 #[test]
+fn output_into_a_missing_folder_names_the_users_path() {
+    // A folder name without `.tmp`, so that a temporary file's name would stand out.
+    let dir = tempfile::Builder::new()
+        .prefix("moe-out")
+        .tempdir()
+        .expect("temp dir");
+    let out = dir.path().join("no-such-folder").join("g.json");
+    let out = out.to_str().expect("utf-8");
+    let o = moe_opt(&["rewrite", LAYER, "-o", out], None);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    // miette wraps long lines: compare without the breaks and the frame.
+    let flat: String = e.split_whitespace().filter(|w| *w != "│").collect();
+    assert!(flat.contains(&out.replace(' ', "")) && e.contains("does not exist"), "{e}");
+    assert!(!flat.contains(".tmp"), "the temporary file is ours, not the user's: {e}");
+}
+
+#[test]
+fn a_truncated_config_is_not_valid_json_for_every_command() {
+    let cfg = std::fs::read_to_string(root().join("examples/hf/mixtral-8x7b.json"))
+        .expect("example exists");
+    let cut = &cfg.as_bytes()[..cfg.len() / 2];
+    for cmd in ["import", "rewrite", "inspect", "validate"] {
+        let o = moe_opt(&[cmd, "-"], Some(cut));
+        assert_eq!(o.status.code(), Some(1), "{cmd}");
+        let e = stderr(&o);
+        assert!(e.contains("not valid JSON") && e.contains("line "), "{cmd}: {e}");
+        assert!(!e.contains("unknown field"), "{cmd}: {e}");
+    }
+}
+
+#[test]
 fn dot_output_has_clusters_and_marks_collectives() {
     let o = moe_opt(
         &[

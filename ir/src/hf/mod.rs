@@ -41,6 +41,13 @@ pub enum ImportError {
     Unsupported(String),
     #[error("internal error while lowering (please report): {0}")]
     Internal(String),
+    /// A size the config implies is beyond [`crate::limits`]: no real model reaches it.
+    #[error("the config makes node `{node}` too large: {source}")]
+    TooLarge {
+        node: String,
+        #[source]
+        source: crate::limits::TooLarge,
+    },
 }
 
 /// Options of an import.

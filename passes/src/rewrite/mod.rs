@@ -176,10 +176,7 @@ impl Pass for DispatchRewrite {
     }
 
     fn run(&self, g: Graph) -> Result<PassOutput, PassError> {
-        let r = self.rewrite(&g).map_err(|e| PassError::Failed {
-            pass: Self::NAME,
-            message: e.to_string(),
-        })?;
+        let r = self.rewrite(&g)?;
         let mut notes: Vec<String> = r.layers.iter().map(ToString::to_string).collect();
         notes.push(format!(
             "predicted step time {:.3} ms per rank (forward, this cost model)",

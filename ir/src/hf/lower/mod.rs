@@ -72,7 +72,14 @@ impl Lower<'_> {
         let id = self
             .g
             .add(name, op, inputs, self.scope)
-            .map_err(|e| ImportError::Internal(e.to_string()))?;
+            .map_err(|e| match e {
+                crate::BuildError::Type {
+                    node,
+                    source: crate::TypeError::TooLarge(source),
+                    ..
+                } => ImportError::TooLarge { node, source },
+                e => ImportError::Internal(e.to_string()),
+            })?;
         Ok(id.into())
     }
 
