@@ -556,3 +556,41 @@ fn pipeline_flags() {
     assert_eq!(j["schedule"]["micro_batches"], 6);
     assert_eq!(j["schedule"]["per_stage"].as_array().map(Vec::len), Some(2));
 }
+
+/// The README opens with the headline job on a bundled example, then the test command that CI
+/// (`.ci/run`) runs: both stay true.
+#[test]
+fn readme_first_commands_are_the_headline_rewrite_and_the_tests() {
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README");
+    let block = readme
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a first sh block");
+    let mut lines = block.lines();
+    let first = lines.next().expect("a first command");
+    let args = first
+        .strip_prefix("cargo run --release -p moe-opt -- ")
+        .expect("the first command runs moe-opt");
+    let mut args: Vec<String> = args.split_whitespace().map(String::from).collect();
+    assert_eq!(args[0], "rewrite", "{first}");
+    assert!(args.iter().any(|a| a == "--explain"), "{first}");
+    assert!(root().join(&args[1]).is_file(), "{first}: a bundled model");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("out.json");
+    if let Some(i) = args.iter().position(|a| a == "-o") {
+        args[i + 1] = out.to_str().expect("utf-8").to_string();
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = moe_opt(&args, None);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout).to_string() + &stderr(&o);
+    for needle in ["<- chosen", "ppmoe", "proof (egg explanation)"] {
+        assert!(text.contains(needle), "`{needle}` not in: {text}");
+    }
+    assert!(out.is_file());
+    let second = lines.next().expect("a second command");
+    assert_eq!(second.trim(), "cargo test --workspace");
+    let ci = std::fs::read_to_string(root().join(".ci/run")).expect(".ci/run");
+    assert!(ci.contains("\ncargo test --workspace --locked"), "CI runs the README's tests");
+}
