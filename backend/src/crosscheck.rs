@@ -23,7 +23,7 @@
 use crate::error::ExecError;
 use crate::exec::Executed;
 use crate::run::{run_capturing, HostTensor, RunOptions};
-use crate::verify::{diff, Diff};
+use crate::verify::{diff, Diff, Incomparable};
 use crate::weights::Weights;
 use moe_ir::{Graph, Mask, NodeId, Op};
 use std::collections::BTreeSet;
@@ -47,10 +47,10 @@ pub struct CrossCheckOptions {
 pub struct OutputAgreement {
     pub name: String,
     /// Over every element (or why the output cannot be compared).
-    pub all: Result<Diff, String>,
+    pub all: Result<Diff, Incomparable>,
     /// Over the rows of the sequences routed alike in both runs (equal to `all` when no row is
     /// left out).
-    pub kept: Result<Diff, String>,
+    pub kept: Result<Diff, Incomparable>,
     /// Rows (tokens) left out, of `rows`.
     pub rows_left_out: usize,
     pub rows: usize,
@@ -200,7 +200,9 @@ pub(crate) fn compare(
         .iter()
         .map(|(name, ta)| {
             let Some((_, tb)) = b.outputs.iter().find(|(n, _)| n == name) else {
-                let missing = Err("not an output of the candidate run".to_string());
+                let missing = Err(Incomparable::Missing {
+                    of: "candidate run",
+                });
                 return OutputAgreement {
                     name: name.clone(),
                     all: missing.clone(),

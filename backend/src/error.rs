@@ -22,7 +22,8 @@ pub enum WeightError {
     Split {
         weight: String,
         key: String,
-        why: String,
+        #[source]
+        why: SplitError,
         /// Every checkpoint key the weight may be read from.
         tried: Vec<String>,
     },
@@ -39,6 +40,30 @@ pub enum WeightError {
         key: String,
         first: String,
         second: String,
+    },
+}
+
+/// Why a fused checkpoint tensor does not split into a graph weight.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SplitError {
+    /// The graph weight has a rank the cut does not make.
+    #[error("cannot hold the {rank}-d graph weight")]
+    GraphRank { rank: usize },
+    /// The fused tensor's shape is not the layout the cut reads (`needs` says which).
+    #[error("has shape {found:?}; {needs}")]
+    Layout { found: Vec<usize>, needs: String },
+    /// A size the cut needs is read from one of `keys`, and none is in the checkpoint.
+    #[error("cannot be split: {what} comes from {}, none of which is in the checkpoint", keys.join(" or "))]
+    NoSource {
+        what: &'static str,
+        keys: Vec<String>,
+    },
+    /// DeepSeek's `kv_a_proj_with_mqa` must hold the latent and the RoPE key rows.
+    #[error("needs the RoPE key width: `{key}` has {rows} rows, not more than the latent width {latent}")]
+    RopeWidth {
+        key: String,
+        rows: usize,
+        latent: usize,
     },
 }
 

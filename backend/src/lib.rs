@@ -38,7 +38,7 @@ mod verify;
 mod weights;
 
 pub use crosscheck::{cross_check, CrossCheck, CrossCheckOptions, OutputAgreement};
-pub use error::{ExecError, WeightError};
+pub use error::{ExecError, SplitError, WeightError};
 pub use exec::StepRun;
 pub use inputs::{InputError, Inputs, TokenIds};
 pub use memory::{estimate as estimate_memory, MemoryEstimate};
@@ -46,5 +46,7 @@ pub use run::{
     run, run_with, useful_flops, useful_flops_by_op, Device, HostTensor, Precision, RunOptions,
     RunReport,
 };
-pub use verify::{diff, verify, verify_with, Diff, NodeDiff, OutputCheck, Verdict, VerifyOptions};
+pub use verify::{
+    diff, verify, verify_with, Diff, Incomparable, NodeDiff, OutputCheck, Verdict, VerifyOptions,
+};
 pub use weights::{Checkpoint, Weights};

@@ -154,22 +154,6 @@ fn workspace(g: &Graph, id: moe_ir::NodeId, p: Precision) -> u64 {
     }
 }
 
-/// Bytes as a short human number (`1.5 GiB`).
-pub fn human(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -216,7 +200,5 @@ mod tests {
         assert!(e.total() < 4 << 20, "{e:?}");
         assert!(e.values > 0 && e.workspace > 0, "{e:?}");
         assert!(run(&g, &Weights::Seeded, &RunOptions::default()).is_ok());
-        assert_eq!(human(1536), "1.5 KiB");
-        assert_eq!(human(3 << 30), "3.0 GiB");
     }
 }

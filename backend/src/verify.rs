@@ -27,10 +27,23 @@ pub struct Diff {
     pub rel: f64,
 }
 
+/// Why two outputs cannot be compared.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Incomparable {
+    #[error("shapes differ: {a:?} vs {b:?}")]
+    Shapes { a: Vec<u64>, b: Vec<u64> },
+    /// The output exists in one run only; `of` names the run that lacks it.
+    #[error("not an output of the {of}")]
+    Missing { of: &'static str },
+}
+
 /// The difference of two tensors, or why they cannot be compared.
-pub fn diff(a: &HostTensor, b: &HostTensor) -> Result<Diff, String> {
+pub fn diff(a: &HostTensor, b: &HostTensor) -> Result<Diff, Incomparable> {
     if a.shape != b.shape {
-        return Err(format!("shapes differ: {:?} vs {:?}", a.shape, b.shape));
+        return Err(Incomparable::Shapes {
+            a: a.shape.clone(),
+            b: b.shape.clone(),
+        });
     }
     let mut max_abs = 0.0f64;
     let mut scale = 0.0f64;
@@ -76,7 +89,7 @@ impl Default for VerifyOptions {
 pub struct OutputCheck {
     pub name: String,
     /// The difference, or why the output cannot be compared (missing in one graph, other shape).
-    pub diff: Result<Diff, String>,
+    pub diff: Result<Diff, Incomparable>,
 }
 
 impl OutputCheck {
@@ -167,7 +180,7 @@ pub fn verify_with(
             name: name.clone(),
             diff: match rb.outputs.iter().find(|(n, _)| n == name) {
                 Some((_, tb)) => diff(ta, tb),
-                None => Err("not an output of the second graph".into()),
+                None => Err(Incomparable::Missing { of: "second graph" }),
             },
         })
         .collect();
@@ -175,7 +188,7 @@ pub fn verify_with(
         if !ra.outputs.iter().any(|(n, _)| n == name) {
             outputs.push(OutputCheck {
                 name: name.clone(),
-                diff: Err("not an output of the first graph".into()),
+                diff: Err(Incomparable::Missing { of: "first graph" }),
             });
         }
     }

@@ -5,9 +5,9 @@ use crate::exec::ExecArgs;
 use crate::load::ImportArgs;
 use miette::{miette, IntoDiagnostic, Result, WrapErr};
 use moe_backend::inputs::parse;
-use moe_backend::memory::human;
 use moe_backend::{estimate_memory, HostTensor, Inputs, TokenIds};
 use moe_ir::hf;
+use moe_ir::units::bytes as human;
 use moe_ir::{Graph, Mesh};
 use std::path::{Path, PathBuf};
 

@@ -37,12 +37,16 @@ pub fn write_bytes(p: &Path, bytes: &[u8]) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
-        .into_diagnostic()
-        .wrap_err_with(|| format!("cannot create a file in `{}`", dir.display()))?;
-    tmp.write_all(bytes)
-        .into_diagnostic()
-        .wrap_err_with(|| format!("cannot write `{}`", p.display()))?;
+    // Messages name the user's path, never the temporary file's.
+    let cannot = |why: String| miette!("cannot write `{}`: {why}", p.display());
+    if !dir.is_dir() {
+        return Err(cannot(format!(
+            "the folder `{}` does not exist; create it first or write elsewhere",
+            dir.display()
+        )));
+    }
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| cannot(reason(&e)))?;
+    tmp.write_all(bytes).map_err(|e| cannot(reason(&e)))?;
     // Temporary files are private (0600); give the output the target's mode, or the usual 0644.
     #[cfg(unix)]
     {
@@ -50,12 +54,16 @@ pub fn write_bytes(p: &Path, bytes: &[u8]) -> Result<()> {
         let mode = std::fs::metadata(p).map_or(0o644, |m| m.permissions().mode());
         tmp.as_file()
             .set_permissions(std::fs::Permissions::from_mode(mode))
-            .into_diagnostic()?;
+            .map_err(|e| cannot(reason(&e)))?;
     }
-    tmp.as_file().sync_all().into_diagnostic()?;
-    tmp.persist(p)
-        .map_err(|e| miette!("cannot write `{}`: {}", p.display(), e.error))?;
+    tmp.as_file().sync_all().map_err(|e| cannot(reason(&e)))?;
+    tmp.persist(p).map_err(|e| cannot(reason(&e.error)))?;
     Ok(())
+}
+
+/// What went wrong, without the path (tempfile's errors name the temporary file).
+fn reason(e: &std::io::Error) -> String {
+    std::io::Error::from(e.kind()).to_string()
 }
 
 fn print_stdout(text: &str) -> Result<()> {

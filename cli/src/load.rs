@@ -108,6 +108,28 @@ pub fn json_error(name: &str, text: &str, e: JsonError) -> miette::Report {
     located(name, text, e, at)
 }
 
+/// Text that is not JSON at all, shown at the place where it stops being JSON.
+#[derive(Debug, Error)]
+#[error("not valid JSON (a model.json or a Hugging Face config.json): {why}")]
+struct NotJson {
+    why: String,
+}
+
+fn not_json(name: &str, text: &str, e: &serde_json::Error) -> miette::Report {
+    let (l, c) = (e.line(), e.column());
+    let why = match e.to_string().rfind(" at line ") {
+        Some(i) => format!("{} (line {l}, column {c})", &e.to_string()[..i]),
+        None => e.to_string(),
+    };
+    let off = line_start(text, l) + c.saturating_sub(1);
+    located(
+        name,
+        text,
+        NotJson { why },
+        (off <= text.len()).then_some(off),
+    )
+}
+
 /// Turns a text-form error into a diagnostic that shows where it is (its column counts
 /// characters).
 pub fn text_error(name: &str, text: &str, e: TextError) -> miette::Report {
@@ -150,15 +172,20 @@ pub fn spec_of(name: &str, mut config: serde_json::Value, sets: &[String]) -> Re
 /// Loads `text` (named `name` in messages): an HF config is imported with `import`, the text form
 /// is parsed, anything else is read as model.json.
 pub fn load(name: &str, text: &str, import: &ImportArgs) -> Result<Graph> {
+    let text_form = is_text_form(text);
     // An HF config is recognised by its `model_type` key and lack of `format`.
-    if let Ok(v) = serde_json::from_str::<serde_json::Value>(text) {
-        if hf::looks_like_hf_config(&v) {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(v) if hf::looks_like_hf_config(&v) => {
             let opts = import.options()?;
             let spec = spec_of(name, v, &import.sets)?;
             return hf::lower(&spec, &opts).map_err(|e| miette!("{name}: {e}"));
         }
+        Ok(_) => {}
+        // Neither a config nor a model.json can be read from broken JSON: say so, where it
+        // breaks, rather than what a model.json reader makes of the first keys.
+        Err(e) if !text_form => return Err(not_json(name, text, &e)),
+        Err(_) => {}
     }
-    let text_form = is_text_form(text);
     if !import.sets.is_empty() {
         let what = if text_form { "text-form" } else { "model.json" };
         return Err(miette!(

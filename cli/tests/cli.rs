@@ -163,6 +163,47 @@ fn output_file_is_written_whole_and_nothing_is_written_on_error() {
 }
 
 #[test]
+fn output_into_a_missing_folder_names_the_users_path() {
+    // A folder name without `.tmp`, so that a temporary file's name would stand out.
+    let dir = tempfile::Builder::new()
+        .prefix("moe-out")
+        .tempdir()
+        .expect("temp dir");
+    let out = dir.path().join("no-such-folder").join("g.json");
+    let out = out.to_str().expect("utf-8");
+    let o = moe_opt(&["rewrite", LAYER, "-o", out], None);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    // miette wraps long lines: compare without the breaks and the frame.
+    let flat: String = e.split_whitespace().filter(|w| *w != "│").collect();
+    assert!(
+        flat.contains(&out.replace(' ', "")) && e.contains("does not exist"),
+        "{e}"
+    );
+    assert!(
+        !flat.contains(".tmp"),
+        "the temporary file is ours, not the user's: {e}"
+    );
+}
+
+#[test]
+fn a_truncated_config_is_not_valid_json_for_every_command() {
+    let cfg = std::fs::read_to_string(root().join("examples/hf/mixtral-8x7b.json"))
+        .expect("example exists");
+    let cut = &cfg.as_bytes()[..cfg.len() / 2];
+    for cmd in ["import", "rewrite", "inspect", "validate"] {
+        let o = moe_opt(&[cmd, "-"], Some(cut));
+        assert_eq!(o.status.code(), Some(1), "{cmd}");
+        let e = stderr(&o);
+        assert!(
+            e.contains("not valid JSON") && e.contains("line "),
+            "{cmd}: {e}"
+        );
+        assert!(!e.contains("unknown field"), "{cmd}: {e}");
+    }
+}
+
+#[test]
 fn dot_output_has_clusters_and_marks_collectives() {
     let o = moe_opt(
         &[
@@ -523,4 +564,45 @@ fn pipeline_flags() {
     assert_eq!(j["stages"], 2);
     assert_eq!(j["schedule"]["micro_batches"], 6);
     assert_eq!(j["schedule"]["per_stage"].as_array().map(Vec::len), Some(2));
+}
+
+/// The README opens with the headline job on a bundled example, then the test command that CI
+/// (`.ci/run`) runs: both stay true.
+#[test]
+fn readme_first_commands_are_the_headline_rewrite_and_the_tests() {
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README");
+    let block = readme
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a first sh block");
+    let mut lines = block.lines();
+    let first = lines.next().expect("a first command");
+    let args = first
+        .strip_prefix("cargo run --release -p moe-opt -- ")
+        .expect("the first command runs moe-opt");
+    let mut args: Vec<String> = args.split_whitespace().map(String::from).collect();
+    assert_eq!(args[0], "rewrite", "{first}");
+    assert!(args.iter().any(|a| a == "--explain"), "{first}");
+    assert!(root().join(&args[1]).is_file(), "{first}: a bundled model");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("out.json");
+    if let Some(i) = args.iter().position(|a| a == "-o") {
+        args[i + 1] = out.to_str().expect("utf-8").to_string();
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = moe_opt(&args, None);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout).to_string() + &stderr(&o);
+    for needle in ["<- chosen", "ppmoe", "proof (egg explanation)"] {
+        assert!(text.contains(needle), "`{needle}` not in: {text}");
+    }
+    assert!(out.is_file());
+    let second = lines.next().expect("a second command");
+    assert_eq!(second.trim(), "cargo test --workspace");
+    let ci = std::fs::read_to_string(root().join(".ci/run")).expect(".ci/run");
+    assert!(
+        ci.contains("\ncargo test --workspace --locked"),
+        "CI runs the README's tests"
+    );
 }

@@ -111,6 +111,8 @@ pub enum JsonErrorKind {
     Mesh(crate::MeshError),
     #[error("node name `{name}` is used before, by nodes[{first}]")]
     DuplicateName { name: String, first: usize },
+    #[error("{0}")]
+    TooLarge(crate::limits::TooLarge),
 }
 
 fn err(path: impl Into<String>, kind: JsonErrorKind) -> JsonError {
@@ -206,6 +208,14 @@ pub fn from_doc(doc: GraphDoc) -> Result<Graph, JsonError> {
         // A leaf's declared type is kept in the op: put it in canonical form (one `split` entry
         // per dim, partial axes in mesh order), as every type of a graph is.
         let mut op = n.op;
+        if let Some(t) = op.declared_type() {
+            crate::limits::check_shape(&t.shape, t.dtype.size_bytes()).map_err(|e| {
+                err(
+                    declared_shape_path(i, &op, &e.quantity),
+                    JsonErrorKind::TooLarge(e),
+                )
+            })?;
+        }
         if let Some(t) = op.declared_type_mut() {
             *t = std::mem::replace(t, TensorType::new(t.dtype, [])).canonical(&g.mesh);
         }
@@ -244,6 +254,19 @@ pub fn from_doc(doc: GraphDoc) -> Result<Graph, JsonError> {
     }
     validate(&g).map_err(|e| err("", JsonErrorKind::Invalid(e)))?;
     Ok(g)
+}
+
+/// `nodes[i].op.weight.shape[d]` (or `.shape` for the whole shape): where a leaf declares a size.
+fn declared_shape_path(i: usize, op: &Op, q: &crate::limits::Quantity) -> String {
+    let ty = if matches!(op, Op::Recv { .. }) {
+        "recv.ty"
+    } else {
+        op.name()
+    };
+    match q {
+        crate::limits::Quantity::Dim(d) => format!("nodes[{i}].op.{ty}.shape[{d}]"),
+        _ => format!("nodes[{i}].op.{ty}.shape"),
+    }
 }
 
 fn list(ts: &[TensorType]) -> String {
@@ -420,6 +443,91 @@ mod tests {
         // The reversed file is topologically sorted with the smallest file index first.
         assert_eq!(names.first(), Some(&"w_down"));
         assert_eq!(names.last(), Some(&"y"));
+    }
+
+    /// `LAYER` with the node named `name` given `shape` (a JSON array) and `meta`.
+    fn layer_with(name: &str, shape: &str, meta: &str) -> String {
+        let mut doc: serde_json::Value = serde_json::from_str(LAYER).unwrap();
+        for n in doc["nodes"].as_array_mut().unwrap() {
+            if n["name"] == name {
+                let leaf = n["op"]
+                    .as_object_mut()
+                    .unwrap()
+                    .values_mut()
+                    .next()
+                    .unwrap();
+                leaf["shape"] = serde_json::from_str(shape).unwrap();
+            }
+        }
+        doc["meta"] = serde_json::from_str(meta).unwrap();
+        doc.to_string()
+    }
+
+    #[test]
+    fn sizes_above_the_limits_are_refused_at_their_path() {
+        let e = from_json(&layer_with("w_up", "[8, 32, 10000000000000000000]", "{}")).unwrap_err();
+        assert_eq!(e.path, "nodes[6].op.weight.shape[2]", "{e}");
+        assert!(
+            e.to_string()
+                .contains("dim 2 is 10000000000000000000, above the limit"),
+            "{e}"
+        );
+        // Each dim fits, the product does not (it wrapped around in u64 before the limits).
+        let e = from_json(&layer_with("w_up", "[8, 64, 1099511627776]", "{}")).unwrap_err();
+        assert_eq!(e.path, "nodes[6].op.weight.shape", "{e}");
+        assert!(
+            e.to_string().contains("element count is 562949953421312"),
+            "{e}"
+        );
+        // Beyond u64: a JSON syntax-level error with its line and column, not a panic.
+        let e = from_json(&layer_with("w_up", "[8, 32, 100000000000000000000]", "{}")).unwrap_err();
+        assert!(e.line_col.is_some(), "{e}");
+        let e = from_json(&layer_with(
+            "w_up",
+            "[8, 32, 64]",
+            r#"{"hidden": 10000000000000000000}"#,
+        ))
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("meta.hidden is 10000000000000000000"),
+            "{e}"
+        );
+        let e = from_json(&layer_with("w_up", "[8, 32, 64]", r#"{"seq": -4}"#)).unwrap_err();
+        assert!(e.to_string().starts_with("meta.seq is -4"), "{e}");
+        let g = from_json(&layer_with(
+            "w_up",
+            "[8, 32, 64]",
+            r#"{"hidden": 32, "family": "x"}"#,
+        ));
+        assert!(g.is_ok(), "{g:?}");
+    }
+
+    #[test]
+    fn sizes_derived_from_attributes_are_refused_at_the_node() {
+        // capacity x token shards overflows u64 (4 ranks split the tokens).
+        let text = LAYER.replace("\"capacity\": 16", "\"capacity\": 9223372036854775807");
+        let e = from_json(&text).unwrap_err();
+        assert_eq!(e.path, "nodes[4]", "{e}");
+        assert!(
+            e.to_string()
+                .contains("capacity x token shards is 3.689e19"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn meshes_above_the_rank_limit_are_refused() {
+        let text = LAYER.replace(
+            r#"{"name": "ep", "size": 4, "level": "intra_node"}"#,
+            r#"{"name": "ep", "size": 4, "level": "intra_node"}, {"name": "dp", "size": 4294967295, "level": "inter_node"}"#,
+        );
+        let e = from_json(&text).unwrap_err();
+        assert_eq!(e.path, "mesh", "{e}");
+        assert!(
+            e.to_string().contains("number of ranks is 17179869180"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@ mod graph;
 pub mod hf;
 mod infer;
 pub mod json;
+pub mod limits;
 mod mesh;
 mod op;
 pub mod pipeline;
@@ -34,6 +35,7 @@ mod stages;
 mod summary;
 pub mod text;
 mod ty;
+pub mod units;
 mod valid;
 
 pub use dtype::DType;
@@ -47,6 +49,6 @@ pub use op::{
 pub use pipeline::{PipelineSpec, Schedule};
 pub use scalar::F64;
 pub use stages::{check_stages, stage_program, StageError};
-pub use summary::{human, Collectives, Summary};
+pub use summary::{Collectives, OnlyStage, Summary};
 pub use ty::TensorType;
-pub use valid::{validate, ValidationError};
+pub use valid::{validate, ValidationError, META_SIZE_KEYS};

@@ -59,6 +59,8 @@ pub enum MeshError {
     Duplicate(String),
     #[error("mesh axis `{name}` has size {size}; sizes must be at least 1")]
     ZeroSize { name: String, size: u32 },
+    #[error(transparent)]
+    TooLarge(#[from] crate::limits::TooLarge),
     #[error("cannot parse mesh spec `{spec}`: {why} (expected `axis=size[:intra|:inter],...`, e.g. `dp=2,ep=8`)")]
     Spec { spec: String, why: String },
 }
@@ -130,8 +132,18 @@ impl Mesh {
             .collect()
     }
 
-    /// Checks names and sizes.
+    /// Checks names and sizes, and that the ranks are at most [`crate::limits::MAX_RANKS`] (so
+    /// every product of axis sizes is exact).
     pub fn check(&self) -> Result<(), MeshError> {
+        let ranks = self
+            .axes
+            .iter()
+            .fold(1u128, |acc, a| acc.saturating_mul(a.size.into()));
+        crate::limits::at_most(
+            crate::limits::Quantity::Ranks,
+            ranks,
+            crate::limits::MAX_RANKS,
+        )?;
         for (i, a) in self.axes.iter().enumerate() {
             if !is_identifier(&a.name) {
                 return Err(MeshError::BadName(a.name.clone()));

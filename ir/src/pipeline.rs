@@ -88,10 +88,10 @@ impl PipelineSpec {
 
     /// The virtual stage holding transformer layer `layer` (`None` past the last layer).
     pub fn virtual_stage_of_layer(&self, layer: u32) -> Option<u32> {
-        let mut end = 0u32;
+        let mut end = 0u64;
         for (v, &n) in self.layout.iter().enumerate() {
-            end += n;
-            if layer < end {
+            end += u64::from(n);
+            if u64::from(layer) < end {
                 return Some(v as u32);
             }
         }
@@ -157,6 +157,8 @@ pub enum ScheduleError {
         micro_batches: u32,
         chunks: u32,
     },
+    #[error("{0}")]
+    TooLarge(#[from] crate::limits::TooLarge),
     #[error("stage {device} runs {step}, which belongs to stage {owner}")]
     WrongDevice { device: u32, step: Step, owner: u32 },
     #[error("{step} appears twice")]
@@ -180,6 +182,12 @@ pub fn steps(
             micro_batches: m,
         });
     }
+    // Every product below (m * c, p * c, ...) is at most the step count, so exact in u32.
+    crate::limits::at_most(
+        crate::limits::Quantity::ScheduleSteps,
+        2 * u128::from(p) * u128::from(schedule.chunks()) * u128::from(m),
+        crate::limits::MAX_SCHEDULE_STEPS,
+    )?;
     let f = |micro, vstage| Step {
         phase: Phase::Forward,
         micro,

@@ -182,7 +182,7 @@ pub fn check_stages(g: &Graph) -> Result<(), StageError> {
     let layers = g
         .nodes()
         .filter_map(|(_, n)| match n.scope {
-            Scope::Layer(l) => Some(l + 1),
+            Scope::Layer(l) => Some(l.saturating_add(1)),
             _ => None,
         })
         .max()

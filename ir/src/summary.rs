@@ -1,6 +1,6 @@
 //! Whole-graph facts: what `moe-opt inspect` prints.
 
-use crate::{Graph, Op, Scope};
+use crate::{units, Graph, Op, Scope};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -38,8 +38,19 @@ pub struct Summary {
     pub mesh: serde_json::Map<String, serde_json::Value>,
     /// Ranks in the mesh.
     pub ranks: u64,
-    /// Pipeline stages (1 before partitioning).
+    /// Pipeline stages this graph holds programs for (1 before partitioning, and for the single
+    /// stage `rewrite --emit-stage` writes).
     pub stages: u64,
+    /// For one stage's program (`rewrite --emit-stage S`): `S`, of the pipeline axis' stages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub only_stage: Option<OnlyStage>,
+}
+
+/// Which stage of how many a single-stage program is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct OnlyStage {
+    pub stage: u32,
+    pub of: u64,
 }
 
 impl Summary {
@@ -66,10 +77,12 @@ impl Summary {
                 Op::Weight(t) => {
                     // A copy on another pipeline stage is the same parameter.
                     if crate::pipeline::checkpoint_key(&n.name) == n.name {
-                        params += t.numel();
-                        bytes += t.numel() * t.dtype.size_bytes();
+                        // Exact on a validated graph (`limits::MAX_MODEL_BYTES`).
+                        params = params.saturating_add(t.numel());
+                        bytes = bytes.saturating_add(t.bytes());
                     }
-                    *rank_bytes.entry(n.stage).or_default() += t.local_bytes(&g.mesh);
+                    let r = rank_bytes.entry(n.stage).or_default();
+                    *r = r.saturating_add(t.local_bytes(&g.mesh));
                 }
                 Op::AllToAll { .. } => c.all_to_all += 1,
                 Op::AllReduce { .. } => c.all_reduce += 1,
@@ -99,19 +112,13 @@ impl Summary {
                 .collect(),
             ranks: g.mesh.ranks(),
             stages: stages.len().max(1) as u64,
+            only_stage: g.pipeline.as_ref().and_then(|p| {
+                p.only_stage.map(|stage| OnlyStage {
+                    stage,
+                    of: g.mesh.size_of(&p.axis),
+                })
+            }),
         }
-    }
-}
-
-/// `1234567` -> `1.23M`, for human-readable tables.
-pub fn human(n: u64) -> String {
-    let x = n as f64;
-    match n {
-        0..=9_999 => n.to_string(),
-        10_000..=999_999 => format!("{:.1}K", x / 1e3),
-        1_000_000..=999_999_999 => format!("{:.2}M", x / 1e6),
-        1_000_000_000..=999_999_999_999 => format!("{:.2}B", x / 1e9),
-        _ => format!("{:.2}T", x / 1e12),
     }
 }
 
@@ -132,14 +139,26 @@ impl std::fmt::Display for Summary {
             self.ranks
         )?;
         writeln!(f, "layers       {} ({} MoE)", self.layers, self.moe_layers)?;
-        writeln!(f, "stages       {}", self.stages)?;
+        match self.only_stage {
+            Some(o) => writeln!(
+                f,
+                "stages       1 of {} (this file is stage {}'s program alone, as `--emit-stage {}` writes it)",
+                o.of, o.stage, o.stage
+            )?,
+            None => writeln!(f, "stages       {}", self.stages)?,
+        }
         writeln!(f, "nodes        {}", self.nodes)?;
-        writeln!(f, "params       {} ({})", human(self.params), self.params)?;
+        writeln!(
+            f,
+            "params       {} ({})",
+            units::count(self.params),
+            self.params
+        )?;
         writeln!(
             f,
             "param bytes  {} (most loaded rank {})",
-            human(self.param_bytes),
-            human(self.max_rank_param_bytes)
+            units::bytes(self.param_bytes),
+            units::bytes(self.max_rank_param_bytes)
         )?;
         let c = &self.collectives;
         writeln!(

@@ -106,9 +106,10 @@ impl TensorType {
         !self.axes().any(|a| a == axis)
     }
 
-    /// Number of elements of the global tensor.
+    /// Number of elements of the global tensor. Exact for every type of a graph (see
+    /// [`crate::limits`]); saturates at `u64::MAX` for a type that was never checked.
     pub fn numel(&self) -> u64 {
-        self.shape.iter().product()
+        self.shape.iter().fold(1u64, |a, &n| a.saturating_mul(n))
     }
 
     /// The shape one rank holds. Dimensions whose split factor does not divide them are rounded down
@@ -123,12 +124,20 @@ impl TensorType {
 
     /// Number of elements one rank holds.
     pub fn local_numel(&self, mesh: &Mesh) -> u64 {
-        self.local_shape(mesh).iter().product()
+        self.local_shape(mesh)
+            .iter()
+            .fold(1u64, |a, &n| a.saturating_mul(n))
     }
 
-    /// Bytes one rank holds.
+    /// Bytes one rank holds (exact for checked types, like [`TensorType::numel`]).
     pub fn local_bytes(&self, mesh: &Mesh) -> u64 {
-        self.local_numel(mesh) * self.dtype.size_bytes()
+        self.local_numel(mesh)
+            .saturating_mul(self.dtype.size_bytes())
+    }
+
+    /// Bytes of the global tensor (exact for checked types, like [`TensorType::numel`]).
+    pub fn bytes(&self) -> u64 {
+        self.numel().saturating_mul(self.dtype.size_bytes())
     }
 
     /// A copy with the partial axes put in mesh order (the canonical order).

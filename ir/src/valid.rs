@@ -6,6 +6,7 @@
 //! group, send/recv matched, no cycle of waits, the schedule completes).
 
 use crate::graph::valid_node_name;
+use crate::limits::{self, Quantity, TooLarge};
 use crate::stages::{check_stages, StageError};
 use crate::{infer, Graph, MeshError, NodeId, TypeError};
 use std::collections::HashSet;
@@ -59,7 +60,22 @@ pub enum ValidationError {
     PartialStages { id: NodeId, name: String },
     #[error("{0}")]
     Stage(#[from] StageError),
+    #[error("node {id} `{name}`: scope: {source}")]
+    Scope {
+        id: NodeId,
+        name: String,
+        #[source]
+        source: TooLarge,
+    },
+    #[error("meta.{key} is {value}; a size must be a whole number from 1 to {max}", max = limits::MAX_DIM)]
+    MetaSize { key: String, value: String },
+    #[error("{0}")]
+    TooLarge(#[from] TooLarge),
 }
+
+/// The keys of `meta` that hold sizes (what the importer writes); each must be a whole number in
+/// `1..=MAX_DIM` when present.
+pub const META_SIZE_KEYS: &[&str] = &["hidden", "seq", "micro_batch", "experts", "top_k"];
 
 impl ValidationError {
     /// The node the error is about, when it is about one node.
@@ -70,12 +86,15 @@ impl ValidationError {
             | ValidationError::BadInput { id, .. }
             | ValidationError::Type { id, .. }
             | ValidationError::StaleType { id, .. }
-            | ValidationError::PartialStages { id, .. } => Some(*id),
+            | ValidationError::PartialStages { id, .. }
+            | ValidationError::Scope { id, .. } => Some(*id),
             ValidationError::Mesh(_)
             | ValidationError::BadOutput { .. }
             | ValidationError::DuplicateOutput(_)
             | ValidationError::NoOutputs
-            | ValidationError::Stage(_) => None,
+            | ValidationError::Stage(_)
+            | ValidationError::MetaSize { .. }
+            | ValidationError::TooLarge(_) => None,
         }
     }
 }
@@ -90,6 +109,7 @@ fn join<T: std::fmt::Display>(ts: &[T]) -> String {
 /// Validates `g`, returning the first broken invariant.
 pub fn validate(g: &Graph) -> Result<(), ValidationError> {
     g.mesh.check()?;
+    check_meta(g)?;
     let mut seen: std::collections::HashMap<&str, NodeId> = std::collections::HashMap::new();
     let staged = g.nodes().any(|(_, n)| n.stage.is_some());
     for (id, n) in g.nodes() {
@@ -105,6 +125,15 @@ pub fn validate(g: &Graph) -> Result<(), ValidationError> {
             });
         }
         seen.insert(&n.name, id);
+        if let crate::Scope::Layer(l) = n.scope {
+            limits::at_most(Quantity::Layer, l.into(), limits::MAX_LAYER).map_err(|source| {
+                ValidationError::Scope {
+                    id,
+                    name: name(),
+                    source,
+                }
+            })?;
+        }
         if staged && n.stage.is_none() {
             return Err(ValidationError::PartialStages { id, name: name() });
         }
@@ -163,6 +192,36 @@ pub fn validate(g: &Graph) -> Result<(), ValidationError> {
             return Err(ValidationError::DuplicateOutput(o.name.clone()));
         }
     }
+    check_model_bytes(g)?;
     check_stages(g)?;
+    Ok(())
+}
+
+fn check_meta(g: &Graph) -> Result<(), ValidationError> {
+    for &key in META_SIZE_KEYS {
+        let Some(v) = g.meta.get(key) else { continue };
+        if !matches!(v.as_u64(), Some(n) if (1..=limits::MAX_DIM).contains(&n)) {
+            return Err(ValidationError::MetaSize {
+                key: key.to_string(),
+                value: v.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The weights of one graph together stay under [`limits::MAX_MODEL_BYTES`] (copies of a weight
+/// on other pipeline stages count once, as in [`crate::Summary`]).
+fn check_model_bytes(g: &Graph) -> Result<(), ValidationError> {
+    let mut bytes: u128 = 0;
+    for (_, n) in g.nodes() {
+        if let crate::Op::Weight(t) = &n.op {
+            if crate::pipeline::checkpoint_key(&n.name) == n.name {
+                // Each type passed `check_type`: its bytes are exact.
+                bytes += u128::from(t.numel()) * u128::from(t.dtype.size_bytes());
+            }
+        }
+    }
+    limits::at_most(Quantity::ModelBytes, bytes, limits::MAX_MODEL_BYTES)?;
     Ok(())
 }

@@ -69,9 +69,35 @@ pub enum PassError {
         #[source]
         source: ValidationError,
     },
-    /// A pass refused its input (for example options that do not fit the model).
-    #[error("pass `{pass}`: {message}")]
-    Failed { pass: &'static str, message: String },
+    /// The tensor-parallel remap refused its input (options that do not fit the model).
+    #[error("pass `{name}`: {0}", name = crate::remap::TensorParallel::NAME)]
+    Remap(#[from] crate::remap::RemapError),
+    /// The dispatch rewrite could not extract a program.
+    #[error("pass `{name}`: {0}", name = crate::rewrite::DispatchRewrite::NAME)]
+    Rewrite(#[from] crate::extract::ExtractError),
+    /// The pipeline partition refused its input.
+    #[error("pass `{name}`: {0}", name = crate::pipeline::PipelinePartition::NAME)]
+    Partition(#[from] crate::pipeline::PipelineError),
+    /// A pass of an embedder refused its input, with its own error.
+    #[error("pass `{pass}`: {source}")]
+    Failed {
+        pass: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+}
+
+impl PassError {
+    /// The name of the pass that failed (`None` for an invalid input graph).
+    pub fn pass(&self) -> Option<&'static str> {
+        match self {
+            PassError::InvalidInput(_) => None,
+            PassError::Invalid { pass, .. } | PassError::Failed { pass, .. } => Some(pass),
+            PassError::Remap(_) => Some(crate::remap::TensorParallel::NAME),
+            PassError::Rewrite(_) => Some(crate::rewrite::DispatchRewrite::NAME),
+            PassError::Partition(_) => Some(crate::pipeline::PipelinePartition::NAME),
+        }
+    }
 }
 
 /// A straight list of passes, each followed by the validator (Cranelift's `verify_if`).

@@ -257,7 +257,11 @@ impl<B: Backend, C: Collectives<B> + Sync> Exec<'_, B, C> {
                     size as usize,
                 )])
             }
-            op => Err(format!("`{}` is not a local op", op.name())),
+            // Leaves, transfers and collectives run in the executor's own arms (`Exec::node`);
+            // listed so that a new op is a compile error here until it is executed.
+            op @ (moe_ir::leaf_ops!() | moe_ir::transfer_ops!() | moe_ir::collective_ops!()) => {
+                Err(format!("`{}` is not a local op", op.name()))
+            }
         }
     }
 }

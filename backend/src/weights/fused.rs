@@ -5,6 +5,7 @@
 //! implies and says why it does not fit.
 
 use super::checkpoint::Stored;
+use crate::error::SplitError;
 
 /// Where a graph weight lies in a fused tensor. `E` experts, graph shapes `[E, in, out]` for
 /// experts and `[in, out]` for linear weights.
@@ -45,19 +46,26 @@ pub(crate) enum Cut {
     },
 }
 
-/// A description of the fused shape, for messages.
-fn needs(what: &str, found: &[usize]) -> String {
-    format!("has shape {found:?}; {what}")
+/// The fused tensor of shape `found` is not the layout `what` describes.
+fn needs(what: &str, found: &[usize]) -> SplitError {
+    SplitError::Layout {
+        found: found.to_vec(),
+        needs: what.to_string(),
+    }
+}
+
+fn rank(g: &[usize]) -> SplitError {
+    SplitError::GraphRank { rank: g.len() }
 }
 
 /// The graph weight of `shape` cut out of `t` as `cut` says.
-pub(crate) fn apply(cut: &Cut, t: &Stored, shape: &[u64]) -> Result<Vec<f32>, String> {
+pub(crate) fn apply(cut: &Cut, t: &Stored, shape: &[u64]) -> Result<Vec<f32>, SplitError> {
     let g: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
     let s = t.shape.as_slice();
     match *cut {
         Cut::ExpertRowsT | Cut::ExpertRows => {
             let [e, i, o] = g[..] else {
-                return Err(format!("cannot hold the {}-d graph weight", g.len()));
+                return Err(rank(&g));
             };
             let (want, transposed) = match cut {
                 Cut::ExpertRowsT => ([e * o, i], true),
@@ -84,7 +92,7 @@ pub(crate) fn apply(cut: &Cut, t: &Stored, shape: &[u64]) -> Result<Vec<f32>, St
             let (e, i, o, want) = match g[..] {
                 [e, i, o] => (e, i, o, vec![e, i, 2 * o]),
                 [e, o] => (e, 1, o, vec![e, 2 * o]),
-                _ => return Err(format!("cannot hold the {}-d graph weight", g.len())),
+                _ => return Err(rank(&g)),
             };
             if s != want {
                 return Err(needs(&format!("two fused projections need {want:?}"), s));
@@ -104,7 +112,7 @@ pub(crate) fn apply(cut: &Cut, t: &Stored, shape: &[u64]) -> Result<Vec<f32>, St
         }
         Cut::HalfRowsT(_) | Cut::ExpertsT => {
             let [e, i, o] = g[..] else {
-                return Err(format!("cannot hold the {}-d graph weight", g.len()));
+                return Err(rank(&g));
             };
             let (rows, start) = match *cut {
                 Cut::HalfRowsT(part) => (2 * o, part * o),
@@ -152,7 +160,7 @@ pub(crate) fn apply(cut: &Cut, t: &Stored, shape: &[u64]) -> Result<Vec<f32>, St
         }
         Cut::RowsT { rows, start, len } => {
             let [i, w] = g[..] else {
-                return Err(format!("cannot hold the {}-d graph weight", g.len()));
+                return Err(rank(&g));
             };
             if s != [rows, i] || w != len || start + len > rows {
                 return Err(needs(
@@ -172,7 +180,7 @@ pub(crate) fn apply(cut: &Cut, t: &Stored, shape: &[u64]) -> Result<Vec<f32>, St
             len,
         } => {
             let [i, w] = g[..] else {
-                return Err(format!("cannot hold the {}-d graph weight", g.len()));
+                return Err(rank(&g));
             };
             if s != [heads * group, i] || w != heads * len || start + len > group {
                 return Err(needs(
@@ -236,7 +244,9 @@ mod tests {
         let t = stored(&[6, 2]);
         let g = apply(&Cut::ExpertRows, &t, &[2, 3, 2]).unwrap();
         assert_eq!(g, t.data);
-        let e = apply(&Cut::ExpertRowsT, &stored(&[5, 2]), &[2, 2, 3]).unwrap_err();
+        let e = apply(&Cut::ExpertRowsT, &stored(&[5, 2]), &[2, 2, 3])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("[5, 2]") && e.contains("[6, 2]"), "{e}");
     }
 
@@ -291,7 +301,9 @@ mod tests {
         assert_eq!(apply(&Cut::Qkv(1), &t, &[2, 1]).unwrap(), [4., 5.]);
         assert_eq!(apply(&Cut::Qkv(2), &t, &[2, 1]).unwrap(), [6., 7.]);
         // An odd number of rows beyond the query cannot hold two equal blocks.
-        let e = apply(&Cut::Qkv(1), &stored(&[5, 2]), &[2, 1]).unwrap_err();
+        let e = apply(&Cut::Qkv(1), &stored(&[5, 2]), &[2, 1])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("even"), "{e}");
         // The key block is 1 wide, the graph asks for 2.
         assert!(apply(&Cut::Qkv(1), &t, &[2, 2]).is_err());

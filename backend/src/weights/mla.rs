@@ -14,6 +14,7 @@
 
 use super::checkpoint::Checkpoint;
 use super::fused::Cut;
+use crate::error::SplitError;
 
 /// Which graph weight of a fused MLA tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,7 +55,7 @@ impl MlaLayer {
     }
 
     /// `kv_lora_rank`, from `kv_a_layernorm.weight`.
-    fn latent(&self, c: &Checkpoint) -> Result<usize, String> {
+    fn latent(&self, c: &Checkpoint) -> Result<usize, SplitError> {
         let at = self.keys(&[
             ("kv_a_layernorm.weight", true, 0),
             ("kv_a_layernorm.weight", false, 0),
@@ -65,7 +66,7 @@ impl MlaLayer {
     }
 
     /// `qk_rope_head_dim` for a latent width `r`.
-    fn rope(&self, c: &Checkpoint, r: usize) -> Result<usize, String> {
+    fn rope(&self, c: &Checkpoint, r: usize) -> Result<usize, SplitError> {
         let graph = self.keys(&[("k_rope_proj.weight", false, 1)]);
         if let Some((_, n)) = self.probe(c, &graph) {
             return Ok(n);
@@ -73,15 +74,17 @@ impl MlaLayer {
         let hf = self.keys(&[("kv_a_proj_with_mqa.weight", true, 0)]);
         match self.probe(c, &hf) {
             Some((_, n)) if n > r => Ok(n - r),
-            Some((k, n)) => Err(format!(
-                "needs the RoPE key width: `{k}` has {n} rows, not more than the latent width {r}"
-            )),
+            Some((key, rows)) => Err(SplitError::RopeWidth {
+                key,
+                rows,
+                latent: r,
+            }),
             None => Err(missing("the RoPE key width", &[graph, hf].concat())),
         }
     }
 
     /// The query projection's width `heads * (nope + R)`.
-    fn query(&self, c: &Checkpoint) -> Result<usize, String> {
+    fn query(&self, c: &Checkpoint) -> Result<usize, SplitError> {
         let at = self.keys(&[
             ("q_b_proj.weight", true, 0),
             ("q_proj.weight", true, 0),
@@ -94,12 +97,11 @@ impl MlaLayer {
     }
 }
 
-fn missing(what: &str, at: &[(String, usize)]) -> String {
-    let keys: Vec<&str> = at.iter().map(|(k, _)| k.as_str()).collect();
-    format!(
-        "cannot be split: {what} comes from {}, none of which is in the checkpoint",
-        keys.join(" or ")
-    )
+fn missing(what: &'static str, at: &[(String, usize)]) -> SplitError {
+    SplitError::NoSource {
+        what,
+        keys: at.iter().map(|(k, _)| k.clone()).collect(),
+    }
 }
 
 /// The cut of `part` out of a fused tensor of shape `fused`, for a graph weight of `shape`.
@@ -109,9 +111,9 @@ pub(crate) fn cut(
     part: MlaPart,
     fused: &[usize],
     shape: &[u64],
-) -> Result<Cut, String> {
+) -> Result<Cut, SplitError> {
     let &[i, w] = shape else {
-        return Err(format!("cannot hold the {}-d graph weight", shape.len()));
+        return Err(SplitError::GraphRank { rank: shape.len() });
     };
     let (i, w) = (i as usize, w as usize);
     let rows = fused.first().copied().unwrap_or(0);
@@ -136,27 +138,31 @@ pub(crate) fn cut(
             // heads * nope: the graph's key width, or the rows left beside the values.
             let nope_all = match part {
                 MlaPart::Key => w,
-                _ => rows.checked_sub(w).ok_or_else(|| {
-                    format!("has shape {fused:?}: fewer rows than the values' {w}")
+                _ => rows.checked_sub(w).ok_or_else(|| SplitError::Layout {
+                    found: fused.to_vec(),
+                    needs: format!("the values need {w} rows"),
                 })?,
             };
             let heads = q
                 .checked_sub(nope_all)
                 .filter(|d| rope > 0 && d % rope == 0 && d / rope > 0)
                 .map(|d| d / rope)
-                .ok_or_else(|| {
-                    format!(
-                        "has shape {fused:?}, which does not split into heads: the query width \
-                         {q} minus the key width {nope_all} is not a positive multiple of the RoPE \
-                         width {rope}"
-                    )
+                .ok_or_else(|| SplitError::Layout {
+                    found: fused.to_vec(),
+                    needs: format!(
+                        "no split into heads: the query width {q} minus the key width {nope_all} \
+                         is not a positive multiple of the RoPE width {rope}"
+                    ),
                 })?;
             let v_all = rows.saturating_sub(nope_all);
             if nope_all % heads != 0 || v_all % heads != 0 || rows < nope_all {
-                return Err(format!(
-                    "has shape {fused:?}, which does not split into {heads} heads of key width \
-                     {nope_all} / {heads} and value width {v_all} / {heads}"
-                ));
+                return Err(SplitError::Layout {
+                    found: fused.to_vec(),
+                    needs: format!(
+                        "no split into {heads} heads of key width {nope_all} / {heads} and value \
+                         width {v_all} / {heads}"
+                    ),
+                });
             }
             let (nope, v) = (nope_all / heads, v_all / heads);
             let (start, len) = match part {
@@ -253,7 +259,9 @@ mod tests {
     #[test]
     fn missing_or_inconsistent_shapes_are_explained() {
         let c = ckpt(&[("model.layers.0.self_attn.kv_b_proj.weight", vec![27, 8])]);
-        let e = cut(&c, &layer(), MlaPart::Key, &[27, 8], &[8, 12]).unwrap_err();
+        let e = cut(&c, &layer(), MlaPart::Key, &[27, 8], &[8, 12])
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("kv_a_proj_with_mqa") && e.contains("k_rope_proj"),
             "{e}"
@@ -266,9 +274,13 @@ mod tests {
             ),
             ("model.layers.0.self_attn.q_proj.weight", vec![17, 16]),
         ]);
-        let e = cut(&c, &layer(), MlaPart::Key, &[27, 8], &[8, 12]).unwrap_err();
-        assert!(e.contains("does not split into heads"), "{e}");
-        let e = cut(&c, &layer(), MlaPart::RopeKey, &[10, 16], &[16, 2]).unwrap_err();
+        let e = cut(&c, &layer(), MlaPart::Key, &[27, 8], &[8, 12])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no split into heads"), "{e}");
+        let e = cut(&c, &layer(), MlaPart::RopeKey, &[10, 16], &[16, 2])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("kv_a_layernorm"), "{e}");
     }
 }

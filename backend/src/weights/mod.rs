@@ -13,7 +13,7 @@ pub(crate) mod seeded;
 
 pub use checkpoint::Checkpoint;
 
-use crate::error::WeightError;
+use crate::error::{SplitError, WeightError};
 use moe_ir::TensorType;
 use names::Source;
 use seeded::Init;
@@ -91,7 +91,7 @@ fn misshapen(name: &str, key: &str, shape: &[u64], found: &[usize]) -> WeightErr
     }
 }
 
-fn unsplit(name: &str, key: &str, why: String) -> WeightError {
+fn unsplit(name: &str, key: &str, why: SplitError) -> WeightError {
     WeightError::Split {
         weight: name.to_string(),
         key: key.to_string(),

@@ -23,8 +23,12 @@ use thiserror::Error;
 /// Why a config cannot be imported. Messages name the config key.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ImportError {
-    #[error("config is not valid JSON: {0}")]
-    Json(String),
+    #[error("config is not valid JSON: {message} at line {line} column {column}")]
+    Json {
+        message: String,
+        line: usize,
+        column: usize,
+    },
     #[error("unknown model_type `{found}`; supported: {supported}")]
     UnknownModelType { found: String, supported: String },
     #[error("config has no `model_type` key; supported model types: {0}")]
@@ -33,14 +37,29 @@ pub enum ImportError {
     Key { key: String, why: String },
     #[error("`--set {0}`: expected key=value")]
     BadSet(String),
-    #[error("mesh: {0}")]
-    Mesh(String),
-    #[error("options: {0}")]
-    Options(String),
+    #[error("mesh: axis `{axis}`: import builds the expert-parallel form, whose mesh has `dp` and `ep` axes only (tensor and pipeline parallelism come from `rewrite --tp/--pp`)")]
+    MeshAxis { axis: String },
+    #[error("mesh: the mesh needs an `ep` axis (e.g. ep=8)")]
+    NoEpAxis,
+    #[error("mesh: ep={ep} does not divide the {experts} experts: choose an ep that divides them")]
+    EpDoesNotDivide { ep: u32, experts: u64 },
+    #[error("options: --micro-batch {micro_batch}: expert capacity (expert_capacity) is counted per sequence, and a graph counts it per rank's micro-batch: import with --micro-batch 1 (run sequences as micro-batches)")]
+    CapacityPerSequence { micro_batch: u64 },
+    #[error("options: --seq and --micro-batch must be positive")]
+    NoTokens,
+    #[error("options: --seq x --micro-batch x ranks is too many tokens (2^53 at most)")]
+    TooManyTokens,
     #[error("not supported: {0}")]
     Unsupported(String),
     #[error("internal error while lowering (please report): {0}")]
     Internal(String),
+    /// A size the config implies is beyond [`crate::limits`]: no real model reaches it.
+    #[error("the config makes node `{node}` too large: {source}")]
+    TooLarge {
+        node: String,
+        #[source]
+        source: crate::limits::TooLarge,
+    },
 }
 
 /// Options of an import.
@@ -147,8 +166,15 @@ fn parse_tracked(cfg: Cfg<'_>) -> Result<ModelSpec, ImportError> {
 
 /// Imports config text with overrides: parse, apply `--set`s, read the spec, lower.
 pub fn import(text: &str, sets: &[String], opts: &ImportOptions) -> Result<Graph, ImportError> {
-    let mut config: Value =
-        serde_json::from_str(text).map_err(|e| ImportError::Json(e.to_string()))?;
+    let mut config: Value = serde_json::from_str(text).map_err(|e| ImportError::Json {
+        message: {
+            let m = e.to_string();
+            m.rfind(" at line ")
+                .map_or(m.clone(), |i| m[..i].to_string())
+        },
+        line: e.line(),
+        column: e.column(),
+    })?;
     for s in sets {
         apply_set(&mut config, s)?;
     }

@@ -49,21 +49,21 @@ pub(super) fn attention(
         inputs,
         0,
         1,
-        a.heads * a.head_dim,
+        limits::dim_product("heads*head_dim", a.heads, a.head_dim)?,
         "query width heads*head_dim",
     )?;
     expect_dim(
         inputs,
         1,
         1,
-        a.kv_heads * (a.head_dim - a.shared_k_dim),
+        limits::dim_product("kv_heads*head_dim", a.kv_heads, a.head_dim - a.shared_k_dim)?,
         "key width",
     )?;
     expect_dim(
         inputs,
         2,
         1,
-        a.kv_heads * a.v_head_dim,
+        limits::dim_product("kv_heads*v_head_dim", a.kv_heads, a.v_head_dim)?,
         "value width kv_heads*v_head_dim",
     )?;
     if q.shape[0] % a.seq != 0
@@ -133,7 +133,10 @@ pub(super) fn attention(
     }
     Ok(make(
         q.dtype,
-        vec![q.shape[0], a.heads * a.v_head_dim],
+        vec![
+            q.shape[0],
+            limits::dim_product("heads*v_head_dim", a.heads, a.v_head_dim)?,
+        ],
         vec![tokens, heads],
         vec![],
     ))

@@ -9,6 +9,7 @@ mod collective;
 mod dense;
 pub(crate) mod routing;
 
+use crate::limits::{self, TooLarge};
 use crate::{DType, Mesh, Op, TensorType};
 pub use routing::local_route_rows;
 use thiserror::Error;
@@ -54,6 +55,8 @@ pub enum TypeError {
     ZeroDim { dim: usize },
     #[error("split lists {got} dims but the shape has rank {rank}")]
     SplitRank { got: usize, rank: usize },
+    #[error(transparent)]
+    TooLarge(#[from] TooLarge),
 }
 
 pub(crate) type Result<T> = std::result::Result<T, TypeError>;
@@ -152,8 +155,10 @@ pub fn infer(op: &Op, inputs: &[&TensorType], mesh: &Mesh) -> Result<Vec<TensorT
 }
 
 /// Checks that a type is well-formed on `mesh`: `split` has at most one entry per dim, every axis
-/// exists and appears once, no dim is 0, and every split dim is divisible by its ranks.
+/// exists and appears once, no dim is 0, every split dim is divisible by its ranks, and no size is
+/// above [`crate::limits`] (so the type's element and byte counts are exact in `u64`).
 pub fn check_type(t: &TensorType, mesh: &Mesh) -> Result<()> {
+    limits::check_shape(&t.shape, t.dtype.size_bytes())?;
     if t.split.len() > t.rank() {
         return Err(TypeError::SplitRank {
             got: t.split.len(),

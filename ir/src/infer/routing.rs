@@ -1,6 +1,7 @@
 //! Typing rules of routing: router, dispatch/combine, local routes, index ops, expert FFNs.
 
 use super::*;
+use crate::limits;
 use crate::op::{Activation, Capacity, FfnLayout, RouterAttrs};
 
 pub(super) fn router(a: &RouterAttrs, inputs: &[&TensorType]) -> Result<Vec<TensorType>> {
@@ -88,7 +89,11 @@ pub(super) fn dispatch(
     let x = inputs[0];
     Ok(make(
         x.dtype,
-        vec![experts, capacity * mesh.product(&tokens), x.shape[1]],
+        vec![
+            experts,
+            limits::dim_product("capacity x token shards", capacity, mesh.product(&tokens))?,
+            x.shape[1],
+        ],
         vec![vec![], tokens, x.split_of(1).to_vec()],
         vec![],
     ))
@@ -116,7 +121,7 @@ pub(super) fn combine(
         inputs,
         0,
         1,
-        capacity * mesh.product(&tokens),
+        limits::dim_product("capacity x token shards", capacity, mesh.product(&tokens))?,
         "capacity slots of all token shards",
     )?;
     same_dim(inputs, (1, 1), (2, 1), "choices")?;
@@ -137,10 +142,13 @@ pub fn local_route_rows(
     capacity: Capacity,
     token_groups: u64,
 ) -> u64 {
-    let dropless = local_tokens * k.min(local_experts);
+    // Saturating: `local_routes` refuses a bound above the limits (see `crate::limits`).
+    let dropless = local_tokens.saturating_mul(k.min(local_experts));
     match capacity {
         Capacity::Dropless => dropless,
-        Capacity::Slots(c) => dropless.min(local_experts * c * token_groups),
+        Capacity::Slots(c) => {
+            dropless.min(local_experts.saturating_mul(c).saturating_mul(token_groups))
+        }
     }
 }
 
@@ -187,10 +195,12 @@ pub(super) fn local_routes(
     let mut split = outer.clone();
     split.push(axis.to_string());
     let ranks = outer_n * n;
+    let all_rows = limits::dim_product("route rows x ranks", rows, ranks)?;
+    let counts = limits::dim_product("experts x token shards", experts, outer_n)?;
     Ok(vec![
-        make(DType::I32, vec![rows * ranks], vec![split.clone()], vec![]),
-        make(DType::F32, vec![rows * ranks], vec![split.clone()], vec![]),
-        make(DType::I32, vec![experts * outer_n], vec![split], vec![]),
+        make(DType::I32, vec![all_rows], vec![split.clone()], vec![]),
+        make(DType::F32, vec![all_rows], vec![split.clone()], vec![]),
+        make(DType::I32, vec![counts], vec![split], vec![]),
     ])
 }
 

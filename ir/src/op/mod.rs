@@ -9,6 +9,7 @@
 //! (`"op": "matmul"`), one with attributes is an object (`"op": {"router": {"k": 2, ...}}`).
 
 mod attention;
+mod families;
 
 pub use attention::{
     AttentionAttrs, Llama3Scaling, Mask, QueryTemperature, RelativeBias, RopePairs, RopeScaling,

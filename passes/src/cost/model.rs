@@ -142,7 +142,7 @@ pub fn output_fill_skewed(
                 hot + share * (e_local - 1) as f64
             };
             if let Capacity::Slots(c) = capacity {
-                expected = expected.min((c * e_local * token_groups) as f64);
+                expected = expected.min(*c as f64 * e_local as f64 * *token_groups as f64);
             }
             let rows = ids.local_shape(mesh).first().copied().unwrap_or(0);
             let f = if rows == 0 {
@@ -167,7 +167,28 @@ pub fn output_fill_skewed(
                 *o = fill_of(0);
             }
         }
-        _ => {}
+        // Fixed-shape results: every row is valid. Listed so that a new op must say which it is.
+        Op::ExpertFfn {
+            layout: FfnLayout::Padded,
+            ..
+        }
+        | moe_ir::leaf_ops!()
+        | moe_ir::pointwise_ops!()
+        | moe_ir::collective_ops!()
+        | moe_ir::transfer_ops!()
+        | Op::Embedding
+        | Op::Matmul
+        | Op::Transpose
+        | Op::BatchMatmul
+        | Op::Softmax
+        | Op::RmsNorm { .. }
+        | Op::LayerNorm { .. }
+        | Op::Attention(_)
+        | Op::Router(_)
+        | Op::Dispatch { .. }
+        | Op::Combine { .. }
+        | Op::IndexAdd { .. }
+        | Op::Shard { .. } => {}
     }
     out
 }
@@ -265,9 +286,9 @@ pub fn mean_keys(mask: Mask, seq: u64, kv_seq: u64) -> f64 {
             if w >= b {
                 tri(a, b)
             } else if w < a {
-                (seq * w) as f64
+                seq as f64 * w as f64
             } else {
-                tri(a, w) + ((b - w) * w) as f64
+                tri(a, w) + (b - w) as f64 * w as f64
             }
         }
         Mask::Chunked(c) => {
@@ -399,8 +420,17 @@ impl CostModel for Roofline {
                 self.compute(0.0, f * (in_bytes(1) + scale + 3.0 * in_bytes(2)))
             }
             Op::Embedding => self.compute(0.0, in_bytes(0) + 2.0 * all_out),
-            // Memory-bound: everything read and written.
-            _ => self.compute(0.0, all_in + all_out),
+            // Memory-bound: everything read and written. Listed one by one so that a new op is a
+            // compile error here until it is priced.
+            moe_ir::pointwise_ops!()
+            | Op::Transpose
+            | Op::Softmax
+            | Op::RmsNorm { .. }
+            | Op::LayerNorm { .. }
+            | Op::Router(_)
+            | Op::Dispatch { .. }
+            | Op::Combine { .. }
+            | Op::LocalRoutes { .. } => self.compute(0.0, all_in + all_out),
         };
         self.profiled(op, cost)
     }

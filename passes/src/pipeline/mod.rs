@@ -325,10 +325,7 @@ impl Pass for PipelinePartition {
     }
 
     fn run(&self, g: Graph) -> Result<PassOutput, PassError> {
-        let p = self.partition(&g).map_err(|e| PassError::Failed {
-            pass: Self::NAME,
-            message: e.to_string(),
-        })?;
+        let p = self.partition(&g)?;
         let sends = p
             .graph
             .nodes()

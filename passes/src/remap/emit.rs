@@ -89,7 +89,7 @@ impl<'a> Emitter<'a> {
         self.add(&base, op, &[v], scope)
             .map_err(|e| RemapError::Type {
                 node: base,
-                why: e.to_string(),
+                source: Box::new(e),
             })
     }
 
@@ -204,7 +204,7 @@ impl<'a> Emitter<'a> {
             .add(&node.name, op, &[], node.scope)
             .map_err(|e| RemapError::Type {
                 node: node.name.clone(),
-                why: e.to_string(),
+                source: Box::new(e),
             })?;
         Ok(vec![v])
     }
@@ -215,9 +215,21 @@ impl<'a> Emitter<'a> {
         let ins: Vec<Value> = node.inputs.iter().map(|v| self.mapped(*v)).collect();
         let type_err = |e: BuildError| RemapError::Type {
             node: node.name.clone(),
-            why: e.to_string(),
+            source: Box::new(e),
         };
-        match &node.op {
+        let op = match node.op.collective_axis() {
+            Some(ax) if self.plan.expert_axes.contains(ax) => rename_axis(&node.op),
+            Some(ax) => {
+                return Err(RemapError::Unsupported {
+                    node: node.name.clone(),
+                    what: format!(
+                        "a collective over `{ax}`, which the experts are not split on, has no place in the tensor-parallel layout"
+                    ),
+                })
+            }
+            None => node.op.clone(),
+        };
+        let inputs: Vec<Value> = match &op {
             Op::Input(t) => {
                 let t = self.token_type(t, &node.name)?;
                 return self.leaf(node, Op::Input(t));
@@ -236,21 +248,6 @@ impl<'a> Emitter<'a> {
                     what: "send/recv: remap before pipeline partitioning".into(),
                 })
             }
-            _ => {}
-        }
-        let op = match node.op.collective_axis() {
-            Some(ax) if self.plan.expert_axes.contains(ax) => rename_axis(&node.op),
-            Some(ax) => {
-                return Err(RemapError::Unsupported {
-                    node: node.name.clone(),
-                    what: format!(
-                        "a collective over `{ax}`, which the experts are not split on, has no place in the tensor-parallel layout"
-                    ),
-                })
-            }
-            None => node.op.clone(),
-        };
-        let inputs: Vec<Value> = match &op {
             Op::Matmul => match self.plan.role[i] {
                 Role::Row => {
                     let x = self.split_last(ins[0], scope)?;
@@ -292,7 +289,22 @@ impl<'a> Emitter<'a> {
                 self.token_sharded(ins[1], scope)?,
                 self.token_sharded(ins[2], scope)?,
             ],
-            _ => ins.clone(),
+            // Inputs as they come (replicated below if that does not type-check); collectives
+            // over the experts' axis, now `tp`, keep the expert-parallel form.
+            moe_ir::pointwise_ops!()
+            | moe_ir::collective_ops!()
+            | Op::Embedding
+            | Op::Transpose
+            | Op::BatchMatmul
+            | Op::Softmax
+            | Op::RmsNorm { .. }
+            | Op::LayerNorm { .. }
+            | Op::Router(_)
+            | Op::LocalRoutes { .. }
+            | Op::IndexSelect
+            | Op::IndexAdd { .. }
+            | Op::ExpertFfn { .. }
+            | Op::Shard { .. } => ins.clone(),
         };
         let first = self.add(&node.name, op.clone(), &inputs, scope);
         let v = match first {
@@ -315,16 +327,16 @@ impl<'a> Emitter<'a> {
     }
 }
 
-/// The same collective over `tp`.
+/// The same collective over `tp` (`op` is one: it has a [`Op::collective_axis`]).
 fn rename_axis(op: &Op) -> Op {
     let mut op = op.clone();
-    match &mut op {
-        Op::AllToAll { axis, .. }
-        | Op::AllReduce { axis }
-        | Op::AllGather { axis, .. }
-        | Op::ReduceScatter { axis, .. }
-        | Op::Shard { axis, .. } => *axis = TP.into(),
-        _ => {}
+    if let Op::AllToAll { axis, .. }
+    | Op::AllReduce { axis }
+    | Op::AllGather { axis, .. }
+    | Op::ReduceScatter { axis, .. }
+    | Op::Shard { axis, .. } = &mut op
+    {
+        *axis = TP.into();
     }
     op
 }

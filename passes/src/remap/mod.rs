@@ -41,8 +41,12 @@ pub enum RemapError {
     AlreadyRemapped { mesh: String, axis: String },
     #[error("node `{node}`: {what}")]
     Unsupported { node: String, what: String },
-    #[error("node `{node}`: no tensor-parallel layout type-checks: {why}")]
-    Type { node: String, why: String },
+    #[error("node `{node}`: no tensor-parallel layout type-checks: {source}")]
+    Type {
+        node: String,
+        #[source]
+        source: Box<moe_ir::BuildError>,
+    },
     #[error(transparent)]
     Mesh(#[from] MeshError),
 }
@@ -130,10 +134,7 @@ impl Pass for TensorParallel {
     }
 
     fn run(&self, g: Graph) -> Result<PassOutput, PassError> {
-        let out = self.remap(&g).map_err(|e| PassError::Failed {
-            pass: Self::NAME,
-            message: e.to_string(),
-        })?;
+        let out = self.remap(&g)?;
         let mut o = PassOutput::graph(out);
         o.notes.push(format!("mesh {} -> {}", g.mesh, o.graph.mesh));
         Ok(o)

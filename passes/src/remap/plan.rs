@@ -14,6 +14,31 @@
 use moe_ir::{Graph, NodeId, Op};
 use std::collections::BTreeSet;
 
+/// The ops whose values never have their feature dim split on `tp` (the remap keeps them whole).
+/// A pattern macro so that both walks of [`Plan::new`] list every op: a new op is a compile error
+/// in each until it is placed.
+macro_rules! whole_feature_ops {
+    () => {
+        moe_ir::collective_ops!()
+            | moe_ir::transfer_ops!()
+            | Op::Input(_)
+            | Op::Zeros(_)
+            | Op::Embedding
+            | Op::Transpose
+            | Op::Scale { .. }
+            | Op::BatchMatmul
+            | Op::Softmax
+            | Op::Router(_)
+            | Op::Dispatch { .. }
+            | Op::Combine { .. }
+            | Op::LocalRoutes { .. }
+            | Op::IndexSelect
+            | Op::IndexAdd { .. }
+            | Op::ExpertFfn { .. }
+            | Op::Shard { .. }
+    };
+}
+
 /// How a projection is split.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Role {
@@ -122,7 +147,7 @@ impl Plan {
                     Op::RmsNorm { .. } | Op::LayerNorm { .. } => {
                         pos == 0 && per_group(cn) && friendly[c.index()]
                     }
-                    _ => false,
+                    Op::Weight(_) | whole_feature_ops!() => false,
                 }
             });
             friendly[i] = ok;
@@ -180,7 +205,7 @@ impl Plan {
                     }
                 }
                 Op::RmsNorm { .. } | Op::LayerNorm { .. } => s(&node.inputs[0]) && per_group(node),
-                _ => false,
+                whole_feature_ops!() => false,
             };
         }
         Plan {

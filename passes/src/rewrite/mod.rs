@@ -239,10 +239,7 @@ impl Pass for DispatchRewrite {
     }
 
     fn run(&self, g: Graph) -> Result<PassOutput, PassError> {
-        let r = self.rewrite(&g).map_err(|e| PassError::Failed {
-            pass: Self::NAME,
-            message: e.to_string(),
-        })?;
+        let r = self.rewrite(&g)?;
         let mut notes: Vec<String> = vec![folded_text(&r.layers)];
         notes.push(format!(
             "predicted step time {:.3} ms per rank (forward, this cost model)",

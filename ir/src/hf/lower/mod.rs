@@ -30,22 +30,18 @@ pub fn default_mesh(spec: &ModelSpec, gpus_per_node: u64) -> Mesh {
 fn check_mesh(spec: &ModelSpec, mesh: &Mesh) -> Result<(), ImportError> {
     for a in &mesh.axes {
         if !TOKEN_AXES.contains(&a.name.as_str()) {
-            return Err(ImportError::Mesh(format!(
-                "axis `{}`: import builds the expert-parallel form, whose mesh has `dp` and `ep` axes only \
-                 (tensor and pipeline parallelism come from `rewrite --tp/--pp`)",
-                a.name
-            )));
+            return Err(ImportError::MeshAxis {
+                axis: a.name.clone(),
+            });
         }
     }
-    let ep = mesh
-        .axis("ep")
-        .ok_or_else(|| ImportError::Mesh("the mesh needs an `ep` axis (e.g. ep=8)".into()))?;
+    let ep = mesh.axis("ep").ok_or(ImportError::NoEpAxis)?;
     if let Some(m) = spec.moe {
         if m.experts % u64::from(ep.size) != 0 {
-            return Err(ImportError::Mesh(format!(
-                "ep={} does not divide the {} experts: choose an ep that divides them",
-                ep.size, m.experts
-            )));
+            return Err(ImportError::EpDoesNotDivide {
+                ep: ep.size,
+                experts: m.experts,
+            });
         }
     }
     Ok(())
@@ -72,7 +68,14 @@ impl Lower<'_> {
         let id = self
             .g
             .add(name, op, inputs, self.scope)
-            .map_err(|e| ImportError::Internal(e.to_string()))?;
+            .map_err(|e| match e {
+                crate::BuildError::Type {
+                    node,
+                    source: crate::TypeError::TooLarge(source),
+                    ..
+                } => ImportError::TooLarge { node, source },
+                e => ImportError::Internal(e.to_string()),
+            })?;
         Ok(id.into())
     }
 
@@ -215,12 +218,9 @@ impl Lower<'_> {
         };
         let t = self.local_tokens;
         if matches!(m.capacity, CapacitySpec::Slots(_)) && self.opts.micro_batch > 1 {
-            return Err(ImportError::Options(format!(
-                "--micro-batch {}: expert capacity (expert_capacity) is counted per sequence, \
-                 and a graph counts it per rank's micro-batch: import with --micro-batch 1 \
-                 (run sequences as micro-batches)",
-                self.opts.micro_batch
-            )));
+            return Err(ImportError::CapacityPerSequence {
+                micro_batch: self.opts.micro_batch,
+            });
         }
         let capacity = match m.capacity {
             CapacitySpec::Dropless => t,
@@ -367,9 +367,7 @@ pub fn lower(spec: &ModelSpec, opts: &ImportOptions) -> Result<Graph, ImportErro
     };
     check_mesh(spec, &mesh)?;
     if opts.seq == 0 || opts.micro_batch == 0 {
-        return Err(ImportError::Options(
-            "--seq and --micro-batch must be positive".into(),
-        ));
+        return Err(ImportError::NoTokens);
     }
     let tokens: Vec<String> = mesh.axes.iter().map(|a| a.name.clone()).collect();
     let (local_tokens, global_tokens) = opts
@@ -377,11 +375,7 @@ pub fn lower(spec: &ModelSpec, opts: &ImportOptions) -> Result<Graph, ImportErro
         .checked_mul(opts.micro_batch)
         .and_then(|l| Some((l, l.checked_mul(mesh.product(&tokens))?)))
         .filter(|&(_, g)| g < MAX_ELEMENTS)
-        .ok_or_else(|| {
-            ImportError::Options(
-                "--seq x --micro-batch x ranks is too many tokens (2^53 at most)".into(),
-            )
-        })?;
+        .ok_or(ImportError::TooManyTokens)?;
     let mut g = Graph::new(spec.name.clone(), mesh);
     let meta = &mut g.meta;
     meta.insert("family".into(), spec.family.name().into());
