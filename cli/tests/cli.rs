@@ -594,7 +594,11 @@ fn readme_first_commands_are_the_headline_rewrite_and_the_tests() {
     let o = moe_opt(&args, None);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let text = String::from_utf8_lossy(&o.stdout).to_string() + &stderr(&o);
-    for needle in ["<- chosen", "ppmoe", "proof of the chosen form (egg explanation)"] {
+    for needle in [
+        "<- chosen",
+        "ppmoe",
+        "proof of the chosen form (egg explanation)",
+    ] {
         assert!(text.contains(needle), "`{needle}` not in: {text}");
     }
     assert!(out.is_file());
